@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make run` and `make test`. Both bootstrap .venv.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# torch==2.13.0 is the CPU wheel on this machine's disk; a looser pin pulls a multi-GB CUDA build.
+TORCH  := torch==2.13.0
+
+.PHONY: run test test-fast bench clean venv lint
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[all,nncf,dev]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/quantbench run
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow and not realdata"
+
+bench: $(STAMP)
+	$(PY) benchmarks/engines.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs build dist .pytest_cache src/*.egg-info
