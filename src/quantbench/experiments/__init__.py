@@ -1,1 +1,1 @@
-"""quantbench.experiments."""
+"""Experiments: the runner and its records."""

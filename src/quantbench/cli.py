@@ -1,0 +1,300 @@
+"""``quantbench <verb>``: parse -> config -> one library call -> records -> store.
+
+``main(argv)`` is callable in-process (tests do). User errors print one line on stderr and
+return exit code 2, without a traceback. With ``--json`` the last stdout line is one JSON
+value (an object, or a list for verbs that produce several records).
+
+Example:
+    >>> main(["models"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from quantbench import __version__
+from quantbench.errors import QuantbenchError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit code 2 (argparse's own code, kept)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise QuantbenchError(f"{self.prog}: {message}")
+
+
+def _csv_ints(text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not vals:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    return vals
+
+
+def _add_experiment_args(p: argparse.ArgumentParser, *, training: bool = True) -> None:
+    p.add_argument("--config", metavar="FILE", help="YAML experiment file (flags below override it)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set train.lr=0.1 (repeatable)")
+    p.add_argument("--model", help="zoo model name (see `quantbench models`)")
+    p.add_argument("--checkpoint", metavar="FILE", help="weights to load (state dict or {'state_dict': ...})")
+    p.add_argument("--data", metavar="SPEC", help="data set spec KIND[:PATH] (see `quantbench datasets`)")
+    p.add_argument("--normalize", help="normalisation preset: auto, imagenet, cifar, dataset, none")
+    p.add_argument("--resize", type=int, metavar="S", help="resize images to SxS")
+    if training:
+        p.add_argument("--epochs", type=int)
+        p.add_argument("--batch-size", type=int)
+        p.add_argument("--lr", type=float)
+        p.add_argument("--optimizer", choices=["sgd", "adamw"])
+        p.add_argument("--seed", type=int)
+    p.add_argument("--batch-sizes", type=_csv_ints, metavar="B1,B2", help="batch sizes for latency, e.g. 1,8,32")
+    p.add_argument("--threads", type=int, help="intra-op threads for latency measurement")
+    p.add_argument("--store", metavar="DB", help="SQLite results file (default runs/quantbench.db)")
+    p.add_argument("--out", metavar="DIR", help="folder for run folders (default runs)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on the last stdout line")
+
+
+def _experiment_config(args: argparse.Namespace) -> Any:
+    from quantbench import config as C
+
+    cfg = C.load(args.config) if args.config else C.from_dict({})
+    flags = {
+        "model.name": args.model, "model.checkpoint": args.checkpoint, "data.spec": args.data,
+        "data.normalize": args.normalize, "data.resize": args.resize,
+        "train.epochs": getattr(args, "epochs", None), "train.batch_size": getattr(args, "batch_size", None),
+        "train.lr": getattr(args, "lr", None), "train.optimizer": getattr(args, "optimizer", None),
+        "train.seed": getattr(args, "seed", None), "data.seed": getattr(args, "seed", None),
+        "measure.threads": args.threads, "store": args.store, "out_dir": args.out,
+    }
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    if args.batch_sizes:
+        overrides.append("measure.batch_sizes=[" + ",".join(map(str, args.batch_sizes)) + "]")
+    return C.apply_overrides(cfg, overrides + list(args.overrides))
+
+
+def _print_table(header: Sequence[str], body: Sequence[Sequence[str]], out: Any = None) -> None:
+    out = out or sys.stdout
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in body)) if body else len(str(h))
+              for i, h in enumerate(header)]
+    print("  ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=True)), file=out)
+    print("  ".join("-" * w for w in widths), file=out)
+    for row in body:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)), file=out)
+
+
+def _emit_json(obj: Any) -> None:
+    print(json.dumps(obj, default=str))
+
+
+# ----------------------------------------------------------------------------- verbs
+
+
+def cmd_run(args: argparse.Namespace, *, kind: str = "run") -> int:
+    from quantbench.experiments.runner import run_experiment
+    from quantbench.report.tables import summary_table
+
+    cfg = _experiment_config(args)
+    outcome = run_experiment(cfg, progress=not args.no_progress, kind=kind, latency=(kind == "run"))
+    rows = [dict(r.as_dict(), batch=r.batch) for r in outcome.results]
+    if not args.json:
+        print()
+        _print_table(*summary_table(rows))
+        print()
+        if kind == "train":
+            print(f"checkpoint: {outcome.out_dir / 'model_fp32.pt'}")
+        print(f"results stored in {cfg.store} (run {outcome.run_id})")
+        print(f"report: {outcome.report_html}")
+    else:
+        _emit_json({"run_id": outcome.run_id, "out_dir": str(outcome.out_dir), "report": str(outcome.report_html),
+                    "checkpoint": str(outcome.out_dir / "model_fp32.pt"),
+                    "results": [r.as_dict() for r in outcome.results]})
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from quantbench import config as C
+    from quantbench.data import open_dataset
+    from quantbench.experiments.records import RowKey, accuracy_rows
+    from quantbench.experiments.runner import prepare_model
+    from quantbench.measure.accuracy import evaluate
+    from quantbench.measure.environment import environment
+    from quantbench.store import ResultStore
+
+    if not args.model or not args.data:
+        raise QuantbenchError("eval: --model and --data are required")
+    if args.batch_size <= 0:
+        raise QuantbenchError(f"eval: --batch-size must be > 0, got {args.batch_size}")
+    ds = open_dataset(args.data, normalize=args.normalize, resize=args.resize)
+    model = prepare_model(C.ModelConfig(name=args.model, checkpoint=args.checkpoint), ds.input_shape, ds.num_classes)
+    ev = evaluate(model, ds, topk=(1, args.topk), batch_size=args.batch_size,
+                  progress=False if args.no_progress else f"eval {args.model}")
+    key = RowKey(model=args.model, data=args.data)
+    record = {"model": args.model, "checkpoint": args.checkpoint, "data": args.data, "n_images": ev.n_images,
+              "normalization": getattr(ds, "normalization", None), **ev.as_dict()}
+    for k, v in ev.topk.items():
+        record[f"top{k}"] = v
+    if not args.no_store:
+        with ResultStore(args.store) as store:
+            run_config = {"verb": "eval", "model": args.model, "checkpoint": args.checkpoint, "data": args.data,
+                          "normalize": args.normalize, "resize": args.resize, "topk": args.topk}
+            run_id = store.start_run("eval", config=run_config, environment=environment())
+            store.add_results(run_id, accuracy_rows(key, ev, "all"))
+            store.finish_run(run_id)
+            record["run_id"] = run_id
+    if args.json:
+        _emit_json(record)
+    else:
+        lines = [f"{args.model} on {args.data}: {ev.n_images} images"]
+        for k in sorted(ev.topk):
+            lo, hi = ev.ci[k]
+            lines.append(f"  top-{k}: {ev.topk[k]:.2f}%  (95% CI {lo:.2f}-{hi:.2f})")
+        lines.append(f"  loss:  {ev.loss:.4f}")
+        print("\n".join(lines))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from quantbench.models import MODELS, model_info
+    from quantbench.models.summary import model_summary
+    from quantbench.report.tables import human_count
+
+    records = []
+    for name in MODELS.names(args.pattern):
+        info = model_info(name)
+        records.append({"name": name, **info, **(model_summary(name) if not args.no_count else {})})
+    if args.json:
+        _emit_json(records)
+        return 0
+    header = ["model", "family", "input", "classes", "params", "MACs/image"]
+    body = [[r["name"], str(r.get("family", "")), "x".join(map(str, r["input_shape"])), str(r["num_classes"]),
+             human_count(r.get("params")), human_count(r.get("macs"))] for r in records]
+    _print_table(header, body)
+    print("\nMACs = multiply-accumulates of conv/linear layers at the default input, batch 1; FLOPs = 2 x MACs.")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from quantbench.data import DATASETS
+
+    records = [{"kind": n, **DATASETS.meta(n)} for n in DATASETS.names()]
+    if args.json:
+        _emit_json(records)
+        return 0
+    _print_table(["spec", "description"],
+                 [[r["kind"] + (":PATH" if r.get("needs_path") else ""), r.get("description", "")] for r in records])
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from quantbench.store import ResultStore, export_rows
+
+    if not Path(args.store).is_file():
+        raise QuantbenchError(f"{args.store}: results database not found (run `quantbench run` first)")
+    with ResultStore(args.store) as store:
+        if args.runs:
+            runs = store.runs()
+            if args.format == "json" or args.json:
+                _emit_json([{k: v for k, v in r.items() if k != "environment"} for r in runs])
+            else:
+                _print_table(["run id", "kind", "name", "status", "created"],
+                             [[r["run_id"], r["kind"], r["name"] or "", r["status"], r["created"]] for r in runs])
+            return 0
+        rows = store.query(run_id=args.run, model=args.model, data=args.data, method=args.method,
+                           engine=args.engine, metric=args.metric, batch=args.batch)
+    fmt = "json" if args.json else args.format
+    if fmt in ("csv", "json"):
+        text = export_rows(rows, fmt)
+        if args.out:
+            Path(args.out).write_text(text, encoding="utf-8")
+            print(f"wrote {len(rows)} rows to {args.out}", file=sys.stderr)
+        elif fmt == "json":
+            print(json.dumps(rows, default=str))
+        else:
+            sys.stdout.write(text)
+        return 0
+    header = ["run", "model", "data", "method", "engine", "batch", "metric", "value", "unit"]
+    body = [[r["run_id"][:26], r["model"], r["data"], r["method"], r["engine"],
+             "" if r["batch"] is None else str(r["batch"]), r["metric"],
+             "" if r["value"] is None else f"{r['value']:.6g}", r["unit"]] for r in rows]
+    _print_table(header, body)
+    print(f"\n{len(rows)} rows", file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="quantbench", description="What does quantization do to my CNN, on my hardware?")
+    parser.add_argument("--version", action="version", version=f"quantbench {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    p = sub.add_parser("run", help="the default experiment: train, quantize, measure, store, report")
+    _add_experiment_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("train", help="train a zoo model in FP32; saves the checkpoint and history")
+    _add_experiment_args(p)
+    p.set_defaults(func=lambda a: cmd_run(a, kind="train"))
+
+    p = sub.add_parser("eval", help="top-1/top-k (with 95%% CIs) of a model on ALL images of a data spec")
+    p.add_argument("--model", required=False)
+    p.add_argument("--checkpoint", metavar="FILE")
+    p.add_argument("--data", metavar="SPEC")
+    p.add_argument("--normalize", default="auto")
+    p.add_argument("--resize", type=int, metavar="S")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--store", default="runs/quantbench.db", metavar="DB")
+    p.add_argument("--no-store", action="store_true", help="do not write the result to the store")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("models", help="list the model zoo with parameters and MACs")
+    p.add_argument("pattern", nargs="?", default="*", help="glob on model names, e.g. 'resnet*'")
+    p.add_argument("--no-count", action="store_true", help="skip counting parameters and MACs")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("datasets", help="list the data set kinds and their spec syntax")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("results", help="list, filter and export stored results")
+    p.add_argument("--store", default="runs/quantbench.db", metavar="DB")
+    p.add_argument("--runs", action="store_true", help="list runs instead of result rows")
+    p.add_argument("--run", help="run id (or unique prefix)")
+    for name in ("model", "data", "method", "engine", "metric"):
+        p.add_argument(f"--{name}", help=f"filter on {name} (SQL LIKE pattern, e.g. 'top%%')")
+    p.add_argument("--batch", type=int)
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--out", metavar="FILE", help="write the export to FILE")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_results)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
+    try:
+        args = build_parser().parse_args(list(argv) if argv is not None else None)
+        return int(args.func(args) or 0)
+    except QuantbenchError as exc:
+        print(f"quantbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("quantbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

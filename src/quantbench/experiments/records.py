@@ -1,0 +1,101 @@
+"""Turn measurement objects into store rows (:class:`~quantbench.store.Result`).
+
+Kept in one place so every verb (run, eval, quantize, bench, ...) names its metrics and units
+the same way, and the report can rely on them:
+
+======================  =======  ===============================================
+metric                  unit     meaning
+======================  =======  ===============================================
+top1, top{k}            %        accuracy; extra: ci_low, ci_high, n_images, split
+loss                    nats     mean cross-entropy on the same images
+top1_drop               points   FP32 top-1 minus this top-1 (paired, same images);
+                                 extra: ci_low, ci_high, p_value
+params                  count    parameters (unique tensors)
+size_bytes              bytes    bytes of the saved file (extra: file)
+macs / flops            MACs /   per image at batch 1, and per batch (batch=b);
+                        FLOPs    FLOPs = 2 x MACs
+latency_median_ms       ms       one batch, median (extra: p90, threads, iters...)
+latency_p90_ms          ms       one batch, 90th percentile
+throughput_ips          img/s    batch / median latency
+train_time_s            s        wall-clock training time
+epoch.<name>            varies   per-epoch training history (extra: epoch)
+======================  =======  ===============================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from quantbench.store import Result
+
+
+@dataclass(frozen=True)
+class RowKey:
+    """Who a row is about: which model, on which data, produced how, run by what."""
+
+    model: str
+    data: str
+    method: str = "fp32"
+    engine: str = "torch"
+
+    def row(self, metric: str, value: float | None, unit: str, batch: int | None = None, **extra: Any) -> Result:
+        return Result(self.model, self.data, self.method, self.engine, metric, value, unit, batch, extra)
+
+
+def accuracy_rows(key: RowKey, ev: Any, split: str) -> list[Result]:
+    """Rows for an :class:`~quantbench.measure.accuracy.EvalResult`."""
+    rows = []
+    for k, acc in sorted(ev.topk.items()):
+        lo, hi = ev.ci[k]
+        rows.append(key.row(f"top{k}", acc, "%", ci_low=lo, ci_high=hi, n_images=ev.n_images, split=split))
+    rows.append(key.row("loss", ev.loss, "nats", n_images=ev.n_images, split=split))
+    return rows
+
+
+def drop_row(key: RowKey, paired: Any, split: str) -> Result:
+    """Top-1 drop vs FP32 on the same images (positive = worse than FP32), with its paired CI."""
+    d = paired.as_dict()
+    return key.row(
+        "top1_drop", -d["diff_points"], "points", ci_low=-d["ci_high"], ci_high=-d["ci_low"],
+        p_value=d["p_value"], n_images=d["n"], split=split,
+    )
+
+
+def cost_rows(key: RowKey, *, params: int, size_bytes: int, size_file: str, macs: Any,
+              batch_sizes: tuple[int, ...] = ()) -> list[Result]:
+    """Parameters, bytes on disk and MACs/FLOPs (per image, and per batch for each batch size)."""
+    rows = [
+        key.row("params", params, "count"),
+        key.row("size_bytes", size_bytes, "bytes", file=size_file),
+        key.row("macs", macs.per_image_macs, "MACs", 1, per="image"),
+        key.row("flops", 2 * macs.per_image_macs, "FLOPs", 1, per="image", convention="FLOPs = 2 x MACs"),
+    ]
+    for b in batch_sizes:
+        rows.append(key.row("macs_batch", macs.per_image_macs * b, "MACs", b, per="batch"))
+    return rows
+
+
+def latency_rows(key: RowKey, lat: Any) -> list[Result]:
+    """Rows for one :class:`~quantbench.measure.latency.LatencyResult`."""
+    info = {k: v for k, v in lat.as_dict().items() if k != "samples_ms"}
+    b = lat.batch_size
+    return [
+        key.row("latency_median_ms", lat.median_ms, "ms", b, **info),
+        key.row("latency_p90_ms", lat.p90_ms, "ms", b, **info),
+        key.row("throughput_ips", lat.throughput_ips, "img/s", b, **info),
+    ]
+
+
+def history_rows(key: RowKey, history: Any) -> list[Result]:
+    """Per-epoch history rows plus the total training time."""
+    rows = []
+    units = {"loss": "nats", "top1": "%", "topk": "%", "lr": "lr", "seconds": "s"}
+    for rec in history.epochs:
+        for name, value in rec.items():
+            if name == "epoch":
+                continue
+            unit = next((u for suffix, u in units.items() if name.endswith(suffix)), "")
+            rows.append(key.row(f"epoch.{name}", value, unit, epoch=int(rec["epoch"])))
+    rows.append(key.row("train_time_s", history.wall_s, "s", epochs=len(history.epochs)))
+    return rows

@@ -1,0 +1,184 @@
+"""The experiment runner: config -> data -> model -> train -> measure -> store -> report.
+
+Each stage commits its rows to the store as soon as it finishes, so a crash keeps what was
+measured so far (the run is marked ``failed``). Later features (PTQ, engines, QAT) add
+stages here that produce more rows for the same run.
+
+Example:
+    >>> outcome = run_experiment(from_dict({"train": {"epochs": 1}}))  # doctest: +SKIP
+    >>> outcome.report_html  # doctest: +SKIP
+    PosixPath('runs/20261123-101500-run-ab12cd/report.html')
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from quantbench import config as config_mod
+from quantbench.config import DataConfig, ExperimentConfig, MeasureConfig, ModelConfig
+from quantbench.data import open_dataset, split_dataset
+from quantbench.experiments.records import RowKey, accuracy_rows, cost_rows, history_rows, latency_rows
+from quantbench.measure.accuracy import EvalResult, evaluate
+from quantbench.measure.environment import environment
+from quantbench.measure.latency import latency_vs_batch, torch_runner
+from quantbench.measure.macs import count_macs
+from quantbench.measure.params import count_parameters
+from quantbench.measure.size import save_fp32
+from quantbench.models import build_model, load_checkpoint
+from quantbench.store import Result, ResultStore, new_run_id
+from quantbench.train import History, fit
+
+
+@dataclass
+class Splits:
+    """The roles one data spec plays in an experiment (disjoint, seeded, stratified)."""
+
+    full: Any
+    parts: dict[str, Any]
+
+    def get(self, role: str) -> Any | None:
+        return self.parts.get(role)
+
+
+@dataclass
+class RunOutcome:
+    """What a run produced: its id and folder, all rows, and the artefacts the report needs."""
+
+    run_id: str
+    out_dir: Path
+    results: list[Result] = field(default_factory=list)
+    histories: dict[str, History] = field(default_factory=dict)
+    report_html: Path | None = None
+    report_md: Path | None = None
+
+
+def prepare_data(cfg: DataConfig) -> Splits:
+    """Open the data spec and split it into the configured roles."""
+    ds = open_dataset(cfg.spec, normalize=cfg.normalize, resize=cfg.resize)
+    return Splits(full=ds, parts=split_dataset(ds, dict(cfg.split), seed=cfg.seed))
+
+
+def prepare_model(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """Build a zoo model sized for the data (classes, channels) and load its checkpoint if any."""
+    model = build_model(
+        cfg.name,
+        num_classes=cfg.num_classes or num_classes,
+        in_channels=cfg.in_channels or input_shape[0],
+        **cfg.hyper,
+    )
+    if cfg.checkpoint:
+        load_checkpoint(model, cfg.checkpoint)
+    return model.eval()
+
+
+def measure_costs(key: RowKey, model: nn.Module, input_shape: tuple[int, int, int], m: MeasureConfig,
+                  size_path: Path, *, latency: bool = True) -> list[Result]:
+    """Params, FP32 bytes on disk, MACs/FLOPs and latency vs batch size for an eager torch model."""
+    size = save_fp32(model, size_path)
+    macs = count_macs(model, input_shape, batch_size=1)
+    rows = cost_rows(key, params=count_parameters(model), size_bytes=size, size_file=size_path.name,
+                     macs=macs, batch_sizes=m.batch_sizes)
+    if latency:
+        lats = latency_vs_batch(
+            lambda b: torch_runner(model, input_shape, b),
+            m.batch_sizes, threads=m.threads, warmup=m.warmup, min_iters=m.min_iters, min_time_s=m.min_time_s,
+        )
+        for lat in lats:
+            rows += latency_rows(key, lat)
+    return rows
+
+
+class _Stage:
+    """Commit each stage's rows as it ends, so a crash keeps earlier stages."""
+
+    def __init__(self, store: ResultStore, run_id: str, outcome: RunOutcome) -> None:
+        self.store, self.run_id, self.outcome = store, run_id, outcome
+
+    def commit(self, rows: list[Result]) -> None:
+        self.store.add_results(self.run_id, rows)
+        self.outcome.results.extend(rows)
+
+
+def run_experiment(cfg: ExperimentConfig, *, progress: bool = True, kind: str = "run", latency: bool = True,
+                   log: Callable[[str], None] | None = None) -> RunOutcome:
+    """Run the whole experiment described by ``cfg``; returns the outcome with report paths.
+
+    ``latency=False`` skips the latency measurement (``quantbench train`` only needs accuracy).
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    env = environment()
+    store = ResultStore(cfg.store)
+    run_id = new_run_id(kind)
+    out_dir = Path(cfg.out_dir) / run_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_mod.save(cfg, out_dir / "config.yaml")
+    store.start_run(kind, config=config_mod.to_dict(cfg), environment=env, name=cfg.name, run_id=run_id,
+                    out_dir=str(out_dir))
+    outcome = RunOutcome(run_id=run_id, out_dir=out_dir)
+    stage = _Stage(store, run_id, outcome)
+    try:
+        _run_stages(cfg, stage, out_dir, progress, log, latency)
+        store.finish_run(run_id, "finished")
+    except BaseException:
+        store.finish_run(run_id, "failed")
+        raise
+    finally:
+        write_results_json(outcome, cfg, env)
+        store.close()
+    from quantbench.report import write_report
+
+    outcome.report_html, outcome.report_md = write_report(cfg.store, run_id, out_dir)
+    return outcome
+
+
+def _run_stages(cfg: ExperimentConfig, stage: _Stage, out_dir: Path, progress: bool,
+                log: Callable[[str], None], latency: bool) -> None:
+    splits = prepare_data(cfg.data)
+    ds = splits.full
+    log(f"data: {cfg.data.spec} ({len(ds)} images, {ds.num_classes} classes, input {ds.input_shape}); "
+        + ", ".join(f"{k} {len(v)}" for k, v in splits.parts.items()))
+    model = prepare_model(cfg.model, ds.input_shape, ds.num_classes)
+    key = RowKey(model=cfg.model.name, data=cfg.data.spec)
+    if cfg.train.epochs > 0:
+        train_part = splits.get("train")
+        if train_part is None:
+            raise ValueError("data.split has no 'train' part but train.epochs > 0")
+        log(f"train: {cfg.model.name}, {cfg.train.epochs} epochs on {len(train_part)} images")
+        history = fit(model, train_part, splits.get("val"), cfg.train, progress=progress,
+                      checkpoint_path=out_dir / "model_fp32.pt", topk=cfg.measure.topk)
+        stage.outcome.histories["fp32"] = history
+        stage.commit(history_rows(key, history))
+    test = splits.get("test") or ds
+    ev = evaluate_split(model, test, cfg.measure, progress, "eval fp32")
+    stage.commit(accuracy_rows(key, ev, "test"))
+    log("measure: params, size, MACs" + (", latency vs batch " + ",".join(map(str, cfg.measure.batch_sizes))
+                                          if latency else ""))
+    stage.commit(measure_costs(key, model, ds.input_shape, cfg.measure, out_dir / "model_fp32.pt", latency=latency))
+
+
+def evaluate_split(model: nn.Module, data: Any, m: MeasureConfig, progress: bool, desc: str) -> EvalResult:
+    """Top-1/top-k with CIs on one split (progress bar on stderr)."""
+    with torch.inference_mode():
+        return evaluate(model, data, topk=(1, m.topk), batch_size=m.eval_batch_size,
+                        progress=desc if progress else False)
+
+
+def write_results_json(outcome: RunOutcome, cfg: ExperimentConfig, env: dict[str, Any]) -> Path:
+    """``results.json``: the resolved config, environment and every row, in one file."""
+    path = outcome.out_dir / "results.json"
+    payload = {
+        "run_id": outcome.run_id,
+        "config": config_mod.to_dict(cfg),
+        "environment": env,
+        "results": [r.as_dict() for r in outcome.results],
+    }
+    path.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
+    return path

@@ -1,0 +1,185 @@
+"""Report figures (matplotlib, imported lazily with the Agg backend).
+
+Each function takes store rows and returns a :class:`Figure` (PNG bytes + caption) or None
+when the run has nothing to plot. Captions say what was measured, on what, in which units.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from quantbench.report.tables import histories, variant_key
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    png: bytes
+    caption: str
+
+
+def matplotlib_available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def _label(key: tuple[str, str, str]) -> str:
+    model, method, engine = key
+    return f"{method} / {engine}"
+
+
+def training_curves(rows: Sequence[Row]) -> Figure | None:
+    """Loss and top-1 per epoch (train and validation) for every trained variant."""
+    hist = histories(rows)
+    if not hist:
+        return None
+    plt = _plt()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for label, metrics in hist.items():
+        for name, style in (("train_loss", "-"), ("val_loss", "--")):
+            if name in metrics:
+                e, v = zip(*metrics[name], strict=True)
+                ax_loss.plot(e, v, style, marker="o", ms=3, label=f"{label} {name.split('_')[0]}")
+        for name, style in (("train_top1", "-"), ("val_top1", "--")):
+            if name in metrics:
+                e, v = zip(*metrics[name], strict=True)
+                ax_acc.plot(e, v, style, marker="o", ms=3, label=f"{label} {name.split('_')[0]}")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy (nats)", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="top-1 (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return Figure("training_curves", _png(fig),
+                  "Training curves: mean cross-entropy and top-1 accuracy per epoch on the training split "
+                  "(solid, measured during the epoch) and the validation split (dashed, after the epoch).")
+
+
+def accuracy_bars(rows: Sequence[Row]) -> Figure | None:
+    """Top-1 per variant with its 95% confidence interval."""
+    pts = [r for r in rows if r["metric"] == "top1" and r["value"] is not None]
+    if not pts:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(pts) + 2), 3.6))
+    labels = [_label(variant_key(r)) for r in pts]
+    vals = [r["value"] for r in pts]
+    lo = [r["value"] - r["extra"].get("ci_low", r["value"]) for r in pts]
+    hi = [r["extra"].get("ci_high", r["value"]) - r["value"] for r in pts]
+    ax.bar(range(len(pts)), vals, yerr=[lo, hi], capsize=4, color="#4C72B0")
+    for i, v in enumerate(vals):
+        ax.text(i, v / 2, f"{v:.2f}", ha="center", color="white", fontsize=8)
+    ax.set_xticks(range(len(pts)), labels, rotation=20, ha="right", fontsize=8)
+    ax.set(ylabel="top-1 (%)", ylim=(0, 100), title="accuracy on the evaluation split")
+    ax.grid(axis="y", alpha=0.3)
+    n = pts[0]["extra"].get("n_images", "?")
+    return Figure("accuracy", _png(fig),
+                  f"Top-1 accuracy (%) on the same {n} evaluation images for every variant; error bars are "
+                  "95% Wilson confidence intervals.")
+
+
+def latency_vs_batch(rows: Sequence[Row]) -> Figure | None:
+    """Median latency (with p90) and throughput against batch size per variant."""
+    med: dict[tuple[str, str, str], list[tuple[int, float, float]]] = defaultdict(list)
+    for r in rows:
+        if r["metric"] == "latency_median_ms":
+            med[variant_key(r)].append((r["batch"], r["value"], r["extra"].get("p90_ms", r["value"])))
+    if not med:
+        return None
+    plt = _plt()
+    fig, (ax_l, ax_t) = plt.subplots(1, 2, figsize=(10, 3.8))
+    threads = "?"
+    for key, pts in med.items():
+        pts.sort()
+        b, m, p90 = zip(*pts, strict=True)
+        ax_l.errorbar(b, m, yerr=[[0] * len(m), [q - x for q, x in zip(p90, m, strict=True)]], marker="o",
+                      capsize=3, label=_label(key))
+        ax_t.plot(b, [bb / (mm / 1000.0) for bb, mm in zip(b, m, strict=True)], marker="o", label=_label(key))
+    for r in rows:
+        if r["metric"] == "latency_median_ms":
+            threads = r["extra"].get("threads", "?")
+            break
+    ax_l.set(xscale="log", yscale="log", xlabel="batch size", ylabel="latency per batch (ms)", title="latency")
+    ax_t.set(xscale="log", xlabel="batch size", ylabel="images / s", title="throughput")
+    for ax in (ax_l, ax_t):
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    return Figure("latency_vs_batch", _png(fig),
+                  f"Latency of one batch (median, bar up to p90) and throughput (batch / median) against batch "
+                  f"size; {threads} thread(s), after warm-up, on this machine's CPU.")
+
+
+def macs_vs_batch(rows: Sequence[Row]) -> Figure | None:
+    """MACs per batch against batch size (linear by construction; shown for scale)."""
+    pts: dict[tuple[str, str, str], list[tuple[int, float]]] = defaultdict(list)
+    for r in rows:
+        if r["metric"] == "macs_batch":
+            pts[variant_key(r)].append((r["batch"], r["value"]))
+    if not pts:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for key, p in pts.items():
+        p.sort()
+        b, v = zip(*p, strict=True)
+        ax.plot(b, v, marker="o", label=_label(key))
+    ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="MACs per batch", title="compute")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    return Figure("macs_vs_batch", _png(fig),
+                  "Multiply-accumulates (MACs) per batch against batch size, counted on conv/linear layers; "
+                  "FLOPs = 2 x MACs.")
+
+
+def size_bars(rows: Sequence[Row]) -> Figure | None:
+    """Bytes on disk of each variant's saved file."""
+    pts = [r for r in rows if r["metric"] == "size_bytes" and r["value"]]
+    if not pts:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(pts) + 2), 3.6))
+    vals = [r["value"] / 1e3 for r in pts]
+    ax.bar(range(len(pts)), vals, color="#55A868")
+    for i, v in enumerate(vals):
+        ax.text(i, v, f"{v:.1f} kB", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(pts)), [_label(variant_key(r)) for r in pts], rotation=20, ha="right", fontsize=8)
+    ax.set(ylabel="kB on disk (1 kB = 1000 B)", title="model size")
+    ax.grid(axis="y", alpha=0.3)
+    return Figure("model_size", _png(fig),
+                  "Size on disk: bytes of each saved model file (FP32 state dict, or the packed quantized file "
+                  "with scales and zero-points included).")
+
+
+ALL_FIGURES = (training_curves, accuracy_bars, size_bars, latency_vs_batch, macs_vs_batch)
+
+
+def make_figures(rows: Sequence[Row]) -> list[Figure]:
+    """Every figure this run's rows support (none when matplotlib is absent)."""
+    if not matplotlib_available():
+        return []
+    return [f for f in (fn(rows) for fn in ALL_FIGURES) if f is not None]

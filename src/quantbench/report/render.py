@@ -1,0 +1,139 @@
+"""Self-contained HTML and Markdown reports for one stored run.
+
+Built from the store alone (run row + result rows), so ``quantbench report RUN`` can
+regenerate any past run's report. The HTML embeds its figures as base64 PNGs and its CSS,
+so the single file opens anywhere, offline; the Markdown links PNG files in ``figures/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from quantbench.report.figures import Figure, make_figures, matplotlib_available
+from quantbench.report.tables import latency_table, summary_table, training_table
+from quantbench.store import ResultStore
+
+DEFINITIONS = [
+    ("Size", "bytes of the saved model file on disk; for quantized models the integer weights are really "
+             "packed (INT8 one per byte, INT4 two per byte) and scales/zero-points are included."),
+    ("MACs / FLOPs", "multiply-accumulate operations of conv and linear layers per image; FLOPs = 2 x MACs."),
+    ("Latency", "wall-clock time of one batch measured by one function: warm-up runs first, then repeated "
+                "runs; median and 90th percentile reported with thread count and batch size."),
+    ("Accuracy", "top-1/top-k in percent with a 95% Wilson confidence interval."),
+    ("Accuracy drop", "points of top-1 lost versus the FP32 model evaluated on the same images in the same "
+                      "run, with a paired 95% confidence interval (Newcombe) and McNemar's exact p-value."),
+]
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+th{background:#f3f3f3}figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
+figcaption{font-size:.85em;color:#555;max-width:900px}code{background:#f5f5f5;padding:0 .2em}
+dl dt{font-weight:600}dl dd{margin:0 0 .5em 1em}
+"""
+
+
+def _html_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in body)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def _md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    def esc(s: str) -> str:
+        return str(s).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def _environment_rows(run: dict[str, Any]) -> list[list[str]]:
+    env = run["environment"]
+    pkgs = env.get("packages", {}) or {}
+    rows = [["run id", run["run_id"]], ["status", run["status"]], ["created", run["created"]],
+            ["git commit", str(env.get("git_sha"))], ["CPU", str(env.get("cpu_model"))],
+            ["logical cores", str(env.get("cpu_count"))], ["torch threads", str(env.get("torch_threads"))],
+            ["python", str(env.get("python"))]]
+    rows += [[name, str(ver)] for name, ver in sorted(pkgs.items()) if ver]
+    return rows
+
+
+def _sections(run: dict[str, Any], rows: list[dict[str, Any]]) -> list[tuple[str, tuple[list[str], list[list[str]]]]]:
+    out = [("Results", summary_table(rows))]
+    tt = training_table(rows)
+    if tt[1]:
+        out.append(("Training", tt))
+    lt = latency_table(rows)
+    if lt[1]:
+        out.append(("Latency and throughput", lt))
+    out.append(("Environment", (["what", "value"], _environment_rows(run))))
+    return out
+
+
+def write_report(store_path: str | Path, run_id: str, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``report.md`` (+ ``figures/*.png``) for ``run_id`` into ``out_dir``."""
+    with ResultStore(store_path) as store:
+        run = store.run(run_id)
+        rows = store.query(run_id=run["run_id"])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = make_figures(rows)
+    fig_dir = out / "figures"
+    if figures:
+        fig_dir.mkdir(exist_ok=True)
+        for f in figures:
+            (fig_dir / f"{f.name}.png").write_bytes(f.png)
+    title = f"quantbench report — {run.get('name') or run['kind']} ({run['run_id']})"
+    sections = _sections(run, rows)
+    html_path = out / "report.html"
+    html_path.write_text(_render_html(title, run, sections, figures), encoding="utf-8")
+    md_path = out / "report.md"
+    md_path.write_text(_render_md(title, run, sections, figures), encoding="utf-8")
+    return html_path, md_path
+
+
+def _figure_note() -> str:
+    return "" if matplotlib_available() else "Figures omitted: matplotlib is not installed (pip install quantbench[report])."
+
+
+def _render_html(title: str, run: dict[str, Any], sections: list, figures: list[Figure]) -> str:
+    cfg = run["config"]
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+             f"<p>Model <code>{html.escape(str(cfg.get('model', {}).get('name')))}</code> on data "
+             f"<code>{html.escape(str(cfg.get('data', {}).get('spec')))}</code>.</p>"]
+    name, table = sections[0]
+    parts.append(f"<h2>{name}</h2>" + _html_table(*table))
+    parts.append("<h2>Figures</h2>")
+    if not figures:
+        parts.append(f"<p>{html.escape(_figure_note() or 'No figures for this run.')}</p>")
+    for f in figures:
+        b64 = base64.b64encode(f.png).decode("ascii")
+        parts.append(f"<figure id='{f.name}'><img alt='{html.escape(f.name)}' src='data:image/png;base64,{b64}'>"
+                     f"<figcaption>{html.escape(f.caption)}</figcaption></figure>")
+    for name, table in sections[1:]:
+        parts.append(f"<h2>{name}</h2>" + _html_table(*table))
+    parts.append("<h2>Definitions</h2><dl>" + "".join(
+        f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in DEFINITIONS) + "</dl>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _render_md(title: str, run: dict[str, Any], sections: list, figures: list[Figure]) -> str:
+    lines = [f"# {title}", ""]
+    name, table = sections[0]
+    lines += [f"## {name}", "", _md_table(*table), "", "## Figures", ""]
+    if not figures:
+        lines += [_figure_note() or "No figures for this run.", ""]
+    for f in figures:
+        lines += [f"![{f.name}](figures/{f.name}.png)", "", f"*{f.caption}*", ""]
+    for name, table in sections[1:]:
+        lines += [f"## {name}", "", _md_table(*table), ""]
+    lines += ["## Definitions", ""] + [f"- **{k}**: {v}" for k, v in DEFINITIONS] + [""]
+    return "\n".join(lines)

@@ -1,0 +1,119 @@
+"""Tables for the report, computed from store rows alone (so any stored run can be reported)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+Row = dict[str, Any]
+
+
+def variant_key(r: Row) -> tuple[str, str, str]:
+    return (r["model"], r["method"], r["engine"])
+
+
+def _fmt_ci(r: Row | None, digits: int = 2) -> str:
+    if r is None or r["value"] is None:
+        return "–"
+    e = r.get("extra", {})
+    if "ci_low" in e and "ci_high" in e:
+        return f"{r['value']:.{digits}f} [{e['ci_low']:.{digits}f}, {e['ci_high']:.{digits}f}]"
+    return f"{r['value']:.{digits}f}"
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "–"
+    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def human_count(n: float | None) -> str:
+    if n is None:
+        return "–"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{int(n)}"
+
+
+def summary_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
+    """One line per (model, method, engine): accuracy with CIs, paired drop, params, size, MACs."""
+    by: dict[tuple[str, str, str], dict[str, Row]] = defaultdict(dict)
+    topk_names: set[str] = set()
+    for r in rows:
+        if r["metric"].startswith("epoch.") or r["metric"].startswith("latency") or r["metric"] == "throughput_ips":
+            continue
+        if r["batch"] not in (None, 1):
+            continue
+        by[variant_key(r)][r["metric"]] = r
+        if r["metric"].startswith("top") and r["metric"][3:].isdigit() and r["metric"] != "top1":
+            topk_names.add(r["metric"])
+    topk = sorted(topk_names, key=lambda m: int(m[3:]))
+    header = ["model", "method", "engine", "top-1 % [95% CI]"] + [f"top-{m[3:]} %" for m in topk] + [
+        "drop vs FP32, points [95% CI]", "images", "params", "size on disk", "MACs/image"]
+    body = []
+    for (model, method, engine), m in by.items():
+        if "top1" not in m and "size_bytes" not in m:
+            continue
+        n = m.get("top1", {}).get("extra", {}).get("n_images") if "top1" in m else None
+        body.append([model, method, engine, _fmt_ci(m.get("top1"))]
+                    + [_fmt_ci(m.get(t), 2).split(" [")[0] for t in topk]
+                    + [_fmt_ci(m.get("top1_drop")), str(n) if n else "–",
+                       human_count(m["params"]["value"]) if "params" in m else "–",
+                       human_bytes(m["size_bytes"]["value"]) if "size_bytes" in m else "–",
+                       human_count(m["macs"]["value"]) if "macs" in m else "–"])
+    return header, body
+
+
+def latency_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
+    """Latency (median, p90) and throughput per variant and batch size."""
+    by: dict[tuple[Any, ...], dict[str, Row]] = defaultdict(dict)
+    for r in rows:
+        if r["metric"] in ("latency_median_ms", "latency_p90_ms", "throughput_ips"):
+            by[(*variant_key(r), r["batch"])][r["metric"]] = r
+    header = ["model", "method", "engine", "batch", "median ms", "p90 ms", "images/s", "threads", "iterations"]
+    body = []
+    for (model, method, engine, batch), m in sorted(by.items(), key=lambda kv: tuple(str(x) for x in kv[0][:3]) + (kv[0][3],)):
+        med = m.get("latency_median_ms")
+        extra = med["extra"] if med else {}
+        body.append([model, method, engine, str(batch),
+                     f"{med['value']:.3f}" if med else "–",
+                     f"{m['latency_p90_ms']['value']:.3f}" if "latency_p90_ms" in m else "–",
+                     f"{m['throughput_ips']['value']:.1f}" if "throughput_ips" in m else "–",
+                     str(extra.get("threads", "–")), str(extra.get("iterations", "–"))])
+    return header, body
+
+
+def training_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
+    """Last-epoch numbers and wall-clock training time per trained variant."""
+    last: dict[tuple[str, str, str], dict[str, Row]] = defaultdict(dict)
+    for r in rows:
+        if r["metric"].startswith("epoch."):
+            cur = last[variant_key(r)].get(r["metric"])
+            if cur is None or r["extra"].get("epoch", 0) >= cur["extra"].get("epoch", 0):
+                last[variant_key(r)][r["metric"]] = r
+        elif r["metric"] == "train_time_s":
+            last[variant_key(r)]["train_time_s"] = r
+    header = ["model", "method", "epochs", "train loss", "train top-1 %", "val loss", "val top-1 %", "training time s"]
+    body = []
+    for (model, method, _engine), m in last.items():
+        def v(name: str, fmt: str = "{:.3f}") -> str:
+            return fmt.format(m[name]["value"]) if name in m and m[name]["value"] is not None else "–"
+        epochs = m.get("train_time_s", {}).get("extra", {}).get("epochs", "–")
+        body.append([model, method, str(epochs), v("epoch.train_loss"), v("epoch.train_top1", "{:.2f}"),
+                     v("epoch.val_loss"), v("epoch.val_top1", "{:.2f}"), v("train_time_s", "{:.1f}")])
+    return header, body
+
+
+def histories(rows: Sequence[Row]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """{variant label: {metric: [(epoch, value), ...]}} for the training-curve figure."""
+    out: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["metric"].startswith("epoch.") and r["value"] is not None:
+            label = f"{r['model']} {r['method']}"
+            out[label][r["metric"][6:]].append((int(r["extra"]["epoch"]), float(r["value"])))
+    return {k: {m: sorted(v) for m, v in d.items()} for k, d in out.items()}

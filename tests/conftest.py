@@ -1,0 +1,34 @@
+"""Shared test fixtures.
+
+Real data lives in ``../shared`` beside the checkout (CIFAR-10 JPEGs, ResNet20 weights);
+tests that need it are marked ``realdata`` and skip, with the reason, when it is absent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("QUANTBENCH_SHARED", REPO.parent / "shared"))
+CIFAR_DEV = SHARED / "datasets" / "cifar10-jpeg" / "dev"
+RESNET20_WEIGHTS = SHARED / "weights" / "resnet20-12fca82f.th"
+
+# Two xdist workers on a 2-core machine: one intra-op thread each keeps them from fighting.
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    """The ../shared folder, or skip the test with the reason."""
+    if not CIFAR_DEV.is_dir() or not RESNET20_WEIGHTS.is_file():
+        pytest.skip(f"real data not found at {SHARED} (needs datasets/cifar10-jpeg/dev and weights/)")
+    return SHARED
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
