@@ -58,8 +58,10 @@ def _environment_rows(run: dict[str, Any]) -> list[list[str]]:
     pkgs = env.get("packages", {}) or {}
     rows = [["run id", run["run_id"]], ["status", run["status"]], ["created", run["created"]],
             ["git commit", str(env.get("git_sha"))], ["CPU", str(env.get("cpu_model"))],
-            ["logical cores", str(env.get("cpu_count"))], ["torch threads", str(env.get("torch_threads"))],
-            ["python", str(env.get("python"))]]
+            ["CPU flags", ", ".join(k for k, v in (env.get("cpu_flags") or {}).items() if v)],
+            ["logical cores", str(env.get("logical_cores"))], ["torch threads", str(env.get("torch_threads"))],
+            ["memory", f"{(env.get('memory_total_bytes') or 0) / 2**30:.1f} GiB"],
+            ["OS", str(env.get("os"))], ["python", str(env.get("python_version"))]]
     rows += [[name, str(ver)] for name, ver in sorted(pkgs.items()) if ver]
     return rows
 

@@ -1,0 +1,116 @@
+"""CLI end to end, in-process through ``cli.main(argv)``, on tiny synthetic data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from quantbench.cli import main
+from quantbench.store import ResultStore
+
+SYN = "synthetic:n=240,shape=1x8x8,classes=10,seed=0"
+
+
+def _last_json(capsys) -> object:
+    out = capsys.readouterr().out.strip().splitlines()
+    return json.loads(out[-1])
+
+
+def _run_args(tmp_path, *extra: str) -> list[str]:
+    return ["--data", SYN, "--model", "lenet", "--epochs", "2", "--batch-sizes", "1,4",
+            "--store", str(tmp_path / "q.db"), "--out", str(tmp_path / "runs"), "--no-progress",
+            "--set", "measure.min_time_s=0.01", "--set", "measure.min_iters=3", *extra]
+
+
+def test_run_writes_report_store_and_json(tmp_path, capsys):
+    assert main(["run", *_run_args(tmp_path), "--json"]) == 0
+    rec = _last_json(capsys)
+    run_dir = tmp_path / "runs" / rec["run_id"]
+    for name in ("report.html", "report.md", "results.json", "config.yaml", "model_fp32.pt"):
+        assert (run_dir / name).is_file(), name
+    html = (run_dir / "report.html").read_text()
+    assert "data:image/png;base64," in html and "training_curves" in html and "latency_vs_batch" in html
+    metrics = {r["metric"] for r in rec["results"]}
+    assert {"top1", "top5", "params", "size_bytes", "macs", "flops", "latency_median_ms", "throughput_ips",
+            "train_time_s", "epoch.train_loss"} <= metrics
+    with ResultStore(tmp_path / "q.db") as store:
+        run = store.run(rec["run_id"])
+        assert run["status"] == "finished" and run["config"]["train"]["epochs"] == 2
+        assert "cpu_model" in run["environment"]
+        lat = store.query(run_id=rec["run_id"], metric="latency_median_ms")
+        assert sorted(r["batch"] for r in lat) == [1, 4]
+        assert all(r["extra"]["p90_ms"] >= r["value"] for r in lat)
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert saved["config"]["data"]["spec"] == SYN and len(saved["results"]) == len(rec["results"])
+
+
+def test_run_prints_summary_table_and_report_path(tmp_path, capsys):
+    assert main(["run", *_run_args(tmp_path, "--epochs", "1")]) == 0
+    out = capsys.readouterr().out
+    assert "top-1 % [95% CI]" in out and "report: " in out and out.strip().endswith("report.html")
+
+
+def test_train_then_eval_checkpoint(tmp_path, capsys):
+    assert main(["train", *_run_args(tmp_path), "--json"]) == 0
+    ckpt = _last_json(capsys)["checkpoint"]
+    assert main(["eval", "--model", "lenet", "--checkpoint", ckpt, "--data", SYN, "--json", "--no-progress",
+                 "--store", str(tmp_path / "q.db")]) == 0
+    rec = _last_json(capsys)
+    assert rec["n_images"] == 240 and 0 <= rec["top1"] <= 100 and rec["top5"] >= rec["top1"]
+
+
+def test_results_filter_and_export(tmp_path, capsys):
+    assert main(["run", *_run_args(tmp_path, "--epochs", "1"), "--json"]) == 0
+    capsys.readouterr()
+    db = str(tmp_path / "q.db")
+    assert main(["results", "--store", db, "--metric", "top1", "--json"]) == 0
+    rows = _last_json(capsys)
+    assert len(rows) == 1 and rows[0]["unit"] == "%"
+    out_csv = tmp_path / "x.csv"
+    assert main(["results", "--store", db, "--format", "csv", "--out", str(out_csv)]) == 0
+    assert out_csv.read_text().startswith("id,run_id,model")
+    assert main(["results", "--store", db, "--runs"]) == 0
+    assert "finished" in capsys.readouterr().out
+
+
+def test_models_and_datasets_listings(capsys):
+    assert main(["models", "resnet2*", "--json"]) == 0
+    recs = _last_json(capsys)
+    r20 = next(r for r in recs if r["name"] == "resnet20")
+    assert r20["params"] == 269_722 and r20["macs"] > 40_000_000
+    assert main(["datasets", "--json"]) == 0
+    kinds = {r["kind"] for r in _last_json(capsys)}
+    assert {"digits", "synthetic", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder"} <= kinds
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["eval", "--model", "lenet", "--data", "imagefolder:/nonexistent/dir"], "/nonexistent/dir"),
+        (["eval", "--model", "nosuchnet", "--data", SYN], "nosuchnet"),
+        (["eval", "--model", "lenet", "--data", "nosuchkind:x"], "nosuchkind"),
+        (["eval", "--model", "lenet", "--data", SYN, "--checkpoint", "/nonexistent.pt"], "/nonexistent.pt"),
+        (["run", "--config", "/nonexistent.yaml"], "/nonexistent.yaml"),
+        (["run", "--set", "train.epoch=3"], "train.epoch"),
+        (["run", "--batch-sizes", "1,x"], "comma-separated integers"),
+        (["results", "--store", "/nonexistent/q.db"], "/nonexistent/q.db"),
+        (["nosuchverb"], "nosuchverb"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(argv, needle, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err
+
+
+def test_corrupt_checkpoint_exit_2_and_store_untouched(tmp_path, capsys):
+    db = tmp_path / "q.db"
+    assert main(["run", *_run_args(tmp_path, "--epochs", "1"), "--json"]) == 0
+    capsys.readouterr()
+    before = db.read_bytes()
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00garbage" * 10)
+    assert main(["eval", "--model", "lenet", "--checkpoint", str(bad), "--data", SYN, "--store", str(db)]) == 2
+    assert "bad.pt" in capsys.readouterr().err
+    assert db.read_bytes() == before
