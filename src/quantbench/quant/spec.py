@@ -1,0 +1,378 @@
+"""What to quantize and how: :class:`QuantSpec` (one tensor), :class:`LayerSpec`, :class:`QuantPlan`.
+
+Why frozen dataclasses: a quantization method is *data* (the torchao habit). A plan is saved
+beside every result and inside every artefact (:meth:`QuantPlan.as_dict`), so it must be
+plain, comparable and validated once, here, instead of in every algorithm that reads it.
+
+Conventions (they follow ONNX ``QuantizeLinear`` so that export is a copy, not a translation):
+
+* ``q = clamp(round(x / scale) + zero_point, qmin, qmax)``, ``x' = (q - zero_point) * scale``,
+  rounding half to even (``torch.round``).
+* Weights: signed, symmetric (zero point 0), per output channel along ``axis=0`` by default.
+* Activations: unsigned, asymmetric (``uint8`` for 8 bits) - the u8-activation/s8-weight QDQ
+  format that ONNX Runtime has fast integer kernels for (DESIGN.md section 4).
+* ``narrow_range`` drops the most negative code of a signed type (``-127..127`` for 8 bits).
+
+Example:
+    >>> plan = parse_scheme("w4a8")
+    >>> plan.default.weight.short(), plan.default.act.short()
+    ('int4-sym-pc', 'uint8-asym')
+    >>> plan.for_layer("conv1", is_first=True, is_last=False).weight.bits
+    4
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from quantbench.errors import QuantbenchError
+
+COMPANDINGS = ("none", "mulaw")
+FIRST_LAST = ("same", "int8", "fp32")
+MIN_BITS, MAX_BITS = 2, 16
+SCHEME_FORMS = "wXaY (X, Y in 2..16, e.g. w8a8, w4a8, w4a4, w2a8), wX (weights only), dynamic, fp32"
+
+
+def _check_type(owner: str, key: str, value: Any, tp: type) -> None:
+    ok = isinstance(value, tp) and not (tp is not bool and isinstance(value, bool))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        raise QuantbenchError(f"{owner}: {key} must be {tp.__name__}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How one tensor (a weight or an activation) is quantized.
+
+    Attributes:
+        bits: Integer width, 2..16.
+        signed: Signed codes (``-2^(b-1)..2^(b-1)-1``) or unsigned (``0..2^b-1``).
+        symmetric: Zero point fixed at 0. Signed: range ``[-amax, amax]`` with
+            ``scale = amax / qmax``. Unsigned: range ``[0, max]`` (no ``2^(b-1)`` midpoint).
+        per_channel: One scale/zero point per slice along ``axis`` instead of one per tensor.
+        axis: The channel axis for ``per_channel`` (0 = conv/linear output channels).
+        observer: Name in ``quantbench.quant.observers.OBSERVERS`` that picks the range.
+        percentile: Clipping percentile for the ``percentile`` observer, in (0, 100].
+        companding: ``"none"`` (uniform levels) or ``"mulaw"`` (levels dense near 0).
+        mu: The mu-law parameter (larger = more levels near 0).
+        narrow_range: Signed codes ``-(2^(b-1)-1)..2^(b-1)-1`` (symmetric around 0).
+        dynamic: Activation range measured on each batch at run time (no calibration).
+    """
+
+    bits: int = 8
+    signed: bool = True
+    symmetric: bool = True
+    per_channel: bool = False
+    axis: int = 0
+    observer: str = "minmax"
+    percentile: float = 99.99
+    companding: str = "none"
+    mu: float = 255.0
+    narrow_range: bool = False
+    dynamic: bool = False
+
+    def __post_init__(self) -> None:
+        own = "quant spec"
+        for f in dataclasses.fields(self):
+            tp = {"int": int, "bool": bool, "str": str, "float": float}[str(f.type)]
+            _check_type(own, f.name, getattr(self, f.name), tp)
+        if not MIN_BITS <= self.bits <= MAX_BITS:
+            raise QuantbenchError(f"{own}: bits {self.bits} out of range; expected {MIN_BITS}..{MAX_BITS}")
+        if not 0.0 < self.percentile <= 100.0:
+            raise QuantbenchError(f"{own}: percentile {self.percentile} out of range; expected (0, 100]")
+        if self.companding not in COMPANDINGS:
+            raise QuantbenchError(
+                f"{own}: unknown companding {self.companding!r}; expected one of: {', '.join(COMPANDINGS)}"
+            )
+        if not (math.isfinite(self.mu) and self.mu > 0):
+            raise QuantbenchError(f"{own}: mu {self.mu} must be a finite number > 0")
+        if self.companding != "none" and not self.symmetric:
+            raise QuantbenchError(
+                f"{own}: companding {self.companding!r} needs symmetric=True (mu-law is centred on 0)"
+            )
+        if self.narrow_range and not self.signed:
+            raise QuantbenchError(f"{own}: narrow_range needs signed=True (it drops the code -2^(bits-1))")
+        # Imported here because observers.py imports this module; this makes a typo in an
+        # observer name, or a per-tensor-only observer asked per channel, fail at spec time.
+        from quantbench.quant.observers import OBSERVERS
+
+        meta = OBSERVERS.meta(self.observer)
+        if self.per_channel and not meta.get("per_channel", True):
+            per_ch = ", ".join(n for n in OBSERVERS.names() if OBSERVERS.meta(n).get("per_channel", True))
+            raise QuantbenchError(
+                f"{own}: observer {self.observer!r} is per-tensor only; use per_channel=False "
+                f"or one of: {per_ch}"
+            )
+
+    @property
+    def qmax(self) -> int:
+        """Largest integer code."""
+        return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
+
+    @property
+    def qmin(self) -> int:
+        """Smallest integer code (``-qmax`` when ``narrow_range``)."""
+        if not self.signed:
+            return 0
+        return -self.qmax if self.narrow_range else -(1 << (self.bits - 1))
+
+    @property
+    def levels(self) -> int:
+        """Number of representable codes, ``qmax - qmin + 1``."""
+        return self.qmax - self.qmin + 1
+
+    def replace(self, **changes: Any) -> QuantSpec:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def short(self) -> str:
+        """A compact label for tables and logs, e.g. ``int8-sym-pc`` or ``uint8-asym-dyn``."""
+        parts = [f"{'int' if self.signed else 'uint'}{self.bits}", "sym" if self.symmetric else "asym"]
+        if self.per_channel:
+            parts.append("pc" if self.axis == 0 else f"pc{self.axis}")
+        if self.narrow_range:
+            parts.append("narrow")
+        if self.companding != "none":
+            parts.append(f"{self.companding}{self.mu:g}")
+        if self.dynamic:
+            parts.append("dyn")
+        if self.observer != "minmax" and not self.dynamic:
+            parts.append(f"p{self.percentile:g}" if self.observer == "percentile" else self.observer)
+        return "-".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-friendly dict of all fields."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QuantSpec:
+        """Inverse of :meth:`as_dict`; an unknown key is an error naming it."""
+        if not isinstance(data, dict):
+            raise QuantbenchError(f"quant spec: expected a mapping, got {data!r}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in data if k not in names]
+        if unknown:
+            raise QuantbenchError(
+                f"quant spec: unknown key {unknown[0]!r}; expected one of: {', '.join(names)}"
+            )
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """The specs of one layer's weight and input activation; ``None`` keeps that tensor FP32."""
+
+    weight: QuantSpec | None = None
+    act: QuantSpec | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("weight", "act"):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, QuantSpec):
+                raise QuantbenchError(f"layer spec: {key} must be a QuantSpec or None, got {value!r}")
+
+    @property
+    def is_fp32(self) -> bool:
+        """True when neither tensor is quantized."""
+        return self.weight is None and self.act is None
+
+    def short(self) -> str:
+        """E.g. ``w:int8-sym-pc a:uint8-asym`` or ``fp32``."""
+        if self.is_fp32:
+            return "fp32"
+        w = self.weight.short() if self.weight else "fp32"
+        a = self.act.short() if self.act else "fp32"
+        return f"w:{w} a:{a}"
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{"weight": dict | None, "act": dict | None}``."""
+        return {
+            k: (s.as_dict() if s is not None else None)
+            for k, s in (("weight", self.weight), ("act", self.act))
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LayerSpec:
+        """Inverse of :meth:`as_dict`."""
+        if not isinstance(data, dict) or set(data) - {"weight", "act"}:
+            raise QuantbenchError(f"layer spec: expected a mapping with keys weight, act; got {data!r}")
+        w, a = data.get("weight"), data.get("act")
+        return cls(
+            weight=QuantSpec.from_dict(w) if w is not None else None,
+            act=QuantSpec.from_dict(a) if a is not None else None,
+        )
+
+
+FP32_LAYER = LayerSpec(None, None)
+
+
+def _with_bits(spec: QuantSpec | None, bits: int) -> QuantSpec | None:
+    return None if spec is None else spec.replace(bits=bits)
+
+
+@dataclass(frozen=True)
+class QuantPlan:
+    """Per-layer quantization of a whole model.
+
+    Attributes:
+        default: The spec of every quantizable layer without an override.
+        overrides: Layer name (as in ``named_modules``) -> its own spec; wins over everything,
+            which is how mixed precision is expressed.
+        first_last: Policy for the first and last quantizable layers, which are the most
+            sensitive ones: ``"same"`` (no special case), ``"int8"`` (their quantized tensors
+            use 8 bits, other settings kept) or ``"fp32"`` (left unquantized).
+        scheme: The name the plan was built from (``parse_scheme``), for labels.
+    """
+
+    default: LayerSpec = FP32_LAYER
+    overrides: dict[str, LayerSpec] = field(default_factory=dict, hash=False)
+    first_last: str = "same"
+    scheme: str = "custom"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.default, LayerSpec):
+            raise QuantbenchError(f"quant plan: default must be a LayerSpec, got {self.default!r}")
+        if self.first_last not in FIRST_LAST:
+            raise QuantbenchError(
+                f"quant plan: first_last {self.first_last!r} unknown; expected one of: {', '.join(FIRST_LAST)}"
+            )
+        overrides = dict(self.overrides)  # a private copy: the plan stays what it was built as
+        for name, spec in overrides.items():
+            if not isinstance(name, str) or not isinstance(spec, LayerSpec):
+                raise QuantbenchError(f"quant plan: override {name!r} must map a layer name to a LayerSpec")
+        object.__setattr__(self, "overrides", overrides)
+
+    @property
+    def is_fp32(self) -> bool:
+        """True when no layer is quantized at all."""
+        return self.default.is_fp32 and all(s.is_fp32 for s in self.overrides.values())
+
+    def for_layer(self, name: str, is_first: bool = False, is_last: bool = False) -> LayerSpec:
+        """The spec of layer ``name``: its override, else the first/last policy, else the default."""
+        if name in self.overrides:
+            return self.overrides[name]
+        if (is_first or is_last) and self.first_last != "same":
+            if self.first_last == "fp32":
+                return FP32_LAYER
+            return LayerSpec(_with_bits(self.default.weight, 8), _with_bits(self.default.act, 8))
+        return self.default
+
+    def replace(self, **changes: Any) -> QuantPlan:
+        """A copy with ``changes`` applied (e.g. ``overrides=...`` from a mixed-precision search)."""
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict, stored in results and artefacts."""
+        return {
+            "scheme": self.scheme,
+            "first_last": self.first_last,
+            "default": self.default.as_dict(),
+            "overrides": {k: v.as_dict() for k, v in self.overrides.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QuantPlan:
+        """Inverse of :meth:`as_dict`; unknown keys are errors naming them."""
+        keys = ("scheme", "first_last", "default", "overrides")
+        if not isinstance(data, dict):
+            raise QuantbenchError(f"quant plan: expected a mapping, got {data!r}")
+        unknown = [k for k in data if k not in keys]
+        if unknown:
+            raise QuantbenchError(
+                f"quant plan: unknown key {unknown[0]!r}; expected one of: {', '.join(keys)}"
+            )
+        overrides = data.get("overrides") or {}
+        if not isinstance(overrides, dict):
+            raise QuantbenchError(f"quant plan: overrides must be a mapping, got {overrides!r}")
+        return cls(
+            default=LayerSpec.from_dict(data.get("default") or {}),
+            overrides={str(k): LayerSpec.from_dict(v) for k, v in overrides.items()},
+            first_last=data.get("first_last", "same"),
+            scheme=data.get("scheme", "custom"),
+        )
+
+
+def _bits(scheme: str, what: str, text: str) -> int:
+    bits = int(text)
+    if not MIN_BITS <= bits <= MAX_BITS:
+        raise QuantbenchError(
+            f"quant scheme {scheme!r}: {what} bits {bits} out of range; expected {MIN_BITS}..{MAX_BITS}"
+        )
+    return bits
+
+
+def parse_scheme(
+    name: str,
+    *,
+    per_channel: bool = True,
+    weight_observer: str = "minmax",
+    act_observer: str = "minmax",
+    companding: str = "none",
+    mu: float = 255.0,
+    first_last: str = "same",
+) -> QuantPlan:
+    """Turn a scheme name into a :class:`QuantPlan`.
+
+    Accepted forms: ``wXaY`` (X-bit weights, Y-bit activations, X, Y in 2..16), ``wX``
+    (weights only, activations stay FP32), ``dynamic`` (INT8 per-channel weights quantized
+    offline, activations quantized per batch at run time as ONNX ``DynamicQuantizeLinear``
+    does: unsigned 8-bit asymmetric) and ``fp32`` (nothing quantized).
+
+    Conventions: weights are signed symmetric (per channel along axis 0 when
+    ``per_channel``) because symmetric weights make integer kernels cheap (no zero-point
+    cross terms); activations are unsigned asymmetric because post-ReLU tensors are
+    non-negative and ONNX Runtime is fast with u8 activations / s8 weights. ``companding``
+    applies to weights only: their bell-shaped distributions are what mu-law levels suit,
+    while activations stay uniform so that they map onto integer engines.
+
+    Args:
+        name: The scheme name (case-insensitive).
+        per_channel: Per-output-channel weight scales.
+        weight_observer: Observer picking weight ranges.
+        act_observer: Observer picking (static) activation ranges.
+        companding: ``"none"`` or ``"mulaw"`` for the weights.
+        mu: The mu-law parameter.
+        first_last: Policy for the first and last layers (see :class:`QuantPlan`).
+
+    Returns:
+        The plan, with ``scheme`` set to the normalised name.
+
+    Raises:
+        QuantbenchError: Unknown form, bits out of range, or an invalid option.
+
+    Example:
+        >>> parse_scheme("dynamic").default.act.dynamic
+        True
+    """
+    if not isinstance(name, str):
+        raise QuantbenchError(f"quant scheme {name!r} unknown; expected one of: {SCHEME_FORMS}")
+    key = name.strip().lower()
+
+    def weight(bits: int) -> QuantSpec:
+        return QuantSpec(
+            bits=bits, signed=True, symmetric=True, per_channel=per_channel, axis=0,
+            observer=weight_observer, companding=companding, mu=mu,
+        )  # fmt: skip
+
+    def act(bits: int, dynamic: bool = False) -> QuantSpec:
+        return QuantSpec(
+            bits=bits, signed=False, symmetric=False, per_channel=False,
+            observer="minmax" if dynamic else act_observer, dynamic=dynamic,
+        )  # fmt: skip
+
+    if key == "fp32":
+        layer = FP32_LAYER
+    elif key == "dynamic":
+        layer = LayerSpec(weight(8), act(8, dynamic=True))
+    elif m := re.fullmatch(r"w(\d+)a(\d+)", key):
+        layer = LayerSpec(weight(_bits(name, "weight", m[1])), act(_bits(name, "activation", m[2])))
+    elif m := re.fullmatch(r"w(\d+)", key):
+        layer = LayerSpec(weight(_bits(name, "weight", m[1])), None)
+    else:
+        raise QuantbenchError(f"quant scheme {name!r} unknown; expected one of: {SCHEME_FORMS}")
+    return QuantPlan(default=layer, first_last=first_last, scheme=key)
