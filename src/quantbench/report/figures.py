@@ -74,7 +74,8 @@ def training_curves(rows: Sequence[Row]) -> Figure | None:
     ax_acc.set(xlabel="epoch", ylabel="top-1 (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     return Figure("training_curves", _png(fig),
                   "Training curves: mean cross-entropy and top-1 accuracy per epoch on the training split "
                   "(solid, measured during the epoch) and the validation split (dashed, after the epoch).")

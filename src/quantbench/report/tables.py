@@ -82,7 +82,8 @@ def latency_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
         extra = med["extra"] if med else {}
         body.append([model, method, engine, str(batch),
                      f"{med['value']:.3f}" if med else "–",
-                     f"{m['latency_p90_ms']['value']:.3f}" if "latency_p90_ms" in m else "–",
+                     f"{m['latency_p90_ms']['value']:.3f}" if "latency_p90_ms" in m
+                     else (f"{extra['p90_ms']:.3f}" if "p90_ms" in extra else "–"),
                      f"{m['throughput_ips']['value']:.1f}" if "throughput_ips" in m else "–",
                      str(extra.get("threads", "–")), str(extra.get("iterations", "–"))])
     return header, body
