@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -100,7 +101,8 @@ def cmd_run(args: argparse.Namespace, *, kind: str = "run") -> int:
     from quantbench.report.tables import summary_table
 
     cfg = _experiment_config(args)
-    outcome = run_experiment(cfg, progress=not args.no_progress, kind=kind, latency=(kind == "run"))
+    outcome = run_experiment(cfg, progress=not args.no_progress, kind=kind, latency=(kind == "run"),
+                             quantize=None if kind == "run" else False)
     rows = [dict(r.as_dict(), batch=r.batch) for r in outcome.results]
     if not args.json:
         print()
@@ -229,6 +231,86 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from quantbench import config as C
+    from quantbench.data import open_dataset, split_dataset, subset
+    from quantbench.experiments.ptq import run_ptq
+    from quantbench.experiments.records import RowKey, accuracy_rows, cost_rows
+    from quantbench.experiments.runner import prepare_model, recorded_run
+    from quantbench.measure.accuracy import evaluate
+    from quantbench.measure.macs import count_macs
+    from quantbench.measure.params import count_parameters
+    from quantbench.measure.size import save_fp32
+    from quantbench.quant.ptq import PTQConfig
+
+    if args.calib_size <= 0:
+        raise QuantbenchError(f"quantize: --calib-size must be > 0, got {args.calib_size}")
+    ptq = PTQConfig(scheme=args.scheme, algo=args.algo, per_channel=not args.per_tensor, companding=args.companding,
+                    mu=args.mu, first_last=args.first_last, calib_size=args.calib_size,
+                    adaround_iters=args.adaround_iters,
+                    equalize=True if args.equalize else None, bias_correction=True if args.bias_correction else None)
+    ptq.plan()  # validates scheme, algorithm and options before any data is read
+    ds = open_dataset(args.data, normalize=args.normalize, resize=args.resize)
+    if args.calib:
+        calib_ds = open_dataset(args.calib, normalize=args.normalize, resize=args.resize)
+        if len(calib_ds) < args.calib_size:
+            raise QuantbenchError(f"{args.calib}: calibration set has {len(calib_ds)} images, fewer than "
+                                  f"--calib-size {args.calib_size}")
+        calib, test = subset(calib_ds, args.calib_size, seed=args.seed), ds
+    else:
+        if len(ds) <= args.calib_size:
+            raise QuantbenchError(f"{args.data}: {len(ds)} images cannot give {args.calib_size} calibration images "
+                                  "and a disjoint evaluation split; lower --calib-size or pass --calib SPEC")
+        frac = args.calib_size / len(ds)
+        parts = split_dataset(ds, {"calib": frac, "test": 1.0 - frac}, seed=args.seed)
+        calib, test = parts["calib"], parts["test"]
+    model = prepare_model(C.ModelConfig(name=args.model, checkpoint=args.checkpoint), ds.input_shape,
+                          ds.num_classes)
+    model_kwargs = {"num_classes": ds.num_classes, "in_channels": ds.input_shape[0]}
+    config = {"verb": "quantize", "model": {"name": args.model, "checkpoint": args.checkpoint},
+              "data": {"spec": args.data, "calib": args.calib, "normalize": args.normalize, "resize": args.resize,
+                       "seed": args.seed, "calib_images": len(calib), "eval_images": len(test)},
+              "ptq": dataclasses.asdict(ptq)}
+    key = RowKey(args.model, args.data)
+    result: dict[str, Any] = {}
+
+    def body(stage: Any, out_dir: Path) -> None:
+        fp32 = evaluate(model, test, topk=(1, 5), progress=False if args.no_progress else "eval fp32")
+        fp32_size = save_fp32(model, out_dir / "model_fp32.pt")
+        macs = count_macs(model, ds.input_shape)
+        stage.commit(accuracy_rows(key, fp32, "test") + cost_rows(
+            key, params=count_parameters(model), size_bytes=fp32_size, size_file="model_fp32.pt", macs=macs))
+        out = run_ptq(model, ptq, calib, test, key, fp32, out_dir, model_name=args.model, model_kwargs=model_kwargs,
+                      input_shape=ds.input_shape, sensitivity_images=args.sensitivity_images,
+                      progress=not args.no_progress)
+        stage.commit(out.rows)
+        result.update(out.record, n_images=fp32.n_images, calib_images=len(calib), model=args.model, data=args.data,
+                      fp32={"top1": fp32.top1, "top5": fp32.topk.get(5), "ci": fp32.ci, "size_bytes": fp32_size,
+                            "params": count_parameters(model), "macs": macs.per_image_macs})
+
+    outcome = recorded_run("quantize", config, store_path=args.store, out_root=args.runs_dir, body=body,
+                           name=f"quantize {args.model} {ptq.label()}", out_dir=args.out)
+    result.update(run_id=outcome.run_id, report=str(outcome.report_html), out_dir=str(outcome.out_dir))
+    if args.json:
+        _emit_json(result)
+        return 0
+    fp, q, d = result["fp32"], result["quant"], result["drop"]
+    print(f"{args.model} on {args.data}: calibrated on {len(calib)} images, evaluated on {result['n_images']}")
+    _print_table(["variant", "top-1 %", "top-5 %", "size on disk", "drop vs FP32 (points, 95% CI)"], [
+        ["fp32", f"{fp['top1']:.2f}", f"{fp['top5'] or 0:.2f}", f"{fp['size_bytes']:,} B", "–"],
+        [result["method"], f"{q['top1']:.2f}", f"{q['top5'] or 0:.2f}", f"{q['size_bytes']:,} B",
+         f"{d['top1_points']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}] p={d['p_value']:.3g}"]])
+    if result["layers"]:
+        print("\nper-layer sensitivity (only that layer quantized):")
+        _print_table(["layer", "type", "spec", "params", "SQNR dB", "top-1 %"],
+                     [[r["layer"], r["kind"], r["spec"], str(r["params"]), f"{r['sqnr_db']:.1f}", f"{r['top1']:.2f}"]
+                      for r in result["layers"]])
+    print(f"\nquantized model: {q['artifact']}\nreport: {outcome.report_html}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -258,6 +340,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("quantize", help="post-training quantization: FP32 vs quantized on the same images")
+    p.add_argument("--model", required=True)
+    p.add_argument("--checkpoint", metavar="FILE")
+    p.add_argument("--data", required=True, metavar="SPEC", help="evaluation data (all of it when --calib is given)")
+    p.add_argument("--calib", metavar="SPEC", help="separate calibration data (default: a disjoint split of --data)")
+    p.add_argument("--calib-size", type=int, default=512, metavar="N")
+    p.add_argument("--scheme", default="w8a8", help="w8a8, w4a8, w4a4, w2a8, wXaY, w8 (weights only), dynamic")
+    p.add_argument("--algo", default="mse", help="minmax, percentile, mse, entropy, adaround, ... (see docs)")
+    p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor (default per channel)")
+    p.add_argument("--companding", default="none", choices=["none", "mulaw"], help="mu-law companded weights")
+    p.add_argument("--mu", type=float, default=255.0)
+    p.add_argument("--first-last", default="same", choices=["same", "int8", "fp32"],
+                   help="precision policy for the first and last layers")
+    p.add_argument("--equalize", action="store_true", help="cross-layer equalization before quantizing")
+    p.add_argument("--bias-correction", action="store_true", help="empirical bias correction after calibration")
+    p.add_argument("--adaround-iters", type=int, default=1000)
+    p.add_argument("--sensitivity-images", type=int, default=500, metavar="N",
+                   help="images for the per-layer sensitivity table (0 skips it)")
+    p.add_argument("--normalize", default="auto")
+    p.add_argument("--resize", type=int, metavar="S")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", metavar="DIR", help="folder for the quantized model and report (default runs/<run-id>)")
+    p.add_argument("--runs-dir", default="runs", help=argparse.SUPPRESS)
+    p.add_argument("--store", default="runs/quantbench.db", metavar="DB")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("models", help="list the model zoo with parameters and MACs")
     p.add_argument("pattern", nargs="?", default="*", help="glob on model names, e.g. 'resnet*'")

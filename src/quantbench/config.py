@@ -83,6 +83,16 @@ class MeasureConfig:
 
 
 @dataclass(frozen=True)
+class QuantizeConfig:
+    """Post-training quantization rows of an experiment: ``SCHEME[:ALGO]`` per method."""
+
+    methods: tuple[str, ...] = ("w8a8:mse", "dynamic", "w4a8:minmax", "w4a8:adaround")
+    calib_size: int = 512
+    adaround_iters: int = 500
+    sensitivity_images: int = 0
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """One experiment: data -> model -> (train) -> measure -> store -> report."""
 
@@ -92,6 +102,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     store: str = "runs/quantbench.db"
     out_dir: str = "runs"
 
@@ -252,6 +263,18 @@ def validate(cfg: ExperimentConfig) -> None:
         raise QuantbenchError(f"config: measure.threads must be > 0, got {m.threads}")
     if m.topk < 1:
         raise QuantbenchError(f"config: measure.topk must be >= 1, got {m.topk}")
+    q = cfg.quantize
+    if q.calib_size <= 0:
+        raise QuantbenchError(f"config: quantize.calib_size must be > 0, got {q.calib_size}")
+    if q.methods:
+        from quantbench.experiments.ptq import parse_method
+
+        for method in q.methods:
+            try:
+                parse_method(method).plan()
+                parse_method(method).algorithm()
+            except QuantbenchError as exc:
+                raise QuantbenchError(f"config: quantize.methods entry {method!r}: {exc}") from None
     fr = cfg.data.split
     if any(v <= 0 for v in fr.values()) or sum(fr.values()) > 1.0 + 1e-9:
         raise QuantbenchError(f"config: data.split fractions must be > 0 and sum to <= 1, got {fr}")

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from torch import nn
 from quantbench import config as config_mod
 from quantbench.config import DataConfig, ExperimentConfig, MeasureConfig, ModelConfig
 from quantbench.data import open_dataset, split_dataset
+from quantbench.errors import QuantbenchError
+from quantbench.experiments.ptq import parse_method, run_ptq
 from quantbench.experiments.records import RowKey, accuracy_rows, cost_rows, history_rows, latency_rows
 from quantbench.measure.accuracy import EvalResult, evaluate
 from quantbench.measure.environment import environment
@@ -96,7 +99,7 @@ def measure_costs(key: RowKey, model: nn.Module, input_shape: tuple[int, int, in
     return rows
 
 
-class _Stage:
+class Stage:
     """Commit each stage's rows as it ends, so a crash keeps earlier stages."""
 
     def __init__(self, store: ResultStore, run_id: str, outcome: RunOutcome) -> None:
@@ -107,40 +110,54 @@ class _Stage:
         self.outcome.results.extend(rows)
 
 
-def run_experiment(cfg: ExperimentConfig, *, progress: bool = True, kind: str = "run", latency: bool = True,
-                   log: Callable[[str], None] | None = None) -> RunOutcome:
-    """Run the whole experiment described by ``cfg``; returns the outcome with report paths.
+def recorded_run(kind: str, config: dict[str, Any], *, store_path: str, out_root: str,
+                 body: Callable[[Stage, Path], None], name: str | None = None,
+                 out_dir: str | Path | None = None) -> RunOutcome:
+    """Run ``body`` as one stored run: run row, rows per stage, results.json and the report.
 
-    ``latency=False`` skips the latency measurement (``quantbench train`` only needs accuracy).
+    The run is marked ``finished`` or ``failed``; rows committed before a failure stay.
     """
-    log = log or (lambda msg: print(msg, file=sys.stderr))
     env = environment()
-    store = ResultStore(cfg.store)
+    store = ResultStore(store_path)
     run_id = new_run_id(kind)
-    out_dir = Path(cfg.out_dir) / run_id
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config_mod.save(cfg, out_dir / "config.yaml")
-    store.start_run(kind, config=config_mod.to_dict(cfg), environment=env, name=cfg.name, run_id=run_id,
-                    out_dir=str(out_dir))
-    outcome = RunOutcome(run_id=run_id, out_dir=out_dir)
-    stage = _Stage(store, run_id, outcome)
+    folder = Path(out_dir) if out_dir else Path(out_root) / run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    store.start_run(kind, config=config, environment=env, name=name, run_id=run_id, out_dir=str(folder))
+    outcome = RunOutcome(run_id=run_id, out_dir=folder)
     try:
-        _run_stages(cfg, stage, out_dir, progress, log, latency)
+        body(Stage(store, run_id, outcome), folder)
         store.finish_run(run_id, "finished")
     except BaseException:
         store.finish_run(run_id, "failed")
         raise
     finally:
-        write_results_json(outcome, cfg, env)
+        write_results_json(outcome, config, env)
         store.close()
     from quantbench.report import write_report
 
-    outcome.report_html, outcome.report_md = write_report(cfg.store, run_id, out_dir)
+    outcome.report_html, outcome.report_md = write_report(store_path, run_id, folder)
     return outcome
 
 
-def _run_stages(cfg: ExperimentConfig, stage: _Stage, out_dir: Path, progress: bool,
-                log: Callable[[str], None], latency: bool) -> None:
+def run_experiment(cfg: ExperimentConfig, *, progress: bool = True, kind: str = "run", latency: bool = True,
+                   quantize: bool | None = None, log: Callable[[str], None] | None = None) -> RunOutcome:
+    """Run the whole experiment described by ``cfg``; returns the outcome with report paths.
+
+    ``latency=False`` skips the latency measurement and ``quantize=False`` the PTQ stage
+    (``quantbench train`` needs neither). ``quantize=None`` follows the config.
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+
+    def body(stage: Stage, out_dir: Path) -> None:
+        config_mod.save(cfg, out_dir / "config.yaml")
+        _run_stages(cfg, stage, out_dir, progress, log, latency, quantize)
+
+    return recorded_run(kind, config_mod.to_dict(cfg), store_path=cfg.store, out_root=cfg.out_dir, body=body,
+                        name=cfg.name)
+
+
+def _run_stages(cfg: ExperimentConfig, stage: Stage, out_dir: Path, progress: bool,
+                log: Callable[[str], None], latency: bool, quantize: bool | None) -> None:
     splits = prepare_data(cfg.data)
     ds = splits.full
     log(f"data: {cfg.data.spec} ({len(ds)} images, {ds.num_classes} classes, input {ds.input_shape}); "
@@ -162,6 +179,22 @@ def _run_stages(cfg: ExperimentConfig, stage: _Stage, out_dir: Path, progress: b
     log("measure: params, size, MACs" + (", latency vs batch " + ",".join(map(str, cfg.measure.batch_sizes))
                                           if latency else ""))
     stage.commit(measure_costs(key, model, ds.input_shape, cfg.measure, out_dir / "model_fp32.pt", latency=latency))
+    if quantize is False or (quantize is None and not cfg.quantize.methods):
+        return
+    calib = splits.get("calib")
+    if calib is None:
+        raise QuantbenchError("config: data.split needs a 'calib' part for post-training quantization")
+    model_kwargs = {"num_classes": cfg.model.num_classes or ds.num_classes,
+                    "in_channels": cfg.model.in_channels or ds.input_shape[0], **cfg.model.hyper}
+    for method in cfg.quantize.methods:
+        ptq_cfg = dataclasses.replace(parse_method(method), calib_size=min(cfg.quantize.calib_size, len(calib)),
+                                      adaround_iters=cfg.quantize.adaround_iters)
+        log(f"quantize: {ptq_cfg.label()} (calibration on {ptq_cfg.calib_size} images)")
+        out = run_ptq(model, ptq_cfg, calib, test, key, ev, out_dir, model_name=cfg.model.name,
+                      model_kwargs=model_kwargs, input_shape=ds.input_shape, topk=cfg.measure.topk,
+                      eval_batch_size=cfg.measure.eval_batch_size,
+                      sensitivity_images=cfg.quantize.sensitivity_images, progress=progress)
+        stage.commit(out.rows)
 
 
 def evaluate_split(model: nn.Module, data: Any, m: MeasureConfig, progress: bool, desc: str) -> EvalResult:
@@ -171,12 +204,12 @@ def evaluate_split(model: nn.Module, data: Any, m: MeasureConfig, progress: bool
                         progress=desc if progress else False)
 
 
-def write_results_json(outcome: RunOutcome, cfg: ExperimentConfig, env: dict[str, Any]) -> Path:
+def write_results_json(outcome: RunOutcome, config: dict[str, Any], env: dict[str, Any]) -> Path:
     """``results.json``: the resolved config, environment and every row, in one file."""
     path = outcome.out_dir / "results.json"
     payload = {
         "run_id": outcome.run_id,
-        "config": config_mod.to_dict(cfg),
+        "config": config,
         "environment": env,
         "results": [r.as_dict() for r in outcome.results],
     }

@@ -27,7 +27,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +35,9 @@ from torch import Tensor, nn
 from quantbench.errors import QuantbenchError
 from quantbench.quant.companding import companded_dequantize, companded_fake_quant, companded_quantize
 from quantbench.quant.spec import QuantSpec
+
+if TYPE_CHECKING:  # observers.py imports this module at run time
+    from quantbench.quant.observers import Observer
 
 EPS = float(torch.finfo(torch.float32).eps)
 """Smallest scale used anywhere: guards all-zero ranges and keeps learned scales positive."""
@@ -159,12 +162,19 @@ class FakeQuant(nn.Module):
     ranges; a learnable scale is kept); ``"off"`` is the identity. Dynamic specs ignore the
     buffers and use each batch's own min/max, as ONNX ``DynamicQuantizeLinear`` does.
 
+    Args:
+        spec: The :class:`QuantSpec`.
+        learnable: See below.
+        role: See below.
+        observer: A ready observer (e.g. ``EmaMinMaxObserver(spec, momentum=0.01)``);
+            default: ``OBSERVERS.get(spec.observer)(spec)``.
+
     Attributes:
         spec: The :class:`QuantSpec`.
         role: ``"weight"`` or ``"act"`` (only changes LSQ's gradient scale: per-sample
             element count for activations, as in the paper).
         learnable: LSQ; ``freeze()`` turns ``scale`` into an ``nn.Parameter`` (build the
-            optimizer after freezing).
+            optimizer after freezing). The step used is ``max(|scale|, EPS)``.
         observer: The observer instance (not part of ``state_dict``).
         calibrated: Whether ``scale``/``zero_point`` hold real values (set by ``freeze()``
             and by ``load_state_dict``).
@@ -182,7 +192,7 @@ class FakeQuant(nn.Module):
     zero_point: Tensor
 
     def __init__(
-        self, spec: QuantSpec, *, learnable: bool = False, role: str = "act", observer: Any = None
+        self, spec: QuantSpec, *, learnable: bool = False, role: str = "act", observer: Observer | None = None
     ) -> None:
         super().__init__()
         if not isinstance(spec, QuantSpec):
@@ -231,7 +241,7 @@ class FakeQuant(nn.Module):
 
     def qparams(self) -> tuple[Tensor, Tensor]:
         """Detached ``(scale, zero_point)`` as an engine should use them (scale > 0)."""
-        return self.scale.detach().clamp(min=EPS), self.zero_point.detach().clone()
+        return self.scale.detach().abs().clamp(min=EPS), self.zero_point.detach().clone()
 
     def _set_qparams(self, scale: Tensor, zero_point: Tensor) -> None:
         device = self.zero_point.device
@@ -274,7 +284,9 @@ class FakeQuant(nn.Module):
                 f"FakeQuant({self.spec.short()}) has no quantization parameters; calibrate, then freeze()"
             )
         if self.learnable and isinstance(self.scale, nn.Parameter):
-            scale = self.scale.clamp(min=EPS)
+            # |s|: an optimizer step past 0 (Adam's steps ignore the gradient's size) flips the
+            # sign instead of freezing the quantizer at EPS with a zero gradient.
+            scale = self.scale.abs().clamp(min=EPS)
             return lsq_fake_quantize(x, scale, self.zero_point, self.spec, self._grad_scale(x))
         return fake_quantize(x, self.scale, self.zero_point, self.spec)
 

@@ -105,8 +105,8 @@ def tensor_range(x: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
 class Observer:
     """Base class: input checks, channel bookkeeping, ``qparams`` from ``range``.
 
-    Subclasses implement ``_update(x2d)`` on float32 ``[C, N]`` and ``_range()`` returning
-    ``[C]`` tensors. They are registered on :data:`OBSERVERS` with ``per_channel`` metadata.
+    Subclasses implement ``_update(x2, lo, hi)`` (``x2`` float32 ``[C, N]``, ``lo``/``hi`` its
+    per-row min/max, computed once here) and ``_range()`` returning ``[C]`` tensors. They are registered on :data:`OBSERVERS` with ``per_channel`` metadata.
     """
 
     name: ClassVar[str] = "observer"
@@ -129,16 +129,18 @@ class Observer:
         if x.numel() == 0:
             return
         with torch.no_grad():
-            if not torch.isfinite(x).all():
-                raise NonFiniteError("non-finite values (NaN/Inf) observed during calibration")
             x2 = _as_2d(x, self.spec)
             if self.channels is not None and x2.shape[0] != self.channels:
                 raise QuantbenchError(
                     f"observer {self.name!r}: expected {self.channels} channels along axis "
                     f"{self.spec.axis}, got {x2.shape[0]}"
                 )
+            lo, hi = x2.amin(dim=1), x2.amax(dim=1)
+            # min/max propagate NaN and Inf, so checking them is a full check at no extra pass
+            if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+                raise NonFiniteError("non-finite values (NaN/Inf) observed during calibration")
             self.channels = x2.shape[0]
-            self._update(x2)
+            self._update(x2, lo, hi)
             self.batches += 1
 
     def range(self) -> tuple[Tensor, Tensor]:
@@ -159,7 +161,7 @@ class Observer:
         """Forget everything seen."""
         self.__init__(self.spec)  # type: ignore[misc]
 
-    def _update(self, x2: Tensor) -> None:  # pragma: no cover - abstract
+    def _update(self, x2: Tensor, lo: Tensor, hi: Tensor) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _range(self) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
@@ -180,8 +182,7 @@ class MinMaxObserver(Observer):
         self.lo: Tensor | None = None
         self.hi: Tensor | None = None
 
-    def _update(self, x2: Tensor) -> None:
-        lo, hi = x2.amin(dim=1), x2.amax(dim=1)
+    def _update(self, x2: Tensor, lo: Tensor, hi: Tensor) -> None:
         self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
         self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
 
@@ -210,8 +211,7 @@ class EmaMinMaxObserver(MinMaxObserver):
     def reset(self) -> None:
         self.__init__(self.spec, self.momentum)  # type: ignore[misc]
 
-    def _update(self, x2: Tensor) -> None:
-        lo, hi = x2.amin(dim=1), x2.amax(dim=1)
+    def _update(self, x2: Tensor, lo: Tensor, hi: Tensor) -> None:
         if self.lo is None or self.hi is None:
             self.lo, self.hi = lo, hi
         else:
@@ -231,7 +231,8 @@ class _Histogram:
 
     ``R_c`` is a power of two; when a batch exceeds it, it doubles (maybe several times)
     and groups of adjacent bins merge. Bin edges align exactly because ``bins`` is a multiple
-    of 4 and the factor divides ``bins / 2``, so no count ever moves to a wrong bin.
+    of 4 and the factor is a power of two, and binning divides by a power-of-two width, so
+    batch-by-batch counts equal the counts of all data binned at once.
     """
 
     def __init__(self, bins: int) -> None:
@@ -241,9 +242,10 @@ class _Histogram:
         self.counts: Tensor | None = None  # [C, bins] float64
         self.R: Tensor | None = None  # [C] float64
 
-    def add(self, x2: Tensor) -> None:
+    def add(self, x2: Tensor, amax: Tensor | None = None) -> None:
+        """Count the rows of ``x2`` (``[C, N]``); ``amax`` = per-row max of ``|x2|`` if known."""
         C, B = x2.shape[0], self.bins
-        need = _pow2_at_least(x2.abs().amax(dim=1))
+        need = _pow2_at_least(x2.abs().amax(dim=1) if amax is None else amax)
         if self.counts is None or self.R is None:
             self.counts = torch.zeros(C, B, dtype=torch.float64)
             self.R = need
@@ -257,10 +259,16 @@ class _Histogram:
             merged = torch.zeros_like(self.counts)
             merged.scatter_add_(1, new_idx, self.counts)
             self.counts, self.R = merged, grown
+        # The width is a power of two, so x / width is exact and every value lands in its
+        # true bin (x + R would round tiny values across the edge at 0).
         width = (2 * self.R / B).to(torch.float32)[:, None]
-        idx = torch.floor((x2 + self.R.to(torch.float32)[:, None]) / width).to(torch.int64).clamp_(0, B - 1)
-        idx += torch.arange(C, dtype=torch.int64)[:, None] * B
-        self.counts += torch.bincount(idx.reshape(-1), minlength=C * B).view(C, B).to(torch.float64)
+        # Index arithmetic in floats is exact (float32 while C * B < 2^24); one int64 cast at the end.
+        ftype = torch.float32 if C * B < 2**24 else torch.float64
+        pos = torch.floor(x2.to(ftype) / width.to(ftype)).add_(B // 2).clamp_(0, B - 1)
+        if C > 1:
+            pos += torch.arange(C, dtype=ftype)[:, None] * B
+        counts = torch.bincount(pos.reshape(-1).to(torch.int64), minlength=C * B)
+        self.counts += counts.view(C, B).to(torch.float64)
 
     def width(self) -> Tensor:
         assert self.R is not None
@@ -311,7 +319,9 @@ class _HistogramObserver(Observer):
     def reset(self) -> None:
         self.__init__(self.spec, self.bins_arg)  # type: ignore[misc]
 
-    def _update(self, x2: Tensor) -> None:
+    def _update(self, x2: Tensor, lo: Tensor, hi: Tensor) -> None:
+        # histograms (and the numpy KL search) live on the CPU, whatever the model's device
+        x2, lo, hi = x2.cpu(), lo.cpu(), hi.cpu()
         if self.hist is None:
             bins = self.bins_arg
             if bins is None:
@@ -319,8 +329,8 @@ class _HistogramObserver(Observer):
                 while x2.shape[0] * bins > 2**23 and bins > 256:
                     bins //= 2
             self.hist = _Histogram(bins)
-        self.minmax._update(x2)
-        self.hist.add(x2)
+        self.minmax._update(x2, lo, hi)
+        self.hist.add(x2, torch.maximum(-lo, hi))
 
     def _observed(self) -> tuple[Tensor, Tensor]:
         lo, hi = self.minmax._range()
@@ -404,47 +414,51 @@ class MseObserver(_HistogramObserver):
         return best_r * lo, best_r * hi
 
 
-def _kl_threshold_bin(hist: np.ndarray, nlev: int, block: int = 128) -> int:
-    """TensorRT entropy calibration: the bin count ``i`` minimising KL(P_i || Q_i).
+def _kl_threshold_bin(hist: np.ndarray, nlev: int) -> int:
+    """TensorRT entropy calibration: the cut ``i`` (in bins) minimising ``KL(P_i || Q_i)``.
 
-    ``P_i`` is the histogram cut at bin ``i`` with the tail folded into its last bin;
-    ``Q_i`` quantizes ``hist[:i]`` into ``nlev`` levels and spreads each level's mass evenly
-    over its non-empty bins. Candidates are evaluated in blocks, fully vectorised.
+    As NVIDIA's calibrator: ``P_i`` is ``hist[:i]`` with the tail ``hist[i:]`` added to its last
+    bin; ``Q_i`` merges ``hist[:i]`` into ``nlev`` levels (bin ``j`` -> level ``j*nlev // i``)
+    and spreads each level's mass evenly over its non-empty bins; both are normalised; bin 0
+    takes bin 1's count so that the ReLU spike at 0 does not dominate; ties go to the larger
+    cut. Instead of building ``Q_i`` for each of the ~n candidates (O(n^2)), the divergence
+    is evaluated in closed form from prefix sums, O(nlev) per candidate::
+
+        KL = sum_j p_j log p_j - sum_k P_k log(S_k / (N_k H_i))
+
+    with ``S_k``/``N_k`` the count/number of non-empty bins of level ``k``, ``P_k`` its share
+    of ``P`` (tail included for the last level) and ``H_i = sum(hist[:i])``; it is infinite
+    when the tail lands on an empty bin (``Q`` is 0 there).
     """
-    n = hist.shape[0]
-    hist = hist.copy()
+    h = hist.astype(np.float64).copy()
+    n = h.shape[0]
     if n > 1:
-        hist[0] = hist[1]  # as NVIDIA's calibrator: the ReLU spike at 0 would dominate P
-    total = hist.sum()
-    suffix = np.concatenate([np.cumsum(hist[::-1])[::-1], [0.0]])
-    candidates = np.arange(nlev, n + 1)
-    stride = max(1, len(candidates) // 2048)
-    candidates = candidates[::stride]
-    best_i, best_kl = n, np.inf
-    j = np.arange(n)
-    nonzero = hist > 0
-    for b0 in range(0, len(candidates), block):
-        cand = candidates[b0 : b0 + block]  # [T]
-        T = len(cand)
-        valid = j[None, :] < cand[:, None]  # [T, n]
-        lev = np.minimum((j[None, :] * nlev) // cand[:, None], nlev - 1)
-        flat = (np.arange(T)[:, None] * nlev + lev)[valid]
-        sums = np.bincount(flat, weights=np.broadcast_to(hist, (T, n))[valid], minlength=T * nlev)
-        cnts = np.bincount(flat, weights=np.broadcast_to(nonzero, (T, n))[valid].astype(np.float64),
-                           minlength=T * nlev)  # fmt: skip
-        per_bin = (sums / np.maximum(cnts, 1.0)).reshape(T, nlev)
-        q = np.where(valid & nonzero[None, :], np.take_along_axis(per_bin, lev, axis=1), 0.0)
-        p = np.where(valid, hist[None, :], 0.0)
-        p[np.arange(T), cand - 1] += suffix[cand]
-        p /= total
-        q /= np.maximum(q.sum(axis=1, keepdims=True), 1e-300)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            terms = np.where(p > 0, p * np.log(p / q), 0.0)
-        kl = terms.sum(axis=1)  # inf where q == 0 but p > 0: such a cut is never chosen
-        k = int(np.argmin(kl))
-        if kl[k] < best_kl:
-            best_kl, best_i = float(kl[k]), int(cand[k])
-    return best_i
+        h[0] = h[1]
+    total = h.sum()
+    cand = np.arange(nlev, n + 1)  # [T]
+    zero = np.zeros(1)
+    H = np.concatenate([zero, np.cumsum(h)])  # H[i] = sum(h[:i])
+    Nz = np.concatenate([zero, np.cumsum(h > 0)])
+    xlogx = np.where(h > 0, h * np.log(np.where(h > 0, h, 1.0)), 0.0)
+    L = np.concatenate([zero, np.cumsum(xlogx)])
+    tail = total - H[cand]
+    last = h[cand - 1] + tail  # the cut's last bin, tail included
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = (L[cand - 1] + np.where(last > 0, last * np.log(np.where(last > 0, last, 1.0)), 0.0)) / total
+        plogp -= np.log(total)  # sum p log p with p = h / total
+        k = np.arange(nlev + 1)
+        bounds = (k[None, :] * cand[:, None] + nlev - 1) // nlev  # [T, nlev+1] first bin of each level
+        S = H[bounds[:, 1:]] - H[bounds[:, :-1]]
+        N = Nz[bounds[:, 1:]] - Nz[bounds[:, :-1]]
+        Pk = S.copy()
+        Pk[:, -1] += tail
+        logq = np.log(S / (N * H[cand][:, None]))
+        cross = np.where(S > 0, Pk * logq, 0.0).sum(axis=1) / total
+    kl = plogp - cross
+    kl[(h[cand - 1] == 0) & (tail > 0)] = np.inf
+    kl[~np.isfinite(kl)] = np.inf
+    best = len(kl) - 1 - int(np.argmin(kl[::-1]))  # the last minimum, as NVIDIA's calibrator
+    return int(cand[best])
 
 
 @OBSERVERS.register("entropy", per_channel=False, description="TensorRT-style KL-divergence calibration")

@@ -79,7 +79,7 @@ def pack_bits(q: torch.Tensor | np.ndarray | Sequence[int], bits: int, signed: b
             bad = amin if amin < lo else amax
             kind = "int" if signed else "uint"
             raise QuantbenchError(f"pack_bits: value {bad} out of range for {kind}{bits} ({lo}..{hi})")
-    u = (arr.astype(np.int64) & ((1 << bits) - 1)).astype(np.uint16)  # two's complement low bits
+    u = arr.astype(np.uint16) & np.uint16((1 << bits) - 1)  # wraps modulo 2^16: two's complement low bits
     if bits == 8:
         return u.astype(np.uint8).tobytes()
     if bits == 16:
@@ -119,16 +119,16 @@ def unpack_bits(data: bytes | bytearray | memoryview, bits: int, signed: bool, c
         u[0::2], u[1::2] = raw & 0x0F, raw >> 4
         u = u[:count]
     else:
-        parts = []
-        step = _CHUNK * bits // 8  # bytes per chunk of _CHUNK values
-        for start in range(0, count, _CHUNK):
-            n = min(_CHUNK, count - start)
-            chunk = raw[start // _CHUNK * step : start // _CHUNK * step + packed_nbytes(n, bits)]
-            planes = np.unpackbits(chunk, bitorder="little", count=n * bits).reshape(n, bits)
-            full = np.zeros((n, 16), dtype=np.uint8)
-            full[:, :bits] = planes
-            parts.append(np.packbits(full, axis=1, bitorder="little").view("<u2").reshape(-1).astype(np.int32))
-        u = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
-    if signed:
-        u = u - ((u >> (bits - 1)) & 1) * (1 << bits)  # sign-extend the top bit
-    return u.astype(np.int32, copy=False)
+        padded = np.concatenate([raw, np.zeros(2, dtype=np.uint8)]).astype(np.uint32)
+        u = np.empty(count, dtype=np.int32)
+        for start in range(0, count, _CHUNK):  # bounded temporaries
+            offset = np.arange(start, min(start + _CHUNK, count), dtype=np.int64) * bits
+            k = offset >> 3
+            # A value of <= 16 bits starting anywhere in a byte lies within 3 bytes.
+            word = padded[k] | (padded[k + 1] << 8) | (padded[k + 2] << 16)
+            u[start : start + k.size] = (word >> (offset & 7).astype(np.uint32)) & ((1 << bits) - 1)
+    u = u.astype(np.int32, copy=False)
+    if signed:  # sign-extend the top bit: (u ^ s) - s with s = 2^(bits-1)
+        sign = np.int32(1 << (bits - 1))
+        u = np.subtract(np.bitwise_xor(u, sign), sign)
+    return u

@@ -275,6 +275,7 @@ def calibrate(
     """
     static = [(n, fq) for n, fq in qm.act_quantizers() if not fq.spec.dynamic]
     for _, fq in static:
+        fq.observer.reset()  # re-calibration (e.g. after AdaRound changed the weights) starts afresh
         fq.mode = "observe"
     hooks = []
 

@@ -102,7 +102,7 @@ def training_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
     header = ["model", "method", "epochs", "train loss", "train top-1 %", "val loss", "val top-1 %", "training time s"]
     body = []
     for (model, method, _engine), m in last.items():
-        def v(name: str, fmt: str = "{:.3f}") -> str:
+        def v(name: str, fmt: str = "{:.3f}", m: dict[str, Row] = m) -> str:
             return fmt.format(m[name]["value"]) if name in m and m[name]["value"] is not None else "–"
         epochs = m.get("train_time_s", {}).get("extra", {}).get("epochs", "–")
         body.append([model, method, str(epochs), v("epoch.train_loss"), v("epoch.train_top1", "{:.2f}"),

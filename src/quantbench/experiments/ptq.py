@@ -1,0 +1,98 @@
+"""One PTQ experiment: quantize, save packed, evaluate against FP32 on the same images, report.
+
+Shared by ``quantbench quantize`` and the PTQ stage of ``quantbench run`` so both produce the
+same rows: accuracy with CIs, the paired drop vs FP32, bytes of the packed file, and the
+per-layer sensitivity table.
+
+Example:
+    >>> out = run_ptq(model, PTQConfig("w8a8", "mse"), calib, test, key, fp32_eval, out_dir)  # doctest: +SKIP
+    >>> out.record["quant"]["top1"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from quantbench.experiments.records import RowKey, accuracy_rows, drop_row
+from quantbench.measure.accuracy import EvalResult, evaluate, paired_difference
+from quantbench.quant.ptq import PTQConfig, quantize_ptq
+from quantbench.quant.save import save_quantized
+from quantbench.quant.sensitivity import LayerSensitivity, layer_sensitivity
+from quantbench.store import Result
+
+
+@dataclass
+class PTQOutcome:
+    """Rows for the store, a JSON-friendly record, the artefact path and the model."""
+
+    record: dict[str, Any]
+    rows: list[Result] = field(default_factory=list)
+    artifact: Path | None = None
+    model: nn.Module | None = None
+    sensitivity: list[LayerSensitivity] = field(default_factory=list)
+
+
+def parse_method(text: str) -> PTQConfig:
+    """``"w4a8:adaround"`` -> ``PTQConfig(scheme="w4a8", algo="adaround")``; the algo defaults to mse."""
+    scheme, _, algo = text.partition(":")
+    return PTQConfig(scheme=scheme.strip(), algo=(algo.strip() or "mse"))
+
+
+def sensitivity_rows(key: RowKey, sens: list[LayerSensitivity]) -> list[Result]:
+    rows = []
+    for i, s in enumerate(sens):
+        info = {"layer": s.layer, "index": i, "kind": s.kind, "spec": s.spec, "params": s.params}
+        rows.append(key.row("layer_sqnr_db", s.sqnr_db if s.sqnr_db != float("inf") else None, "dB", **info))
+        rows.append(key.row("layer_only_top1", s.top1, "%", **info))
+    return rows
+
+
+def run_ptq(model: nn.Module, cfg: PTQConfig, calib: Any, eval_data: Any, base: RowKey,
+            fp32_eval: EvalResult, out_dir: Path, *, model_name: str | None = None,
+            model_kwargs: dict[str, Any] | None = None, input_shape: tuple[int, int, int] | None = None,
+            topk: int = 5, eval_batch_size: int = 256, sensitivity_images: int | None = 0,
+            progress: bool = False) -> PTQOutcome:
+    """Quantize ``model`` per ``cfg``, save it packed, evaluate it on ``eval_data`` beside FP32.
+
+    Args:
+        fp32_eval: The FP32 model's evaluation on exactly ``eval_data`` (for the paired drop).
+        sensitivity_images: Images for the per-layer sensitivity table (0 skips it, None = all).
+    """
+    label = cfg.label()
+    key = RowKey(base.model, base.data, label, "torch")
+    t0 = time.perf_counter()
+    qm = quantize_ptq(model, cfg, calib)
+    ptq_s = time.perf_counter() - t0
+    out_dir.mkdir(parents=True, exist_ok=True)
+    artifact = out_dir / f"model_{label}.qbm"
+    size = save_quantized(qm, artifact, model_name=model_name, model_kwargs=model_kwargs, input_shape=input_shape,
+                          extra={"ptq": asdict(cfg), "calib_images": min(cfg.calib_size, len(calib)) if calib is not None
+                                 else 0})
+    ev = evaluate(qm, eval_data, topk=(1, topk), batch_size=eval_batch_size,
+                  progress=f"eval {label}" if progress else False)
+    paired = paired_difference(fp32_eval.correct, ev.correct)
+    rows = accuracy_rows(key, ev, "test") + [
+        drop_row(key, paired, "test"),
+        key.row("size_bytes", size, "bytes", file=artifact.name),
+        key.row("ptq_time_s", ptq_s, "s", calib_images=min(cfg.calib_size, len(calib)) if calib is not None else 0),
+    ]
+    sens: list[LayerSensitivity] = []
+    if sensitivity_images != 0 and not qm.plan.is_fp32:
+        sens = layer_sensitivity(qm, eval_data, n_images=sensitivity_images, batch_size=eval_batch_size)
+        rows += sensitivity_rows(key, sens)
+    pd = paired.as_dict()
+    record = {
+        "method": label,
+        "ptq": asdict(cfg),
+        "quant": {"top1": ev.top1, "top5": ev.topk.get(5), "ci": ev.ci, "size_bytes": size, "artifact": str(artifact),
+                  "ptq_time_s": ptq_s},
+        "drop": {"top1_points": -pd["diff_points"], "ci_low": -pd["ci_high"], "ci_high": -pd["ci_low"],
+                 "p_value": pd["p_value"]},
+        "layers": [s.as_dict() for s in sens],
+    }
+    return PTQOutcome(record=record, rows=rows, artifact=artifact, model=qm, sensitivity=sens)
