@@ -44,8 +44,11 @@ def test_error_is_at_most_half_a_step_inside_the_range(xs, spec):
     scale, zp = _params(x, spec)
     lo, hi = (spec.qmin - zp) * scale, (spec.qmax - zp) * scale
     inside = (x >= lo) & (x <= hi)
-    err = (dequantize(quantize(x, scale, zp, spec), scale, zp, spec) - x).abs()
-    assert (err[inside] <= scale / 2 * (1 + 1e-5) + 1e-6).all()
+    xq = dequantize(quantize(x, scale, zp, spec), scale, zp, spec)
+    err = (xq - x).abs()
+    # half a step, plus float32 rounding of x / scale and (q - zp) * scale (matters at 12-16 bits)
+    slack = 4 * torch.finfo(torch.float32).eps * torch.maximum(x.abs(), xq.abs())
+    assert (err[inside] <= scale / 2 + slack[inside]).all()
 
 
 @settings(max_examples=100, deadline=None)

@@ -326,4 +326,11 @@ def test_closed_form_kl_search_equals_nvidias_loop(seed, nlev, sparsity):
     hist = np.round(rng.exponential(50.0, n) * np.exp(-np.arange(n) / n * 3))
     hist[rng.random(n) < sparsity] = 0
     hist[-1] = max(hist[-1], 1.0)  # the histogram ends at its last non-empty bin
+    hist[1] = max(hist[1], 1.0)  # else NVIDIA's loop divides 0 by 0 for small cuts (see below)
     assert _kl_threshold_bin(hist, nlev) == _nvidia_entropy_reference(hist, nlev)
+
+
+def test_kl_search_skips_cuts_with_an_empty_body():
+    """All mass far from 0: cuts before the data have an all-zero Q (NVIDIA's loop gets NaN there)."""
+    hist = np.array([0, 0, 0, 0, 0, 8, 0, 0, 6, 7, 1, 7, 1], dtype=float)
+    assert 6 <= _kl_threshold_bin(hist, 4) <= len(hist)

@@ -176,7 +176,63 @@ def size_bars(rows: Sequence[Row]) -> Figure | None:
                   "with scales and zero-points included).")
 
 
-ALL_FIGURES = (training_curves, accuracy_bars, size_bars, latency_vs_batch, macs_vs_batch)
+def accuracy_vs_size(rows: Sequence[Row]) -> Figure | None:
+    """Top-1 against bytes on disk per variant: the accuracy/size trade-off (Pareto view)."""
+    acc = {variant_key(r): r for r in rows if r["metric"] == "top1" and r["value"] is not None}
+    size = {variant_key(r): r["value"] for r in rows if r["metric"] == "size_bytes" and r["value"]}
+    keys = [k for k in acc if k in size]
+    if len(keys) < 2:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k in keys:
+        r = acc[k]
+        e = r["extra"]
+        ax.errorbar(size[k] / 1e3, r["value"], yerr=[[r["value"] - e.get("ci_low", r["value"])],
+                                                    [e.get("ci_high", r["value"]) - r["value"]]],
+                    marker="o", capsize=3, label=_label(k))
+    ax.set(xscale="log", xlabel="size on disk (kB, 1 kB = 1000 B)", ylabel="top-1 (%)", title="accuracy vs size")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    return Figure("accuracy_vs_size", _png(fig),
+                  "Top-1 (%, 95% CI) on the same evaluation images against the bytes of each saved model file "
+                  "(packed integers for quantized models). Up and to the left is better.")
+
+
+def sensitivity(rows: Sequence[Row]) -> Figure | None:
+    """Per-layer SQNR (dB) and top-1 with only that layer quantized, per quantized variant."""
+    per: dict[tuple[str, str, str], dict[str, dict[int, tuple[str, float | None]]]] = defaultdict(lambda: defaultdict(dict))
+    for r in rows:
+        if r["metric"] in ("layer_sqnr_db", "layer_only_top1"):
+            per[variant_key(r)][r["metric"]][r["extra"]["index"]] = (r["extra"]["layer"], r["value"])
+    if not per:
+        return None
+    plt = _plt()
+    fig, (ax_s, ax_a) = plt.subplots(2, 1, figsize=(max(6, 0.35 * max(len(v["layer_sqnr_db"]) for v in per.values())
+                                                        + 3), 6), sharex=True)
+    width = 0.8 / len(per)
+    names: list[str] = []
+    for j, (key, m) in enumerate(per.items()):
+        idx = sorted(m["layer_sqnr_db"])
+        names = [m["layer_sqnr_db"][i][0] for i in idx]
+        ax_s.bar([i + j * width for i in range(len(idx))], [m["layer_sqnr_db"][i][1] or 0 for i in idx], width,
+                 label=_label(key))
+        ax_a.plot(range(len(idx)), [m["layer_only_top1"].get(i, ("", None))[1] for i in idx], marker="o",
+                  label=_label(key))
+    ax_s.set(ylabel="SQNR of layer output (dB)", title="per-layer sensitivity (only that layer quantized)")
+    ax_a.set(ylabel="model top-1 (%)")
+    ax_a.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    for ax in (ax_s, ax_a):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return Figure("sensitivity", _png(fig),
+                  "Per-layer sensitivity: for each conv/linear layer with only its weights and input quantized, "
+                  "the signal-to-quantization-noise ratio of its output (dB, higher is better) and the whole "
+                  "model's top-1 (%).")
+
+
+ALL_FIGURES = (training_curves, accuracy_bars, size_bars, accuracy_vs_size, sensitivity, latency_vs_batch,
+               macs_vs_batch)
 
 
 def make_figures(rows: Sequence[Row]) -> list[Figure]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from quantbench.report.figures import Figure, make_figures, matplotlib_available
-from quantbench.report.tables import latency_table, summary_table, training_table
+from quantbench.report.tables import latency_table, sensitivity_table, summary_table, training_table
 from quantbench.store import ResultStore
 
 DEFINITIONS = [
@@ -74,6 +74,9 @@ def _sections(run: dict[str, Any], rows: list[dict[str, Any]]) -> list[tuple[str
     lt = latency_table(rows)
     if lt[1]:
         out.append(("Latency and throughput", lt))
+    st = sensitivity_table(rows)
+    if st[1]:
+        out.append(("Per-layer sensitivity", st))
     out.append(("Environment", (["what", "value"], _environment_rows(run))))
     return out
 

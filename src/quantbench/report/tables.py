@@ -118,3 +118,20 @@ def histories(rows: Sequence[Row]) -> dict[str, dict[str, list[tuple[int, float]
             label = f"{r['model']} {r['method']}"
             out[label][r["metric"][6:]].append((int(r["extra"]["epoch"]), float(r["value"])))
     return {k: {m: sorted(v) for m, v in d.items()} for k, d in out.items()}
+
+
+def sensitivity_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
+    """Per-layer SQNR and top-1 with only that layer quantized, per quantized variant."""
+    cells: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in rows:
+        if r["metric"] in ("layer_sqnr_db", "layer_only_top1"):
+            c = cells.setdefault((r["method"], r["extra"]["index"]), {"extra": r["extra"]})
+            c[r["metric"]] = r["value"]
+    header = ["method", "layer", "type", "spec", "params", "SQNR dB", "top-1 % (only this layer quantized)"]
+    body = []
+    for (method, _i), c in sorted(cells.items()):
+        e = c["extra"]
+        sq = c.get("layer_sqnr_db")
+        body.append([method, e["layer"], e.get("kind", ""), e.get("spec", ""), str(e.get("params", "")),
+                     "inf" if sq is None else f"{sq:.1f}", f"{c.get('layer_only_top1', float('nan')):.2f}"])
+    return header, body
