@@ -1,0 +1,308 @@
+"""OUR W8A8 post-training quantization vs ONNX Runtime's ``quantize_static``, side by side.
+
+Same model, same 500 calibration images, same 4,500 evaluation images, one run:
+
+* FP32 in torch (the reference every drop is measured against) and FP32 ONNX in ONNX Runtime
+  (sanity check: it must get the same images right);
+* ONNX Runtime static quantization: ``quant_pre_process`` then ``quantize_static``, QDQ format,
+  per-channel s8 weights, u8 activations, calibrate_method MinMax / Entropy / Percentile with
+  ORT's own defaults (Entropy: 128 bins; Percentile: 99.999th percentile of 2048 bins); the
+  quantized models run in ONNX Runtime (real integer kernels). Measured with onnxruntime 1.32:
+  ``quantize_static`` cannot pass ``num_bins``/``num_quantized_bins`` to the entropy calibrator,
+  and with both at 128 its KL search has a single candidate (the full range), so ORT "Entropy"
+  gives exactly the MinMax scales here. ORT also quantizes the logits (Q/DQ after the last Gemm);
+  ours keep them float;
+* OURS: ``prepare(parse_scheme("w8a8", per_channel=True, act_observer=...))`` + ``calibrate``,
+  minmax weight observer, activation observers minmax / percentile (99.99) / mse / entropy;
+  evaluated in torch as a simulated (fake-quantized) model.
+
+Every top-1 drop is paired against FP32 torch on the same images (Newcombe 95% CI, exact
+McNemar p). Note: "best ours vs best ORT" picks each side's best on the evaluation images
+themselves, so it is an optimistic pick for both sides alike; the paired CI of the two bests
+says whether the gap is more than noise.
+
+Usage:
+    .venv/bin/python benchmarks/ptq_vs_onnxruntime.py [--out results.json] [--methods ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+DEFAULT_WEIGHTS = SHARED / "weights" / "resnet20-12fca82f.th"
+DEFAULT_DATA = SHARED / "datasets" / "cifar10-jpeg" / "dev"
+ORT_METHODS = ("minmax", "entropy", "percentile")
+OURS_METHODS = ("minmax", "percentile", "mse", "entropy")
+DEFAULT_METHODS = [f"ort-{m}" for m in ORT_METHODS] + [f"ours-{m}" for m in OURS_METHODS]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="resnet20", help="zoo model name")
+    p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="checkpoint file")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="image folder (class subfolders)")
+    p.add_argument("--normalize", default="imagenet", help="normalisation preset")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--n-calib", type=int, default=500, help="calibration images (rest: evaluation)")
+    g.add_argument("--calib-fraction", type=float, default=None, help="calibration fraction instead of --n-calib")
+    p.add_argument("--seed", type=int, default=0, help="split seed")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help="comma list of ort-{minmax,entropy,percentile} and ours-<observer>; FP32 always runs")
+    p.add_argument("--batch", type=int, default=250, help="images per evaluation run call")
+    p.add_argument("--calib-batch", type=int, default=100, help="images per calibration batch (both sides)")
+    p.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads")
+    p.add_argument("--work-dir", type=Path, default=None, help="keep the ONNX files here (default: a temp dir)")
+    p.add_argument("--out", type=Path, default=None, help="write the records as JSON to this file")
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- ONNX Runtime side
+
+
+class OrtModule(nn.Module):
+    """An ONNX Runtime session behind an ``nn.Module`` face, so ``evaluate`` scores it like ours."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input_name: x.contiguous().numpy()})[0]
+        return torch.from_numpy(out)
+
+
+def make_reader(images: torch.Tensor, input_name: str, batch: int) -> Any:
+    """A fresh ``CalibrationDataReader`` over exactly ``images``, in ``batch``-sized feeds."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter([{input_name: images[i:i + batch].contiguous().numpy()}
+                               for i in range(0, len(images), batch)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.feeds, None)
+
+    return Reader()
+
+
+def ort_quantize(pre_path: Path, out_path: Path, calib_x: torch.Tensor, method: str,
+                 input_name: str, batch: int) -> Path:
+    """ORT static PTQ: QDQ, per-channel QInt8 weights, QUInt8 activations, ``method`` calibration."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    calibrate_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                        "percentile": CalibrationMethod.Percentile}[method]
+    with contextlib.redirect_stdout(io.StringIO()):  # ORT prints its histogram settings
+        quantize_static(
+            str(pre_path), str(out_path), make_reader(calib_x, input_name, batch),
+            quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=calibrate_method, calibration_providers=["CPUExecutionProvider"],
+        )
+    return out_path
+
+
+def qdq_summary(path: Path) -> dict[str, int]:
+    """Counts of Q/DQ nodes in a quantized ONNX file, and whether the logits are quantized."""
+    import onnx
+
+    g = onnx.load(str(path)).graph
+    q = [n for n in g.node if n.op_type == "QuantizeLinear"]
+    dq = [n for n in g.node if n.op_type == "DequantizeLinear"]
+    out = g.output[0].name
+    return {"quantize_linear": len(q), "dequantize_linear": len(dq),
+            "logits_quantized": int(any(n.output[0] == out for n in dq))}
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    load_start = [round(v, 2) for v in os.getloadavg()]
+    missing = [f"{what} {path}" for what, path in (("weights", args.weights), ("data", args.data))
+               if not path.exists()]
+    if missing:
+        print(f"ptq_vs_onnxruntime: not found: {'; '.join(missing)}\n"
+              f"  (the defaults expect the shared folder at {SHARED}; pass --weights/--data)", file=sys.stderr)
+        return 1
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError as exc:
+        print(f"ptq_vs_onnxruntime: needs onnx and onnxruntime ({exc}); pip install 'quantbench[onnx]'",
+              file=sys.stderr)
+        return 1
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    from quantbench.quant.observers import OBSERVERS
+
+    bad = [m for m in methods if not ((m.startswith("ort-") and m[4:] in ORT_METHODS)
+                                      or (m.startswith("ours-") and m[5:] in OBSERVERS))]
+    if bad:
+        print(f"ptq_vs_onnxruntime: unknown method(s) {bad}; use ort-{{{','.join(ORT_METHODS)}}} "
+              f"or ours-{{{','.join(OBSERVERS.names())}}}", file=sys.stderr)
+        return 2
+
+    from quantbench.data import open_dataset, split_dataset
+    from quantbench.engines.onnx_export import export_fp32_onnx
+    from quantbench.measure.accuracy import evaluate, paired_difference
+    from quantbench.measure.environment import environment
+    from quantbench.models import build_model, load_checkpoint
+    from quantbench.quant.prepare import calibrate, prepare
+    from quantbench.quant.spec import parse_scheme
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    spec = f"imagefolder:{args.data}"
+    t0 = time.perf_counter()
+    ds = open_dataset(spec, normalize=args.normalize)
+    frac = args.calib_fraction if args.calib_fraction is not None else args.n_calib / len(ds)
+    parts = split_dataset(ds, {"calib": frac, "test": 1.0 - frac}, seed=args.seed)
+    calib_x, calib_y = parts["calib"].tensors()
+    test_x, test_y = parts["test"].tensors()
+    t_data = time.perf_counter() - t0
+    print(f"data: {spec} ({args.normalize}), {len(calib_x)} calibration / {len(test_x)} evaluation images, "
+          f"seed {args.seed}, loaded in {t_data:.1f} s")
+    model = load_checkpoint(build_model(args.model), args.weights).eval()
+    test = (test_x, test_y)
+    records: list[dict[str, Any]] = []
+
+    def record(method: str, engine: str, res: Any, calib_s: float | None, eval_s: float, **extra: Any) -> None:
+        records.append({"method": method, "engine": engine, "result": res, "calib_s": calib_s,
+                        "eval_s": eval_s, **extra})
+        print(f"  {method:<18} top-1 {res.top1:6.2f}%   (calib {calib_s or 0:6.1f} s, eval {eval_s:5.1f} s)",
+              flush=True)
+
+    def timed_eval(m: nn.Module) -> tuple[Any, float]:
+        t = time.perf_counter()
+        res = evaluate(m, test, batch_size=args.batch, topk=(1, 5))
+        return res, time.perf_counter() - t
+
+    # FP32 references.
+    res, dt = timed_eval(model)
+    record("fp32-torch", "torch", res, None, dt)
+    fp32 = res
+    tmp = None
+    if args.work_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="ptq_vs_ort_")
+        work = Path(tmp.name)
+    else:
+        work = args.work_dir
+        work.mkdir(parents=True, exist_ok=True)
+    try:
+        fp32_path = export_fp32_onnx(model, work / "fp32.onnx", tuple(ds.input_shape))
+        ort_fp32 = OrtModule(fp32_path, args.threads)
+        res, dt = timed_eval(ort_fp32)
+        disagree = int(np.count_nonzero(res.correct != fp32.correct))
+        record("fp32-onnxruntime", "onnxruntime", res, None, dt, disagreements_vs_torch=disagree)
+        if disagree:
+            print(f"  WARNING: FP32 ONNX Runtime and torch differ on {disagree} images", flush=True)
+        input_name = ort_fp32.input_name
+        pre_path = work / "fp32_pre.onnx"
+        t = time.perf_counter()
+        quant_pre_process(str(fp32_path), str(pre_path))
+        t_pre = time.perf_counter() - t
+
+        for method in methods:
+            if method.startswith("ort-"):
+                t = time.perf_counter()
+                qpath = ort_quantize(pre_path, work / f"{method}.onnx", calib_x, method[4:], input_name,
+                                     args.calib_batch)
+                calib_s = time.perf_counter() - t
+                res, dt = timed_eval(OrtModule(qpath, args.threads))
+                record(method, "onnxruntime", res, calib_s, dt, calibrate_method=method[4:],
+                       pre_process_s=t_pre, qdq=qdq_summary(qpath))
+            else:
+                obs = method[5:]
+                t = time.perf_counter()
+                plan = parse_scheme("w8a8", per_channel=True, weight_observer="minmax", act_observer=obs)
+                qm = calibrate(prepare(model, plan), (calib_x, calib_y), batch_size=args.calib_batch)
+                calib_s = time.perf_counter() - t
+                res, dt = timed_eval(qm)
+                record(method, "torch (simulated)", res, calib_s, dt, act_observer=obs, scheme="w8a8",
+                       weight_observer="minmax", per_channel=True)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+    # Table: every drop paired against FP32 torch on the same images.
+    print()
+    head = (f"{'method':<18} {'engine':<18} {'top-1 % [95% CI]':<22} {'drop vs FP32, points [paired 95% CI]':<38}"
+            f" {'McNemar p':>9} {'calib s':>8} {'eval s':>7}")
+    print(head)
+    print("-" * len(head))
+    for r in records:
+        res = r["result"]
+        d = paired_difference(fp32.correct, res.correct)
+        r["drop"] = d
+        ci = f"{res.top1:6.2f} [{res.ci[1][0]:.2f}, {res.ci[1][1]:.2f}]"
+        drop = (f"{d.diff_points:+6.2f} [{d.ci_low:+.2f}, {d.ci_high:+.2f}]" if res is not fp32
+                else "(reference)")
+        calib = f"{r['calib_s']:8.1f}" if r["calib_s"] is not None else f"{'-':>8}"
+        p = f"{d.p_value:9.3g}" if res is not fp32 else f"{'-':>9}"
+        print(f"{r['method']:<18} {r['engine']:<18} {ci:<22} {drop:<38} {p} {calib} {r['eval_s']:7.1f}")
+
+    ours = [r for r in records if r["method"].startswith("ours-")]
+    ort_q = [r for r in records if r["method"].startswith("ort-")]
+    verdict: dict[str, Any] | None = None
+    if ours and ort_q:
+        best_ours = max(ours, key=lambda r: r["result"].top1)
+        best_ort = max(ort_q, key=lambda r: r["result"].top1)
+        d = paired_difference(best_ort["result"].correct, best_ours["result"].correct)
+        ok = best_ours["result"].top1 >= best_ort["result"].top1
+        verdict = {"best_ours": best_ours["method"], "best_ort": best_ort["method"],
+                   "ours_ge_ort": ok, "ours_minus_ort": d.as_dict()}
+        print(f"\nours - ORT (best of each, paired): {d.diff_points:+.2f} points, 95% CI "
+              f"[{d.ci_low:+.2f}, {d.ci_high:+.2f}], McNemar p = {d.p_value:.3g}")
+        print(f"best ours {best_ours['method']} {best_ours['result'].top1:.2f}% vs best ORT "
+              f"{best_ort['method']} {best_ort['result'].top1:.2f}%: ours >= ORT: {ok}")
+    total = time.perf_counter() - t_start
+    load = [round(v, 2) for v in os.getloadavg()]
+    print(f"total run time {total:.1f} s ({args.threads} threads, onnxruntime {onnxruntime.__version__}, "
+          f"torch {torch.__version__}); load average at start {load_start}, at end {load} "
+          f"(times are wall clock and shift with other work on the machine)")
+
+    if args.out is not None:
+        doc = {
+            "benchmark": "ptq_vs_onnxruntime",
+            "model": args.model, "weights": str(args.weights), "data": spec, "normalize": args.normalize,
+            "seed": args.seed, "n_calib": len(calib_x), "n_test": len(test_x), "threads": args.threads,
+            "eval_batch": args.batch, "calib_batch": args.calib_batch, "total_s": total,
+            "load_average_start": load_start, "load_average_end": load,
+            "records": [{**{k: v for k, v in r.items() if k not in ("result", "drop")},
+                         **r["result"].as_dict(), "drop_vs_fp32": r["drop"].as_dict()} for r in records],
+            "verdict": verdict,
+            "environment": environment(),
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
