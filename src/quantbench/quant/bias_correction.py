@@ -1,0 +1,241 @@
+"""Empirical bias correction (Nagel et al. 2019, "Data-Free Quantization", section 4.2).
+
+Why: weight rounding error ``eps = W_q - W`` is not zero-mean per output channel, so a
+quantized layer's output is *biased*: ``E[W_q x] - E[W x] = eps E[x] != 0``. The shift adds
+up through the network (ReLUs turn it into a change of which units fire) and is often the
+largest part of the low-bit accuracy loss. Subtracting the measured per-channel shift from
+the layer's bias removes it at zero run-time cost. The empirical variant used here measures
+``E[y_q] - E[y]`` on calibration images, layer after layer in execution order, so each
+correction already sees the corrected layers before it (and the activation quantizers, once
+calibrated), rather than the analytic estimate from BatchNorm statistics.
+
+The helpers below (float reference, layer taps, image collection) are shared with
+:mod:`quantbench.quant.adaround`.
+
+Example:
+    >>> qm = calibrate(prepare(model, parse_scheme("w4a8")), calib)  # doctest: +SKIP
+    >>> bias_correction(qm, model, calib, n_images=512)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import Tensor, nn
+
+from quantbench.errors import QuantbenchError
+from quantbench.quant.fake import FakeQuant, broadcast_param
+from quantbench.quant.fold import fold_batchnorm
+from quantbench.quant.prepare import LayerInfo, QuantizedModel, iterate_batches
+
+__all__ = ["bias_correction"]
+
+_LAYERS = (nn.Conv2d, nn.Linear)
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the wanted layer has run."""
+
+
+def collect_images(data: Any, n_images: int | None, batch_size: int = 256) -> Tensor:
+    """Up to ``n_images`` calibration images as one tensor (anything ``iterate_batches`` takes)."""
+    if n_images is not None and n_images < 1:
+        raise QuantbenchError(f"n_images must be >= 1 or None, got {n_images}")
+    parts = [xb for xb in iterate_batches(data, n_images, batch_size)]
+    if not parts:
+        raise QuantbenchError("no images in the calibration data")
+    return torch.cat(parts)
+
+
+def float_reference(qm: QuantizedModel, float_model: nn.Module) -> fx.GraphModule:
+    """The BN-folded float model whose layers match ``qm``'s, checked weight by weight.
+
+    A rescue method compares each quantized layer with the *same* float layer, so the float
+    model must be the one ``prepare`` received (the equalised one after CLE, for example).
+    Each float weight, clipped to the quantizer's range, must lie within one quantization
+    step of the prepared weight (clipped likewise), which holds for untouched, bias-corrected and AdaRound-ed weights
+    but not for a different (e.g. un-equalised) model.
+
+    Raises:
+        QuantbenchError: A layer is missing, of another shape, or has other weights.
+    """
+    ref = fold_batchnorm(float_model).eval()
+    for info in qm.layers:
+        try:
+            f = ref.get_submodule(info.name)
+        except AttributeError:
+            f = None
+        q = qm.layer(info.name)
+        if not isinstance(f, _LAYERS) or f.weight.shape != q.weight.shape:
+            raise QuantbenchError(
+                f"float model does not match the prepared model at layer {info.name!r} "
+                f"({type(q).__name__} {tuple(q.weight.shape)}); pass the model that prepare() received"
+            )
+        wf, wq = f.weight.detach(), q.weight.detach()
+        fq = getattr(q, "weight_fq", None)
+        if isinstance(fq, FakeQuant) and fq.spec.companding == "none" and fq.calibrated:
+            s, z = fq.qparams()
+            sb = broadcast_param(s, wf, fq.spec)
+            zb = broadcast_param(z, wf, fq.spec).to(torch.float32)
+            lo, hi = (fq.spec.qmin - zb) * sb, (fq.spec.qmax - zb) * sb
+            gap = torch.clamp(wq, lo, hi) - torch.clamp(wf, lo, hi)
+            bad = (gap.abs() > sb * 1.001 + 1e-6).any()
+        else:
+            bad = not torch.allclose(wq, wf, rtol=1e-4, atol=1e-6 * float(wf.abs().max()))
+        if bad:
+            raise QuantbenchError(
+                f"float model weights differ from the prepared model's at layer {info.name!r}; "
+                "pass the model that prepare() received (after CLE: the equalised GraphModule)"
+            )
+    return ref
+
+
+@contextlib.contextmanager
+def bypass_uncalibrated(qm: QuantizedModel) -> Iterator[None]:
+    """Turn activation quantizers still in ``observe`` mode off (and back on afterwards).
+
+    Rescue passes must not feed calibration observers, and a quantizer without ranges
+    cannot quantize; before ``calibrate`` the layers' inputs are therefore float.
+    """
+    changed = []
+    for _, fq in qm.act_quantizers():
+        if fq.mode in ("observe", "observe+quant") and not fq.spec.dynamic:
+            changed.append((fq, fq.mode))
+            fq.mode = "off"
+    try:
+        yield
+    finally:
+        for fq, mode in changed:
+            fq.mode = mode
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (CPU for a parameter-free model)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def run_to_layer(net: nn.Module, layer: nn.Module, x: Tensor, *, want: str) -> Tensor:
+    """Run ``net`` on ``x`` only as far as ``layer``; return its ``"input"`` or ``"output"``."""
+    got: list[Tensor] = []
+
+    def pre(_m: nn.Module, args: tuple[Tensor, ...]) -> None:
+        if want == "input":
+            got.append(args[0].detach())
+            raise _Stop
+
+    def post(_m: nn.Module, _args: tuple[Tensor, ...], out: Tensor) -> None:
+        got.append(out.detach())
+        raise _Stop
+
+    handle = layer.register_forward_pre_hook(pre) if want == "input" else layer.register_forward_hook(post)
+    try:
+        with torch.no_grad(), contextlib.suppress(_Stop):
+            net(x)
+    finally:
+        handle.remove()
+    if not got:
+        raise QuantbenchError(f"layer {type(layer).__name__} did not run in the forward pass")
+    return got[0]
+
+
+def _channel_sum(y: Tensor) -> Tensor:
+    """Per-channel sum (channel dim 1) over every other dim, in float64."""
+    return y.transpose(0, 1).reshape(y.shape[1], -1).sum(dim=1).to(torch.float64)
+
+
+def _layers_to_correct(qm: QuantizedModel) -> list[LayerInfo]:
+    return [info for info in qm.layers if not info.spec.is_fp32]
+
+
+def bias_correction(
+    qm: QuantizedModel,
+    float_model: nn.Module,
+    data: Any,
+    *,
+    n_images: int | None = 512,
+    batch_size: int = 128,
+    progress: bool = False,
+) -> None:
+    """Remove the per-channel mean output shift of every quantized conv/linear (in place).
+
+    For each quantized layer in execution order, the mean of its output (pre-activation,
+    per output channel, over images and positions) is measured in the float network and in
+    the quantized network - whose earlier layers are already corrected - and the difference
+    is subtracted from the layer's bias (a zero bias is created if the layer had none).
+    Run it after :func:`~quantbench.quant.prepare.calibrate` (activation quantizers still
+    observing are bypassed, which corrects the weight error only) and after AdaRound if both
+    are used. Layers left FP32 by the plan are not touched.
+
+    Args:
+        qm: The prepared (and normally calibrated) model, modified in place.
+        float_model: The float model ``prepare`` received (BN folded here if needed).
+        data: Calibration images: a tensor, ``(images, labels)``, a data set or a loader.
+        n_images: Images to average over (None: all).
+        batch_size: Images per forward pass.
+        progress: Print each layer's largest correction to stderr.
+
+    Raises:
+        QuantbenchError: ``float_model`` does not match ``qm``, or there are no images.
+
+    Example:
+        >>> calibrate(qm, calib)  # doctest: +SKIP
+        >>> bias_correction(qm, model, calib)  # doctest: +SKIP
+    """
+    ref = float_reference(qm, float_model)
+    x = collect_images(data, n_images)
+    dev_q = model_device(qm)
+    ref.to(dev_q)
+    layers = _layers_to_correct(qm)
+    was_training = qm.training
+    qm.eval()
+    # Float means of every layer in one pass (the float network does not change).
+    sums = {info.name: torch.zeros(0, dtype=torch.float64) for info in layers}
+    counts = dict.fromkeys(sums, 0)
+    hooks = []
+
+    def tap(name: str):
+        def hook(_m: nn.Module, _a: tuple[Tensor, ...], out: Tensor) -> None:
+            s = _channel_sum(out.detach())
+            sums[name] = s if sums[name].numel() == 0 else sums[name] + s
+            counts[name] += out.numel() // out.shape[1]
+
+        return hook
+
+    for info in layers:
+        hooks.append(ref.get_submodule(info.name).register_forward_hook(tap(info.name)))
+    try:
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                ref(x[i : i + batch_size].to(dev_q))
+    finally:
+        for h in hooks:
+            h.remove()
+    try:
+        with bypass_uncalibrated(qm):
+            for info in layers:
+                layer = qm.layer(info.name)
+                total, n = None, 0
+                for i in range(0, len(x), batch_size):
+                    y = run_to_layer(qm, layer, x[i : i + batch_size].to(dev_q), want="output")
+                    s = _channel_sum(y)
+                    total = s if total is None else total + s
+                    n += y.numel() // y.shape[1]
+                assert total is not None
+                shift = (total / n - sums[info.name] / counts[info.name]).to(torch.float32)
+                with torch.no_grad():
+                    if layer.bias is None:
+                        layer.bias = nn.Parameter(torch.zeros_like(shift).to(layer.weight.device))
+                    layer.bias.sub_(shift.to(layer.bias.device))
+                if progress:
+                    print(
+                        f"bias correction {info.name}: max |shift| {float(shift.abs().max()):.4g}",
+                        file=sys.stderr,
+                    )
+    finally:
+        qm.train(was_training)
