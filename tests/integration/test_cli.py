@@ -20,7 +20,8 @@ def _last_json(capsys) -> object:
 def _run_args(tmp_path, *extra: str) -> list[str]:
     return ["--data", SYN, "--model", "lenet", "--epochs", "2", "--batch-sizes", "1,4",
             "--store", str(tmp_path / "q.db"), "--out", str(tmp_path / "runs"), "--no-progress",
-            "--set", "measure.min_time_s=0.01", "--set", "measure.min_iters=3", *extra]
+            "--set", "measure.min_time_s=0.01", "--set", "measure.min_iters=3",
+            "--set", "quantize.methods=[w8a8:mse, w4a8:adaround]", "--set", "quantize.adaround_iters=50", *extra]
 
 
 def test_run_writes_report_store_and_json(tmp_path, capsys):
@@ -32,6 +33,9 @@ def test_run_writes_report_store_and_json(tmp_path, capsys):
     html = (run_dir / "report.html").read_text()
     assert "data:image/png;base64," in html and "training_curves" in html and "latency_vs_batch" in html
     metrics = {r["metric"] for r in rec["results"]}
+    methods = {r["method"] for r in rec["results"]}
+    assert methods == {"fp32", "w8a8-mse", "w4a8-adaround"}
+    assert {r["metric"] for r in rec["results"] if r["method"] == "w4a8-adaround"} >= {"top1", "top1_drop", "size_bytes"}
     assert {"top1", "top5", "params", "size_bytes", "macs", "flops", "latency_median_ms", "throughput_ips",
             "train_time_s", "epoch.train_loss"} <= metrics
     with ResultStore(tmp_path / "q.db") as store:
@@ -64,7 +68,7 @@ def test_results_filter_and_export(tmp_path, capsys):
     assert main(["run", *_run_args(tmp_path, "--epochs", "1"), "--json"]) == 0
     capsys.readouterr()
     db = str(tmp_path / "q.db")
-    assert main(["results", "--store", db, "--metric", "top1", "--json"]) == 0
+    assert main(["results", "--store", db, "--metric", "top1", "--method", "fp32", "--json"]) == 0
     rows = _last_json(capsys)
     assert len(rows) == 1 and rows[0]["unit"] == "%"
     out_csv = tmp_path / "x.csv"
