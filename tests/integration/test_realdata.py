@@ -23,3 +23,16 @@ def test_eval_pretrained_resnet20_on_cifar_jpeg(shared_dir, capsys):
     assert rec["top5"] > 97.0
     lo, hi = rec["ci"]["1"]
     assert lo < rec["top1"] < hi and hi - lo < 3.0
+
+
+def test_w8a8_ptq_resnet20_drop_within_0_3_points(shared_dir, tmp_path, capsys):
+    """Calibrate on 500 dev images, evaluate on the other 4,500: INT8 costs (almost) nothing."""
+    argv = ["quantize", "--model", "resnet20", "--checkpoint", str(shared_dir / "weights/resnet20-12fca82f.th"),
+            "--data", f"imagefolder:{shared_dir / 'datasets/cifar10-jpeg/dev'}", "--normalize", "imagenet",
+            "--calib-size", "500", "--scheme", "w8a8", "--algo", "mse", "--sensitivity-images", "0",
+            "--store", str(tmp_path / "q.db"), "--out", str(tmp_path / "out"), "--no-progress", "--json"]
+    assert main(argv) == 0
+    rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rec["n_images"] == 4500 and rec["calib_images"] == 500
+    assert rec["drop"]["top1_points"] <= 0.3, rec["drop"]
+    assert rec["fp32"]["size_bytes"] / rec["quant"]["size_bytes"] > 3.5
