@@ -1,0 +1,62 @@
+"""Open a generated report in headless Chromium: every image must decode and no console error appear."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from quantbench.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts"
+
+_PROBE = """<script>
+window.addEventListener('load', () => {
+  const imgs = Array.from(document.images);
+  const bad = imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt);
+  const out = document.createElement('pre'); out.id = 'qb-probe';
+  const m = 'QB' + 'PROBE'; out.textContent = m + JSON.stringify({n: imgs.length, bad: bad}) + m;
+  document.body.appendChild(out);
+});
+</script></body>"""
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def test_report_renders_every_image_in_chromium(tmp_path, capsys):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("headless Chromium not installed (Debian package 'chromium'; .ci/run installs it)")
+    assert main(["run", "--data", "synthetic:n=200,shape=1x8x8,classes=10,seed=0", "--epochs", "2",
+                 "--batch-sizes", "1,4", "--store", str(tmp_path / "q.db"), "--out", str(tmp_path / "runs"),
+                 "--set", "measure.min_time_s=0.01", "--set", "quantize.methods=[w8a8:minmax]",
+                 "--no-progress", "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    html = Path(rec["report"]).read_text(encoding="utf-8")
+    probe = tmp_path / "probe.html"
+    probe.write_text(html.replace("</body>", _PROBE), encoding="utf-8")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+             "--virtual-time-budget=5000"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True,
+                         timeout=120)
+    found = re.search(r"QBPROBE(.*?)QBPROBE", dom.stdout)
+    assert found, dom.stderr[-2000:]
+    result = json.loads(found.group(1).replace("&quot;", '"'))
+    assert result["n"] >= 5 and result["bad"] == []
+    console_errors = [ln for ln in dom.stderr.splitlines() if "CONSOLE" in ln and "ERROR" in ln.upper()
+                      or "Uncaught" in ln]
+    assert console_errors == []
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "report.png"
+    subprocess.run([browser, *flags, "--window-size=1200,2400", f"--screenshot={shot}", Path(rec["report"]).as_uri()],
+                   capture_output=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 10_000
