@@ -181,6 +181,22 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_engines(args: argparse.Namespace) -> int:
+    from quantbench.engines import engine_status
+
+    rows = engine_status()
+    if args.json:
+        _emit_json(rows)
+        return 0
+    body = []
+    for r in rows:
+        variants = ", ".join(v + (" (unsupported here)" if v in r["unsupported"] else "") for v in r["variants"])
+        body.append([r["name"], "yes" if r["available"] else "no", variants, r["reason"] or ""])
+        body += [["", "", f"  {v}: {why}", ""] for v, why in r["unsupported"].items()]
+    _print_table(["engine", "available", "variants", "note"], body)
+    return 0
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
     from quantbench.data import DATASETS
 
@@ -374,6 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-count", action="store_true", help="skip counting parameters and MACs")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("engines", help="list inference engines, their variants, and why any is unavailable")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_engines)
 
     p = sub.add_parser("datasets", help="list the data set kinds and their spec syntax")
     p.add_argument("--json", action="store_true")

@@ -118,3 +118,11 @@ def test_corrupt_checkpoint_exit_2_and_store_untouched(tmp_path, capsys):
     assert main(["eval", "--model", "lenet", "--checkpoint", str(bad), "--data", SYN, "--store", str(db)]) == 2
     assert "bad.pt" in capsys.readouterr().err
     assert db.read_bytes() == before
+
+
+def test_engines_listing(capsys):
+    assert main(["engines", "--json"]) == 0
+    rows = {r["name"]: r for r in _last_json(capsys)}
+    assert {"torch", "onnxruntime", "openvino", "torch-int8"} <= set(rows)
+    assert "fp32" in rows["torch"]["variants"] and "int8" in rows["onnxruntime"]["variants"]
+    assert all(r["available"] or r["reason"] for r in rows.values())

@@ -1,1 +1,35 @@
-"""quantbench.engines."""
+"""quantbench.engines: deploy FP32 and quantized models on real inference engines.
+
+Importing this package registers every engine in :data:`ENGINES`; no engine imports its heavy
+package (onnxruntime, openvino) until it is used.
+
+Example:
+    >>> from quantbench.engines import ENGINES, Deployable, load_session
+    >>> sorted(ENGINES.names())
+    ['onnxruntime', 'openvino', 'torch', 'torch-int8']
+"""
+
+from quantbench.engines import onnxruntime_engine, openvino_engine, torch_engine, torch_int8_engine  # noqa: F401
+from quantbench.engines.base import (
+    ENGINES,
+    VARIANTS,
+    Deployable,
+    Engine,
+    Session,
+    engine_status,
+    evaluate_session,
+    get_engine,
+    load_session,
+)
+
+__all__ = [
+    "ENGINES",
+    "VARIANTS",
+    "Deployable",
+    "Engine",
+    "Session",
+    "engine_status",
+    "evaluate_session",
+    "get_engine",
+    "load_session",
+]
