@@ -83,12 +83,16 @@ def test_cle_preserves_float_outputs_and_balances_ranges() -> None:
     pairs = [(p.first, p.second, p.flattened) for p in equalization_pairs(folded)]
     assert pairs == [("conv1", "dw", False), ("dw", "conv3", False), ("conv3", "fc", True)]
     for name in ("conv1", "dw"):
-        assert _log_spread(gm.get_submodule(name).weight) < 0.6 * _log_spread(folded.get_submodule(name).weight)
+        assert _log_spread(gm.get_submodule(name).weight) < 0.6 * _log_spread(
+            folded.get_submodule(name).weight
+        )
     # After convergence each channel's range is shared by both layers of a pair.
     r1 = gm.conv1.weight.abs().reshape(8, -1).amax(dim=1)
     r2 = gm.dw.weight.abs().reshape(8, -1).amax(dim=1)
     torch.testing.assert_close(r1, r2, rtol=1e-2, atol=0.0)
-    assert model.conv1.weight.grad is None and torch.equal(folded.conv1.weight, fold_batchnorm(model).conv1.weight)
+    assert model.conv1.weight.grad is None and torch.equal(
+        folded.conv1.weight, fold_batchnorm(model).conv1.weight
+    )
 
 
 def test_cle_lowers_per_tensor_low_bit_error() -> None:
@@ -123,8 +127,8 @@ def test_cle_stops_at_residual_adds_and_relu6() -> None:
 # ----------------------------------------------------------------------------- bias correction
 
 
-def _channel_mean_error(qm, ref, name: str, x: torch.Tensor) -> torch.Tensor:
-    """|E[y_q] - E[y_f]| per output channel of layer ``name`` on images ``x``."""
+def _channel_mean_error(qm, ref, name: str, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+    """|E[y_q] - E[y_f]| per output channel of layer ``name`` on images ``x`` (after ReLU if ``relu``)."""
     outs = {}
     hooks = [
         qm.layer(name).register_forward_hook(lambda m, a, o: outs.__setitem__("q", o)),
@@ -135,28 +139,32 @@ def _channel_mean_error(qm, ref, name: str, x: torch.Tensor) -> torch.Tensor:
         ref(x)
     for h in hooks:
         h.remove()
-    dims = [d for d in range(outs["q"].dim()) if d != 1]
-    return (outs["q"].mean(dim=dims) - outs["f"].mean(dim=dims)).abs()
+    q, f = (torch.relu(outs["q"]), torch.relu(outs["f"])) if relu else (outs["q"], outs["f"])
+    dims = [d for d in range(q.dim()) if d != 1]
+    return (q.mean(dim=dims) - f.mean(dim=dims)).abs()
 
 
-@pytest.mark.parametrize("scheme", ["w3", "w4a8"])
-def test_bias_correction_removes_mean_output_shift(scheme: str) -> None:
+@pytest.mark.parametrize(("scheme", "relu_aware"), [("w3", True), ("w4a8", True), ("w3", False)])
+def test_bias_correction_removes_mean_output_shift(scheme: str, relu_aware: bool) -> None:
     model = Tiny(spread=0.5).eval()
     ref = fold_batchnorm(model)
     calib, held_out = _images(128, seed=1), _images(128, seed=2)
     qm = calibrate(prepare(model, parse_scheme(scheme, per_channel=False)), calib)
-    before = {n: _channel_mean_error(qm, ref, n, held_out) for n in ("dw", "conv3", "fc")}
-    assert qm.layer("dw").bias is not None  # folded BN gave it one; conv1 too
-    bias_correction(qm, model, calib, n_images=None)
-    for name in ("dw", "conv3", "fc"):
-        on_calib = _channel_mean_error(qm, ref, name, calib)
+    # dw and conv3 feed a ReLU: the relu-aware variant matches the means after it.
+    post = {"dw": relu_aware, "conv3": relu_aware, "fc": False}
+    before = {n: _channel_mean_error(qm, ref, n, held_out, post[n]) for n in post}
+    bias_correction(qm, model, calib, n_images=None, relu_aware=relu_aware)
+    for name in post:
+        on_calib = _channel_mean_error(qm, ref, name, calib, post[name])
         assert on_calib.max() < 1e-4 + 1e-3 * before[name].max()
-        after = _channel_mean_error(qm, ref, name, held_out)
+        after = _channel_mean_error(qm, ref, name, held_out, post[name])
         assert after.mean() < before[name].mean()
 
 
 def test_bias_correction_creates_missing_bias() -> None:
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3, bias=False))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, bias=False), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3, bias=False)
+    )
     qm = calibrate(prepare(model, parse_scheme("w3a8")), _images(32))
     assert qm.layer("0").bias is None
     bias_correction(qm, model, _images(32))

@@ -15,7 +15,7 @@ prepared graph becomes, at the same place, the ONNX operators an integer engine 
   ``ConvNodeGroupSelector::Check`` in onnxruntime's ``qdq_selectors.cc``). Rounding the bias to
   that grid moves each output by at most ``s_in * s_w / 2`` (what every integer kernel does);
   the simulation keeps the float bias. The error is one term against the K rounding errors of
-  the layer's inputs: negligible at 8 bits (logits agree to ~1e-3 relative), visible but small
+  the layer's inputs: negligible at 8 bits (below the float-rounding noise of the engines), small
   with few bits (w4a4: a few % of the logits on a tiny net). A float bias would not avoid it:
   ONNX Runtime's own bias-quantization pass rounds a float bias of a DQ-fed Conv to the same
   int32 grid. Biases of layers whose input is not quantized stay float32.

@@ -36,7 +36,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -46,6 +45,7 @@ from quantbench.quant.bias_correction import (
     collect_images,
     float_reference,
     model_device,
+    relu_follows,
     run_to_layer,
 )
 from quantbench.quant.fake import FakeQuant, broadcast_param
@@ -56,9 +56,6 @@ __all__ = ["ZETA", "GAMMA", "adaround", "rectified_sigmoid", "round_layer"]
 ZETA, GAMMA = 1.1, -0.1
 """Stretch of the rectified sigmoid (paper section 4.1): h reaches exactly 0 and 1."""
 
-_RELU_MODULES = (nn.ReLU,)
-_RELU_FUNCTIONS = {F.relu, torch.relu}
-
 
 def rectified_sigmoid(v: Tensor) -> Tensor:
     """``h(V) = clamp(sigmoid(V) (zeta - gamma) + gamma, 0, 1)``."""
@@ -68,22 +65,6 @@ def rectified_sigmoid(v: Tensor) -> Tensor:
 def _inverse_rectified_sigmoid(h: Tensor) -> Tensor:
     """``V`` with ``h(V) = h`` for ``h`` in ``[0, 1)``."""
     return -torch.log((ZETA - GAMMA) / (h - GAMMA) - 1.0)
-
-
-def _activation_after(net: fx.GraphModule, name: str) -> Callable[[Tensor], Tensor] | None:
-    """ReLU if the layer's only user is a ReLU (the loss is then taken after it)."""
-    modules = dict(net.named_modules())
-    nodes = [n for n in net.graph.nodes if n.op == "call_module" and n.target == name]
-    if len(nodes) != 1 or len(nodes[0].users) != 1:
-        return None
-    user = next(iter(nodes[0].users))
-    if user.op == "call_module" and isinstance(modules.get(user.target), _RELU_MODULES):
-        return F.relu
-    if (user.op == "call_function" and user.target in _RELU_FUNCTIONS) or (
-        user.op == "call_method" and user.target == "relu"
-    ):
-        return F.relu
-    return None
 
 
 def _layer_forward(layer: nn.Module, x: Tensor, weight: Tensor) -> Tensor:
@@ -127,7 +108,7 @@ def round_layer(
         generator: Seeds the batch sampling.
 
     Returns:
-        ``{"mse_nearest", "mse_adaround"}``: reconstruction loss (see :func:`_rec_loss`)
+        ``{"loss_nearest", "loss_adaround"}``: reconstruction loss (see :func:`_rec_loss`)
         on up to 256 cached samples with round-to-nearest and with the result.
     """
     fq = layer.weight_fq
@@ -153,7 +134,7 @@ def round_layer(
                 total += float(_rec_loss(act(out) if act else out, target[i : min(i + 64, n)])) * len(out)
         return total / n
 
-    mse_nearest = loss_on(fq(w))
+    loss_nearest = loss_on(fq(w))
     opt = torch.optim.Adam([v], lr=lr)
     start = int(warmup * iters)
     for t in range(iters):
@@ -171,7 +152,7 @@ def round_layer(
     with torch.no_grad():
         hard = (rectified_sigmoid(v) >= 0.5).to(w.dtype)
         layer.weight.copy_(soft_weight(hard))
-    return {"mse_nearest": mse_nearest, "mse_adaround": loss_on(layer.weight.detach())}
+    return {"loss_nearest": loss_nearest, "loss_adaround": loss_on(layer.weight.detach())}
 
 
 def _collect(net: nn.Module, layer: nn.Module, x: Tensor, want: str, batch_size: int) -> Tensor:
@@ -262,7 +243,7 @@ def adaround(
             for name, _ in todo:
                 t0 = time.perf_counter()
                 layer = qm.layer(name)
-                act = _activation_after(qm.net, name) if relu_aware else None
+                act = F.relu if relu_aware and relu_follows(qm.net, name) else None
                 x = _collect(qm, layer, images, "input", 128)
                 target = _collect(ref, ref.get_submodule(name), images, "output", 128)
                 if act is not None:
@@ -274,8 +255,8 @@ def adaround(
                 del x, target
                 if progress:
                     print(
-                        f"adaround {name}: loss nearest {stats['mse_nearest']:.4g} -> "
-                        f"{stats['mse_adaround']:.4g} ({time.perf_counter() - t0:.1f} s)",
+                        f"adaround {name}: loss nearest {stats['loss_nearest']:.4g} -> "
+                        f"{stats['loss_adaround']:.4g} ({time.perf_counter() - t0:.1f} s)",
                         file=sys.stderr,
                     )
     finally:
