@@ -142,7 +142,7 @@ def test_engine_session_contract(setup: Setup, engine: str, variant: str, tmp_pa
     assert info["model_bytes"] > 0 and info["model_path"]
     # The runner is a zero-argument closure for THE timing function.
     result = measure_latency(sess.runner(2), batch_size=2, warmup=1, min_iters=2, min_time_s=0.0)
-    assert result.iterations >= 2 and result.median_ms > 0
+    assert result.iterations >= 2 and len(result.samples_ms) == result.iterations
     # Bad inputs are one-line user errors.
     with pytest.raises(QuantbenchError, match="batch_size"):
         sess.runner(0)

@@ -44,7 +44,8 @@ def test_run_writes_report_store_and_json(tmp_path, capsys):
         assert "cpu_model" in run["environment"]
         lat = store.query(run_id=rec["run_id"], metric="latency_median_ms")
         assert sorted(r["batch"] for r in lat) == [1, 4]
-        assert all(r["extra"]["p90_ms"] >= r["value"] for r in lat)
+        p90_not_below_median = [r["extra"]["p90_ms"] >= r["value"] for r in lat]  # structure, not speed
+        assert all(p90_not_below_median)
     saved = json.loads((run_dir / "results.json").read_text())
     assert saved["config"]["data"]["spec"] == SYN and len(saved["results"]) == len(rec["results"])
 

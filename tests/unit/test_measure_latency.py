@@ -72,7 +72,8 @@ def test_statistics_ordering_on_real_clock() -> None:
     r = measure_latency(lambda: lin(x), batch_size=2, warmup=1, min_iters=5, max_iters=50, min_time_s=0.01)
     assert 5 <= r.iterations <= 50
     assert len(r.samples_ms) == r.iterations
-    assert 0 < r.min_ms <= r.median_ms <= r.p90_ms <= max(r.samples_ms)
+    order_stats = [r.min_ms, r.median_ms, r.p90_ms, max(r.samples_ms)]  # consistency, not speed
+    assert order_stats == sorted(order_stats) and order_stats[0] > 0
     assert r.throughput_ips == pytest.approx(2 / (r.median_ms / 1000))
 
 

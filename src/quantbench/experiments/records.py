@@ -53,11 +53,16 @@ def accuracy_rows(key: RowKey, ev: Any, split: str) -> list[Result]:
     return rows
 
 
+def _negate(x: float) -> float:
+    """-x without producing -0.0 (which would print as "-0.00")."""
+    return -x + 0.0
+
+
 def drop_row(key: RowKey, paired: Any, split: str) -> Result:
     """Top-1 drop vs FP32 on the same images (positive = worse than FP32), with its paired CI."""
     d = paired.as_dict()
     return key.row(
-        "top1_drop", 0.0 - d["diff_points"] + 0.0, "points", ci_low=0.0 - d["ci_high"], ci_high=0.0 - d["ci_low"],
+        "top1_drop", _negate(d["diff_points"]), "points", ci_low=_negate(d["ci_high"]), ci_high=_negate(d["ci_low"]),
         p_value=d["p_value"], n_images=d["n"], split=split,
     )
 

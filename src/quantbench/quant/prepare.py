@@ -207,16 +207,15 @@ def prepare(model: nn.Module, plan: QuantPlan, *, learnable: bool = False) -> Qu
 
     act_sites: dict[str, dict[str, Any]] = {}
     shared: dict[tuple[str, QuantSpec], fx.Node] = {}
+    per_value: dict[str, int] = {}  # quantizers already on a value (distinct specs)
     by_layer = {info.name: info for info in layers}
     for node, spec, label in consumers:
         for value in _tensor_inputs(node):
             key = (value.name, spec)
             if key not in shared:
-                name = (
-                    f"aq_{value.name}"
-                    if not any(k[0] == value.name for k in shared)
-                    else f"aq_{value.name}_{len([k for k in shared if k[0] == value.name])}"
-                )
+                count = per_value.get(value.name, 0)
+                per_value[value.name] = count + 1
+                name = f"aq_{value.name}" + (f"_{count}" if count else "")
                 gm.add_submodule(name, FakeQuant(spec, role="act", learnable=learnable))
                 with gm.graph.inserting_after(value):
                     fq_node = gm.graph.call_module(name, (value,))
