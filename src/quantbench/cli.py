@@ -327,6 +327,98 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _csv_names(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from quantbench.experiments.bench import (
+        BenchSpec,
+        bench_rows,
+        findings,
+        load_study,
+        public_record,
+        run_bench,
+        validate_spec,
+    )
+    from quantbench.experiments.runner import recorded_run
+    from quantbench.report.tables import human_bytes
+
+    engines, variants = _csv_names(args.engines), _csv_names(args.variants)
+    if args.config:
+        if args.model:
+            raise QuantbenchError("bench: pass --model or --config, not both")
+        study, specs = load_study(args.config, engines=engines, variants=variants, batch_sizes=args.batch_sizes,
+                                  threads=args.threads, min_time_s=args.min_time,
+                                  isolate=False if args.no_isolate else None)
+    else:
+        if not args.model:
+            raise QuantbenchError("bench: --model is required (or --config FILE for a study of several models)")
+        study = f"bench {args.model}"
+        specs = [BenchSpec(model=args.model, checkpoint=args.checkpoint, quantized=args.quantized,
+                           engines=engines or ("all",), variants=variants or (),
+                           batch_sizes=args.batch_sizes or (1, 8, 32), input_size=args.input_size,
+                           threads=args.threads, calib=args.calib, calib_size=args.calib_size,
+                           min_time_s=args.min_time if args.min_time is not None else 1.0,
+                           isolate=not args.no_isolate)]
+    for spec in specs:  # every user mistake surfaces before minutes of timing
+        validate_spec(spec)
+    config = {"verb": "bench", "model": {"name": ", ".join(s.model for s in specs)},
+              "data": {"spec": "seeded random input batches (timing only)"},
+              "specs": [dataclasses.asdict(s) for s in specs]}
+    results = []
+
+    def body(stage: Any, out_dir: Path) -> None:
+        for spec in specs:
+            res = run_bench(spec, log=(lambda m: None) if args.no_progress else None)
+            c, h, w = res.input_shape
+            stage.commit(bench_rows(res, f"input:{c}x{h}x{w}"))
+            results.append(res)
+
+    outcome = recorded_run("bench", config, store_path=args.store, out_root=args.runs_dir, body=body,
+                           name=study, out_dir=args.out)
+    records = [r for res in results for r in res.records]
+    if args.json:
+        for res in results:
+            for s in res.skipped:
+                print(f"skipped {res.model} {s['engine']} {s['variant']}: {s['reason']}", file=sys.stderr)
+        _emit_json([public_record(r) for r in records])
+        return 0
+
+    def fmt(v: float | None, f: str) -> str:
+        return "–" if v is None else f.format(v)
+
+    for res in results:
+        c, h, w = res.input_shape
+        print(f"\n{res.model} ({c}x{h}x{w}, {res.per_image_macs / 1e6:.1f} MMACs per image; int8 scales: "
+              f"{res.quantized_from})")
+        _print_table(
+            ["engine", "variant", "batch", "median ms", "p90 ms", "images/s", "GMAC/s", "% of peak", "x fp32",
+             "x torch fp32", "peak RSS"],
+            [[r["engine"], r["variant"], str(r["batch"]), f"{r['median_ms']:.3f}", f"{r['p90_ms']:.3f}",
+              fmt(r["throughput_ips"], "{:.1f}"), fmt(r["gmacs_per_s"], "{:.1f}"),
+              fmt(r["fraction_of_peak"] and 100 * r["fraction_of_peak"], "{:.0f}%"),
+              fmt(r["speedup_vs_fp32"], "{:.2f}"), fmt(r["speedup_vs_torch_fp32"], "{:.2f}"),
+              human_bytes(r["peak_rss_bytes"]) if r["peak_rss_bytes"] else "–"] for r in res.records])
+        for s in res.skipped:
+            print(f"  skipped {s['engine']} {s['variant']}: {s['reason']}")
+    if results and results[0].peaks:
+        print("\nmachine peaks (dense GEMM): " + ", ".join(
+            f"{k} {v['gmacs_per_s']:.0f} GMAC/s" for k, v in results[0].peaks.items())
+            + f" at {next(iter(results[0].peaks.values()))['threads']} thread(s)")
+    lines = findings(records)
+    if lines:
+        print("\nfindings:")
+        for line in lines:
+            print(f"  - {line}")
+    print(f"\nresults stored in {args.store} (run {outcome.run_id})\nreport: {outcome.report_html}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -384,6 +476,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("bench", help="latency/throughput of a model on every engine x variant x batch size")
+    p.add_argument("--model", help="zoo model name")
+    p.add_argument("--config", metavar="FILE", help="YAML study of several models (e.g. examples/seven_cnns.yaml)")
+    p.add_argument("--checkpoint", metavar="FILE", help="weights (speed does not depend on them)")
+    p.add_argument("--quantized", metavar="PATH", help="a .qbm (or folder from `quantbench quantize --out`) whose "
+                   "scales int8 deploys (default: w8a8 minmax calibrated on --calib or on random images)")
+    p.add_argument("--engines", metavar="all|LIST", help="engines, comma-separated (default all installed)")
+    p.add_argument("--variants", metavar="LIST", help="fp32,bf16,int8,dynamic subset (default: all supported)")
+    p.add_argument("--batch-sizes", type=_csv_ints, metavar="B1,B2", help="default 1,8,32")
+    p.add_argument("--input-size", type=int, metavar="S", help="square input side (default: the model's)")
+    p.add_argument("--threads", type=int, help="intra-op threads for every engine (default: all cores)")
+    p.add_argument("--calib", metavar="SPEC", help="data spec whose images calibrate int8 (default random images)")
+    p.add_argument("--calib-size", type=int, default=32, metavar="N")
+    p.add_argument("--min-time", type=float, metavar="S", help="timed seconds per cell (default 1.0)")
+    p.add_argument("--no-isolate", action="store_true",
+                   help="run every engine in this process (faster; no per-engine peak RSS)")
+    p.add_argument("--out", metavar="DIR", help="folder for the report (default runs/<run-id>)")
+    p.add_argument("--runs-dir", default="runs", help=argparse.SUPPRESS)
+    p.add_argument("--store", default="runs/quantbench.db", metavar="DB")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="last stdout line: JSON list of records")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("models", help="list the model zoo with parameters and MACs")
     p.add_argument("pattern", nargs="?", default="*", help="glob on model names, e.g. 'resnet*'")

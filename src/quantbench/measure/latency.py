@@ -250,10 +250,22 @@ def peak_rss_bytes() -> int | None:
     unpack weights); this is the cheap, always-available high-water mark (it never goes down,
     so measure in a fresh process to attribute it to one model).
 
+    On Linux this is ``VmHWM`` from ``/proc/self/status``: the high-water mark of this
+    process's own memory map. ``getrusage``'s ``ru_maxrss`` is not used there because Linux
+    carries it across ``exec``: a child started by ``spawn`` would report at least its
+    parent's RSS at fork time.
+
     Example:
         >>> peak_rss_bytes() > 0
         True
     """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
     except ImportError:  # Windows

@@ -104,32 +104,47 @@ def accuracy_bars(rows: Sequence[Row]) -> Figure | None:
                   "95% Wilson confidence intervals.")
 
 
+def _batch_axis(ax: Any, batches: Sequence[int]) -> None:
+    """Log x axis labelled with the measured batch sizes themselves (1, 8, 32), not powers of ten."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(sorted(set(batches))))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([str(b) for b in sorted(set(batches))])
+
+
 def latency_vs_batch(rows: Sequence[Row]) -> Figure | None:
-    """Median latency (with p90) and throughput against batch size per variant."""
+    """Median latency (with p90) and throughput against batch size per variant; one row per model."""
     med: dict[tuple[str, str, str], list[tuple[int, float, float]]] = defaultdict(list)
+    threads = "?"
     for r in rows:
         if r["metric"] == "latency_median_ms":
             med[variant_key(r)].append((r["batch"], r["value"], r["extra"].get("p90_ms", r["value"])))
+            threads = r["extra"].get("threads", threads)
     if not med:
         return None
+    models = sorted({k[0] for k in med})
     plt = _plt()
-    fig, (ax_l, ax_t) = plt.subplots(1, 2, figsize=(10, 3.8))
-    threads = "?"
-    for key, pts in med.items():
-        pts.sort()
-        b, m, p90 = zip(*pts, strict=True)
-        ax_l.errorbar(b, m, yerr=[[0] * len(m), [q - x for q, x in zip(p90, m, strict=True)]], marker="o",
-                      capsize=3, label=_label(key))
-        ax_t.plot(b, [bb / (mm / 1000.0) for bb, mm in zip(b, m, strict=True)], marker="o", label=_label(key))
-    for r in rows:
-        if r["metric"] == "latency_median_ms":
-            threads = r["extra"].get("threads", "?")
-            break
-    ax_l.set(xscale="log", yscale="log", xlabel="batch size", ylabel="latency per batch (ms)", title="latency")
-    ax_t.set(xscale="log", xlabel="batch size", ylabel="images / s", title="throughput")
-    for ax in (ax_l, ax_t):
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+    fig, axes = plt.subplots(len(models), 2, figsize=(11, 3.8 * len(models)), squeeze=False)
+    for row, model in zip(axes, models, strict=True):
+        ax_l, ax_t = row
+        batches: list[int] = []
+        for key, pts in sorted(med.items()):
+            if key[0] != model:
+                continue
+            pts.sort()
+            b, m, p90 = zip(*pts, strict=True)
+            batches += b
+            ax_l.errorbar(b, m, yerr=[[0] * len(m), [q - x for q, x in zip(p90, m, strict=True)]], marker="o",
+                          capsize=3, label=_label(key))
+            ax_t.plot(b, [bb / (mm / 1000.0) for bb, mm in zip(b, m, strict=True)], marker="o", label=_label(key))
+        ax_l.set(yscale="log", xlabel="batch size", ylabel="latency per batch (ms)", title=f"{model}: latency")
+        ax_t.set(xlabel="batch size", ylabel="images / s", title=f"{model}: throughput")
+        for ax in (ax_l, ax_t):
+            _batch_axis(ax, batches)
+            ax.grid(alpha=0.3, which="both")
+        ax_t.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return Figure("latency_vs_batch", _png(fig),
                   f"Latency of one batch (median, bar up to p90) and throughput (batch / median) against batch "
                   f"size; {threads} thread(s), after warm-up, on this machine's CPU.")
@@ -149,7 +164,8 @@ def macs_vs_batch(rows: Sequence[Row]) -> Figure | None:
         p.sort()
         b, v = zip(*p, strict=True)
         ax.plot(b, v, marker="o", label=_label(key))
-    ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="MACs per batch", title="compute")
+    ax.set(yscale="log", xlabel="batch size", ylabel="MACs per batch", title="compute")
+    _batch_axis(ax, [b for p in pts.values() for b, _ in p])
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     return Figure("macs_vs_batch", _png(fig),
@@ -231,8 +247,49 @@ def sensitivity(rows: Sequence[Row]) -> Figure | None:
                   "model's top-1 (%).")
 
 
+def speedup_matrix(rows: Sequence[Row]) -> Figure | None:
+    """Heat map: speed-up over PyTorch eager FP32, one row per model/engine/variant, one column per batch."""
+    from quantbench.report.tables import bench_records
+
+    cells = bench_records(rows)
+    if not cells:
+        return None
+    models = {c["model"] for c in cells}
+    labels = sorted({(c["model"], c["engine"], c["variant"]) for c in cells})
+    batches = sorted({c["batch"] for c in cells})
+    import numpy as np
+
+    grid = np.full((len(labels), len(batches)), np.nan)
+    for c in cells:
+        if c["speedup_vs_torch_fp32"] is not None:
+            grid[labels.index((c["model"], c["engine"], c["variant"])), batches.index(c["batch"])] = \
+                c["speedup_vs_torch_fp32"]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(3.6 + 1.1 * len(batches), 1.4 + 0.32 * len(labels)))
+    from matplotlib.colors import TwoSlopeNorm
+
+    finite = grid[np.isfinite(grid)]
+    lo = float(min(finite.min(), 0.9)) if finite.size else 0.5
+    hi = float(max(finite.max(), 1.1)) if finite.size else 2.0
+    im = ax.imshow(np.log2(grid), cmap="RdYlGn", aspect="auto",
+                   norm=TwoSlopeNorm(vmin=np.log2(lo), vcenter=0.0, vmax=np.log2(hi)))
+    for i in range(len(labels)):
+        for j in range(len(batches)):
+            if np.isfinite(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.2f}x", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(batches)), [str(b) for b in batches])
+    ax.set_yticks(range(len(labels)),
+                  [f"{m + ' / ' if len(models) > 1 else ''}{e} {v}" for m, e, v in labels], fontsize=7)
+    ax.set(xlabel="batch size", title="speed-up vs PyTorch eager FP32")
+    fig.colorbar(im, ax=ax, label="log2 speed-up")
+    return Figure("speedup_matrix", _png(fig),
+                  "Speed-up of every engine and variant over PyTorch eager FP32 on the same model and batch size "
+                  "(median latency ratio, measured in the same run; > 1 = faster). Red cells are slower than "
+                  "PyTorch FP32.")
+
+
 ALL_FIGURES = (training_curves, accuracy_bars, size_bars, accuracy_vs_size, sensitivity, latency_vs_batch,
-               macs_vs_batch)
+               macs_vs_batch, speedup_matrix)
 
 
 def make_figures(rows: Sequence[Row]) -> list[Figure]:

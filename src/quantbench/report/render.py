@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from quantbench.report.figures import Figure, make_figures, matplotlib_available
-from quantbench.report.tables import latency_table, sensitivity_table, summary_table, training_table
+from quantbench.report.tables import (
+    bench_records,
+    bench_table,
+    latency_table,
+    peaks_table,
+    sensitivity_table,
+    speed_findings,
+    summary_table,
+    training_table,
+)
 from quantbench.store import ResultStore
 
 DEFINITIONS = [
@@ -71,9 +80,19 @@ def _sections(run: dict[str, Any], rows: list[dict[str, Any]]) -> list[tuple[str
     tt = training_table(rows)
     if tt[1]:
         out.append(("Training", tt))
-    lt = latency_table(rows)
-    if lt[1]:
-        out.append(("Latency and throughput", lt))
+    cells = bench_records(rows)
+    if cells:
+        lines = speed_findings(cells)
+        if lines:
+            out.append(("Findings", (["what this run measured, in plain words"], [[line] for line in lines])))
+        out.append(("Engines: latency, throughput and speed-up", bench_table(rows)))
+        pt = peaks_table(rows)
+        if pt[1]:
+            out.append(("This machine's peaks (dense GEMM)", pt))
+    else:
+        lt = latency_table(rows)
+        if lt[1]:
+            out.append(("Latency and throughput", lt))
     st = sensitivity_table(rows)
     if st[1]:
         out.append(("Per-layer sensitivity", st))

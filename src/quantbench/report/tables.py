@@ -135,3 +135,100 @@ def sensitivity_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
         body.append([method, e["layer"], e.get("kind", ""), e.get("spec", ""), str(e.get("params", "")),
                      "inf" if sq is None else f"{sq:.1f}", f"{c.get('layer_only_top1', float('nan')):.2f}"])
     return header, body
+
+
+_BENCH_METRICS = ("latency_median_ms", "latency_p90_ms", "throughput_ips", "gmacs_per_s", "fraction_of_peak",
+                  "speedup_vs_fp32", "speedup_vs_torch_fp32")
+
+
+def bench_records(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """Engine-benchmark cells rebuilt from store rows: one dict per (model, engine, variant, batch).
+
+    Only runs that carry ``speedup_vs_torch_fp32`` rows (``quantbench bench``) produce any.
+    """
+    if not any(r["metric"] == "speedup_vs_torch_fp32" for r in rows):
+        return []
+    cells: dict[tuple[str, str, str, int], dict[str, Any]] = {}
+    rss: dict[tuple[str, str, str], float] = {}
+    for r in rows:
+        if r["engine"] == "machine":
+            continue
+        if r["metric"] == "peak_rss_bytes":
+            rss[(r["model"], r["engine"], r["method"])] = r["value"]
+        if r["metric"] in _BENCH_METRICS and r["batch"] is not None:
+            c = cells.setdefault((r["model"], r["engine"], r["method"], r["batch"]), {
+                "model": r["model"], "engine": r["engine"], "variant": r["method"], "batch": r["batch"]})
+            name = {"latency_median_ms": "median_ms", "latency_p90_ms": "p90_ms"}.get(r["metric"], r["metric"])
+            c[name] = r["value"]
+            if r["metric"] == "latency_median_ms":
+                c["threads"] = r["extra"].get("threads")
+    out = []
+    for (model, engine, variant, _b), c in sorted(cells.items()):
+        for m in ("median_ms", "p90_ms", "throughput_ips", "gmacs_per_s", "fraction_of_peak", "speedup_vs_fp32",
+                  "speedup_vs_torch_fp32"):
+            c.setdefault(m, None)
+        c["peak_rss_bytes"] = rss.get((model, engine, variant))
+        out.append(c)
+    return out
+
+
+def speed_findings(records: Sequence[dict[str, Any]]) -> list[str]:
+    """Plain sentences: where a quantized variant is SLOWER than FP32 on its engine, and the fastest cell.
+
+    Why: the literature disagrees on whether quantized CNNs run faster; the report says it
+    plainly for this machine instead of leaving it to a chart. ``torch-int8`` is compared with
+    ``torch`` fp32 (it has no fp32 of its own).
+    """
+    out = []
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        groups[(r.get("model", ""), r["engine"], r["variant"])].append(r)
+    for (model, engine, variant), rs in sorted(groups.items()):
+        if variant == "fp32":
+            continue
+        slower = sorted((r for r in rs if r["speedup_vs_fp32"] is not None and r["speedup_vs_fp32"] < 1.0),
+                        key=lambda r: r["batch"])
+        if slower:
+            lo = min(r["speedup_vs_fp32"] for r in slower)
+            hi = max(r["speedup_vs_fp32"] for r in slower)
+            span = f"{lo:.2f}x" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}-{hi:.2f}x"
+            base = "torch" if engine == "torch-int8" else engine
+            out.append(f"{model + ' ' if model else ''}{engine} {variant} is SLOWER than {base} fp32 at batch "
+                       f"{', '.join(str(r['batch']) for r in slower)} ({span} the fp32 speed): {variant} did not "
+                       "make this model faster on this engine here.")  # fmt: skip
+    by_batch: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        if r["speedup_vs_torch_fp32"] is not None:
+            by_batch[(r.get("model", ""), r["batch"])].append(r)
+    for (model, b), rs in sorted(by_batch.items()):
+        best = max(rs, key=lambda r: r["speedup_vs_torch_fp32"])
+        out.append(f"{model + ', ' if model else ''}batch {b}: fastest is {best['engine']} {best['variant']} at "
+                   f"{best['median_ms']:.3g} ms, {best['speedup_vs_torch_fp32']:.2f}x PyTorch eager fp32.")
+    return out
+
+
+def bench_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
+    """Engine benchmark: latency, throughput, GMAC/s, fraction of peak, speed-ups, peak RSS per cell."""
+    header = ["model", "engine", "variant", "batch", "median ms", "p90 ms", "images/s", "GMAC/s", "% of peak",
+              "x same-engine fp32", "x torch fp32", "peak RSS", "threads"]
+
+    def f(v: float | None, fmt: str) -> str:
+        return "–" if v is None else fmt.format(v)
+
+    body = [[c["model"], c["engine"], c["variant"], str(c["batch"]), f(c["median_ms"], "{:.3f}"),
+             f(c["p90_ms"], "{:.3f}"), f(c["throughput_ips"], "{:.1f}"), f(c["gmacs_per_s"], "{:.1f}"),
+             f(c["fraction_of_peak"] and 100 * c["fraction_of_peak"], "{:.0f}%"), f(c["speedup_vs_fp32"], "{:.2f}"),
+             f(c["speedup_vs_torch_fp32"], "{:.2f}"), human_bytes(c["peak_rss_bytes"]), str(c.get("threads", "–"))]
+            for c in bench_records(rows)]
+    return header, body
+
+
+def peaks_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
+    """This machine's measured GEMM peaks (what "% of peak" divides by)."""
+    seen: dict[str, Row] = {}
+    for r in rows:
+        if r["metric"] == "peak_gmacs_per_s":
+            seen.setdefault(r["method"], r)
+    body = [[prec, f"{r['value']:.1f}", f"{2 * r['value']:.1f}", str(r["extra"].get("source", "")),
+             str(r["extra"].get("threads", ""))] for prec, r in sorted(seen.items())]
+    return ["precision", "GMAC/s", "GFLOP/s", "measured with", "threads"], body

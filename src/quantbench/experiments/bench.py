@@ -1,0 +1,606 @@
+"""Engine benchmark: latency and throughput of one model on every engine x variant x batch size.
+
+This answers "does quantization make MY model faster on MY machine, with which engine?".
+Every cell is timed by :func:`~quantbench.measure.latency.measure_latency` on the engine's
+own session (:func:`~quantbench.engines.base.load_session`), so what is timed is what a
+user would deploy. Derived numbers, all computed from measured medians in the same run:
+
+* ``gmacs_per_s``: MACs per batch / median time (FLOPs = 2 x MACs);
+* ``fraction_of_peak``: that rate / this machine's GEMM peak at the variant's precision
+  (:mod:`quantbench.measure.peaks`);
+* ``speedup_vs_fp32``: the same engine's fp32 median / this median (> 1 = faster);
+* ``speedup_vs_torch_fp32``: PyTorch eager fp32's median / this median (always measured:
+  it is the reference everybody has).
+
+Isolation: by default each (engine, variant) runs in a fresh process (``spawn``), one after
+the other. That gives an honest peak RSS per engine (a process high-water mark cannot be
+attributed otherwise) and keeps one engine's idle thread pool from stealing cycles from the
+next. ``isolate=False`` runs in this process (any ``nn.Module``; peak RSS not recorded).
+
+INT8 deploys OUR calibrated scales: ``quantized`` (a saved ``.qbm`` model from
+``quantbench quantize``) or, when absent, a W8A8 min/max PTQ calibrated on ``calib`` images
+(or on seeded random images, which is enough for timing: integer kernels do not run faster
+or slower for other scales; accuracy is not measured by this verb).
+
+Example:
+    >>> spec = BenchSpec(model="lenet", engines=("torch", "onnxruntime"), batch_sizes=(1, 8))  # doctest: +SKIP
+    >>> result = run_bench(spec)  # doctest: +SKIP
+    >>> result.records[0]["median_ms"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import multiprocessing
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from quantbench.errors import QuantbenchError
+from quantbench.experiments.records import RowKey, cost_rows, latency_rows
+from quantbench.store import Result
+
+__all__ = ["BenchResult", "BenchSpec", "bench_rows", "findings", "load_study", "plan_jobs", "public_record",
+           "run_bench", "validate_spec"]
+
+REFERENCE = ("torch", "fp32")
+"""The (engine, variant) every speed-up is also measured against: PyTorch eager FP32."""
+
+FP32_OF = {"torch-int8": "torch"}
+"""Engines without an fp32 variant of their own -> the engine whose fp32 is their baseline."""
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """What to benchmark (stored with the results).
+
+    Attributes:
+        model: zoo model name.
+        checkpoint: weights to load (None: random init; speed does not depend on the values).
+        quantized: a ``.qbm`` file (or a folder holding one) whose scales ``int8`` deploys.
+        engines: engine names, or ``("all",)`` for every installed engine.
+        variants: variants to run (empty: every variant each engine supports here).
+        batch_sizes: images per call.
+        input_size: square input side (None: the model's default).
+        threads: intra-op threads for every engine (None: all logical cores).
+        num_classes / in_channels / hyper: ``build_model`` arguments (None: the model's defaults).
+        calib: data spec whose images calibrate ``int8`` when ``quantized`` is None.
+        calib_size: calibration images (real or random).
+        warmup / min_iters / min_time_s: :func:`measure_latency` protocol.
+        isolate: one fresh process per (engine, variant).
+    """
+
+    model: str
+    checkpoint: str | None = None
+    quantized: str | None = None
+    engines: tuple[str, ...] = ("all",)
+    variants: tuple[str, ...] = ()
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    input_size: int | None = None
+    threads: int | None = None
+    num_classes: int | None = None
+    in_channels: int | None = None
+    hyper: dict[str, Any] = field(default_factory=dict)
+    calib: str | None = None
+    calib_size: int = 32
+    warmup: int = 5
+    min_iters: int = 10
+    min_time_s: float = 1.0
+    isolate: bool = True
+
+
+@dataclass
+class BenchResult:
+    """Records (one per engine x variant x batch), skipped cells with reasons, machine peaks."""
+
+    model: str
+    input_shape: tuple[int, int, int]
+    per_image_macs: int
+    records: list[dict[str, Any]]
+    skipped: list[dict[str, str]]
+    peaks: dict[str, Any]
+    quantized_from: str
+    params: int = 0
+    fp32_size_bytes: int = 0
+
+    def findings(self) -> list[str]:
+        return findings(self.records)
+
+
+# ----------------------------------------------------------------------------- validation and plan
+
+
+def _check_batches(batch_sizes: tuple[int, ...]) -> tuple[int, ...]:
+    if not batch_sizes:
+        raise QuantbenchError("bench: --batch-sizes needs at least one batch size")
+    for b in batch_sizes:
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise QuantbenchError(f"bench: batch size must be an integer >= 1, got {b!r}")
+    return tuple(dict.fromkeys(batch_sizes))
+
+
+def plan_jobs(engines: tuple[str, ...], variants: tuple[str, ...]) -> tuple[list[tuple[str, str]], list[dict[str, str]]]:
+    """(engine, variant) pairs to run, and the cells skipped with the reason.
+
+    An engine named explicitly must exist and be installed (else a one-line error); with
+    ``all`` the missing ones are skipped with the reason. PyTorch eager fp32 always runs
+    first: it is the reference of ``speedup_vs_torch_fp32``.
+    """
+    from quantbench.engines.base import ENGINES, VARIANTS, _register_builtin
+
+    _register_builtin()
+    for v in variants:
+        if v not in VARIANTS:
+            raise QuantbenchError(f"bench: unknown variant {v!r}; known: {', '.join(VARIANTS)}")
+    explicit = tuple(e for e in engines if e != "all")
+    names = ENGINES.names() if "all" in engines or not engines else list(dict.fromkeys(explicit))
+    jobs: list[tuple[str, str]] = [REFERENCE]
+    skipped: list[dict[str, str]] = []
+    for name in names:
+        cls = ENGINES.get(name)  # unknown names: QuantbenchError listing the known ones
+        ok, reason = cls.available()
+        if not ok:
+            if name in explicit:
+                raise QuantbenchError(f"bench: engine {name!r} is not installed: {reason}")
+            skipped.append({"engine": name, "variant": "*", "reason": reason})
+            continue
+        wanted = variants or cls.variants
+        offered = [v for v in wanted if v in cls.variants]
+        if name in explicit and variants and not offered:
+            raise QuantbenchError(f"bench: engine {name!r} offers none of the variants {', '.join(variants)} "
+                                  f"(it offers: {', '.join(cls.variants)})")  # fmt: skip
+        for v in offered:
+            vok, vreason = cls.supports(v)
+            if not vok:
+                skipped.append({"engine": name, "variant": v, "reason": vreason})
+            elif (name, v) not in jobs:
+                jobs.append((name, v))
+    return jobs, skipped
+
+
+def _input_shape(spec: BenchSpec) -> tuple[int, int, int]:
+    from quantbench.models import model_info
+
+    info = model_info(spec.model)
+    c, h, w = info["input_shape"]
+    c = spec.in_channels or c
+    if spec.input_size is not None:
+        if isinstance(spec.input_size, bool) or not isinstance(spec.input_size, int) or spec.input_size < 1:
+            raise QuantbenchError(f"bench: --input-size must be an integer >= 1, got {spec.input_size!r}")
+        h = w = spec.input_size
+    return (c, h, w)
+
+
+def _model_kwargs(spec: BenchSpec, shape: tuple[int, int, int]) -> dict[str, Any]:
+    from quantbench.models import model_info
+
+    return {"num_classes": spec.num_classes or model_info(spec.model)["num_classes"], "in_channels": shape[0],
+            **spec.hyper}
+
+
+def _float_model(spec: BenchSpec, kwargs: dict[str, Any]) -> nn.Module:
+    from quantbench.models import build_model, load_checkpoint
+
+    model = build_model(spec.model, **kwargs)
+    if spec.checkpoint:
+        load_checkpoint(model, spec.checkpoint)
+    return model.eval()
+
+
+def check_input_size(model: nn.Module, name: str, shape: tuple[int, int, int]) -> None:
+    """One FP32 forward on a zero image; a model that cannot take ``shape`` gets a one-line error."""
+    try:
+        with torch.inference_mode():
+            model(torch.zeros((1, *shape)))
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise QuantbenchError(
+            f"bench: model {name!r} cannot take a {shape[0]}x{shape[1]}x{shape[2]} input "
+            f"(--input-size {shape[1]}): {first}"
+        ) from None
+
+
+def _find_qbm(path: str) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        found = sorted(p.glob("*.qbm"))
+        if not found:
+            raise QuantbenchError(f"{path}: no quantized model (*.qbm) in this folder; "
+                                  "write one with `quantbench quantize --out DIR`")  # fmt: skip
+        if len(found) > 1:
+            raise QuantbenchError(f"{path}: {len(found)} quantized models here; pass one file: "
+                                  + ", ".join(f.name for f in found))  # fmt: skip
+        return found[0]
+    if not p.exists():
+        raise QuantbenchError(f"{path}: no such file (expected a .qbm written by `quantbench quantize`)")
+    return p
+
+
+def _quantized_model(spec: BenchSpec, model: nn.Module, shape: tuple[int, int, int], kwargs: dict[str, Any],
+                     workdir: Path) -> tuple[Path, str]:
+    """A saved ``.qbm`` whose scales the int8 variants deploy, and where it came from."""
+    from quantbench.quant.save import load_quantized, read_quantized_meta, save_quantized
+
+    if spec.quantized:
+        path = _find_qbm(spec.quantized)
+        meta = read_quantized_meta(path)
+        saved_name = meta.get("model", {}).get("name")
+        saved_shape = tuple(meta.get("model", {}).get("input_shape") or ())
+        if saved_name and saved_name != spec.model:
+            raise QuantbenchError(f"{path}: holds a quantized {saved_name!r}, not {spec.model!r}")
+        if saved_shape and saved_shape[0] != shape[0]:
+            raise QuantbenchError(f"{path}: was quantized for {saved_shape[0]}-channel input, not {shape[0]}")
+        load_quantized(path, copy.deepcopy(model))  # validates the file now, not in a worker
+        return path, f"{path}"
+    from quantbench.quant.ptq import PTQConfig, quantize_ptq
+
+    if spec.calib:
+        from quantbench.data import open_dataset, subset
+
+        ds = open_dataset(spec.calib, resize=shape[1])
+        if tuple(ds.input_shape) != shape:
+            raise QuantbenchError(f"{spec.calib}: images are {ds.input_shape}, the benchmark input is {shape}")
+        if len(ds) < spec.calib_size:
+            raise QuantbenchError(f"{spec.calib}: {len(ds)} images, fewer than the {spec.calib_size} asked")
+        data: Any = subset(ds, spec.calib_size, seed=0)
+        source = f"w8a8-minmax PTQ calibrated on {spec.calib_size} images of {spec.calib}"
+    else:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn((spec.calib_size, *shape), generator=gen)
+        data = (x, torch.zeros(len(x), dtype=torch.long))
+        source = (f"w8a8-minmax PTQ calibrated on {spec.calib_size} seeded random images "
+                  "(timing only: integer kernels run the same for any scales)")  # fmt: skip
+    cfg = PTQConfig(scheme="w8a8", algo="minmax", calib_size=spec.calib_size, calib_batch_size=min(32, spec.calib_size))
+    qm = quantize_ptq(model, cfg, data)
+    path = workdir / f"{spec.model}_w8a8.qbm"
+    save_quantized(qm, path, model_name=spec.model, model_kwargs=kwargs, input_shape=shape,
+                   extra={"source": source})
+    return path, source
+
+
+# ----------------------------------------------------------------------------- one job (maybe in a child)
+
+
+def _peak_rss() -> int | None:
+    from quantbench.measure.latency import peak_rss_bytes
+
+    return peak_rss_bytes()
+
+
+def bench_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Deploy one (engine, variant) and time every batch size; returns plain data (picklable).
+
+    Runs in a fresh process when isolated: it rebuilds the float model from the zoo and
+    loads the ``.qbm`` itself, so nothing but file paths crosses the process boundary.
+    Errors come back as ``{"error": "..."}``: one broken engine must not lose the others.
+    """
+    from quantbench.engines.base import Deployable, load_session
+    from quantbench.measure.latency import measure_latency
+
+    try:
+        torch.set_num_threads(job["threads"])
+        model = job.get("model_obj")
+        if model is None:
+            spec = BenchSpec(model=job["model"], checkpoint=job["checkpoint"])
+            model = _float_model(spec, job["model_kwargs"])
+        qm = None
+        if job["variant"] == "int8":
+            from quantbench.quant.save import load_quantized
+
+            qm = load_quantized(job["qbm"], copy.deepcopy(model))
+        dep = Deployable(model, qm, tuple(job["input_shape"]), name=job["model"])
+        rss_loaded = None
+        with tempfile.TemporaryDirectory(prefix="quantbench-bench-") as tmp:
+            session = load_session(job["engine"], dep, job["variant"], threads=job["threads"], workdir=tmp)
+            info = {k: v for k, v in session.info.items() if isinstance(v, (str, int, float, bool, type(None)))}
+            rss_loaded = _peak_rss()
+            lats = []
+            for b in job["batch_sizes"]:
+                lat = measure_latency(session.runner(b), batch_size=b, threads=job["threads"], warmup=job["warmup"],
+                                      min_iters=job["min_iters"], min_time_s=job["min_time_s"])
+                lats.append(lat.as_dict())
+            del session
+        return {"engine": job["engine"], "variant": job["variant"], "info": info, "latencies": lats,
+                "peak_rss_bytes": _peak_rss() if job["isolated"] else None,
+                "rss_after_load_bytes": rss_loaded if job["isolated"] else None}
+    except QuantbenchError as exc:
+        return {"engine": job["engine"], "variant": job["variant"], "error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - reported as a skipped cell with the reason
+        return {"engine": job["engine"], "variant": job["variant"], "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _run_isolated(job: dict[str, Any]) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        try:
+            return pool.submit(bench_job, job).result()
+        except Exception as exc:  # noqa: BLE001 - a crashed worker (e.g. killed for memory)
+            return {"engine": job["engine"], "variant": job["variant"],
+                    "error": f"worker process failed: {type(exc).__name__}: {exc}"}
+
+
+# ----------------------------------------------------------------------------- the benchmark
+
+
+def run_bench(spec: BenchSpec, *, model: nn.Module | None = None, log: Callable[[str], None] | None = None,
+              peaks: bool = True) -> BenchResult:
+    """Benchmark ``spec.model`` (or the given ``model``) on the planned engines.
+
+    Args:
+        spec: what to run.
+        model: a float ``nn.Module`` to use instead of building ``spec.model`` (forces
+            ``isolate=False``; ``spec.model`` is then only its label).
+        log: progress lines (default: stderr).
+        peaks: also measure this machine's GEMM peaks (for ``fraction_of_peak``).
+
+    Raises:
+        QuantbenchError: unknown/uninstalled engine named explicitly, unknown variant, batch
+            size < 1, an input size the model cannot take, a bad ``quantized`` file.
+    """
+    from quantbench.measure.macs import count_macs
+    from quantbench.measure.params import count_parameters
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    batches = _check_batches(tuple(spec.batch_sizes))
+    threads = spec.threads if spec.threads is not None else (os.cpu_count() or 1)
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise QuantbenchError(f"bench: --threads must be an integer >= 1, got {spec.threads!r}")
+    jobs, skipped = plan_jobs(tuple(spec.engines), tuple(spec.variants))
+    custom = model is not None
+    if custom:
+        from quantbench.models import MODELS
+
+        shape = _input_shape(spec) if spec.model in MODELS.names() else _custom_shape(spec)
+        kwargs: dict[str, Any] = {}
+    else:
+        shape = _input_shape(spec)
+        kwargs = _model_kwargs(spec, shape)
+        model = _float_model(spec, kwargs)
+    check_input_size(model, spec.model, shape)
+    isolate = spec.isolate and not custom
+    macs = count_macs(model, shape, batch_size=1).per_image_macs
+    with tempfile.TemporaryDirectory(prefix="quantbench-bench-") as tmp:
+        qbm, qsource = None, "no int8 variant requested"
+        if any(v == "int8" for _, v in jobs):
+            qbm, qsource = _quantized_model(spec, model, shape, kwargs, Path(tmp))
+        machine = {}
+        if peaks:
+            log(f"bench: measuring this machine's GEMM peaks ({threads} threads)")
+            machine = {k: v.as_dict() for k, v in _machine_peaks(threads).items()}
+        raw: list[dict[str, Any]] = []
+        for i, (engine, variant) in enumerate(jobs, 1):
+            log(f"bench: [{i}/{len(jobs)}] {spec.model} {engine} {variant} batch {','.join(map(str, batches))}")
+            job = {"engine": engine, "variant": variant, "model": spec.model, "checkpoint": spec.checkpoint,
+                   "model_kwargs": kwargs, "qbm": str(qbm) if qbm else None, "input_shape": list(shape),
+                   "batch_sizes": list(batches), "threads": threads, "warmup": spec.warmup,
+                   "min_iters": spec.min_iters, "min_time_s": spec.min_time_s, "isolated": isolate}
+            if isolate:
+                out = _run_isolated(job)
+            else:
+                out = bench_job({**job, "model_obj": model})
+            if "error" in out:
+                out["error"] = " ".join(str(out["error"]).split())  # one line, whatever the engine raised
+                log(f"bench:   skipped: {out['error']}")
+                skipped.append({"engine": engine, "variant": variant, "reason": out["error"]})
+            else:
+                raw.append(out)
+    records = [{"model": spec.model, **r} for r in _derive(raw, macs, machine)]
+    from quantbench.measure.size import save_fp32
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32_bytes = save_fp32(model, Path(tmp) / "model_fp32.pt")
+    return BenchResult(spec.model, shape, macs, records, skipped, machine, qsource,
+                       params=count_parameters(model), fp32_size_bytes=fp32_bytes)
+
+
+def validate_spec(spec: BenchSpec) -> None:
+    """Every check :func:`run_bench` makes before timing anything (for a study: all models up front)."""
+    _check_batches(tuple(spec.batch_sizes))
+    if spec.threads is not None and (isinstance(spec.threads, bool) or not isinstance(spec.threads, int)
+                                     or spec.threads < 1):
+        raise QuantbenchError(f"bench: --threads must be an integer >= 1, got {spec.threads!r}")
+    plan_jobs(tuple(spec.engines), tuple(spec.variants))
+    shape = _input_shape(spec)
+    check_input_size(_float_model(spec, _model_kwargs(spec, shape)), spec.model, shape)
+    if spec.quantized:
+        _find_qbm(spec.quantized)
+
+
+def public_record(r: dict[str, Any]) -> dict[str, Any]:
+    """A record without the raw per-call samples (what ``--json`` prints)."""
+    out = {k: v for k, v in r.items() if k not in ("latency", "info")}
+    out["precision"] = r.get("info", {}).get("precision")
+    out["version"] = r.get("info", {}).get("version")
+    return out
+
+
+def _custom_shape(spec: BenchSpec) -> tuple[int, int, int]:
+    if spec.input_size is None or spec.in_channels is None:
+        raise QuantbenchError("bench: a model not from the zoo needs in_channels and input_size")
+    return (spec.in_channels, spec.input_size, spec.input_size)
+
+
+def _machine_peaks(threads: int) -> dict[str, Any]:
+    from quantbench.measure.peaks import machine_peaks
+
+    return machine_peaks(threads)
+
+
+def _derive(raw: list[dict[str, Any]], per_image_macs: int, peaks: dict[str, Any]) -> list[dict[str, Any]]:
+    """One flat record per (engine, variant, batch) with every derived ratio."""
+    from quantbench.measure.peaks import peak_precision
+
+    median = {(r["engine"], r["variant"], lat["batch_size"]): lat["median_ms"] for r in raw for lat in r["latencies"]}
+    records = []
+    for r in raw:
+        for lat in r["latencies"]:
+            b = lat["batch_size"]
+            med = lat["median_ms"]
+            macs_batch = per_image_macs * b
+            rate = macs_batch / (med / 1000.0) / 1e9 if med > 0 else None
+            prec = peak_precision(r["variant"])
+            peak = peaks.get(prec, {}).get("gmacs_per_s")
+            same = median.get((FP32_OF.get(r["engine"], r["engine"]), "fp32", b))
+            ref = median.get((*REFERENCE, b))
+            records.append({
+                "engine": r["engine"], "variant": r["variant"], "batch": b,
+                "median_ms": med, "p90_ms": lat["p90_ms"], "mean_ms": lat["mean_ms"], "min_ms": lat["min_ms"],
+                "iterations": lat["iterations"], "warmup": lat["warmup"], "threads": lat["threads"],
+                "throughput_ips": lat["throughput_ips"], "macs_batch": macs_batch, "gmacs_per_s": rate,
+                "peak_precision": prec, "fraction_of_peak": rate / peak if rate and peak else None,
+                "speedup_vs_fp32": same / med if same and med > 0 else None,
+                "speedup_vs_torch_fp32": ref / med if ref and med > 0 else None,
+                "peak_rss_bytes": r["peak_rss_bytes"], "model_bytes": r["info"].get("model_bytes"),
+                "info": r["info"], "latency": lat,
+            })  # fmt: skip
+    return records
+
+
+# ----------------------------------------------------------------------------- reading the numbers
+
+
+def findings(records: list[dict[str, Any]]) -> list[str]:
+    """Plain sentences about the records (see :func:`quantbench.report.tables.speed_findings`)."""
+    from quantbench.report.tables import speed_findings
+
+    return speed_findings(records)
+
+
+def bench_rows(result: BenchResult, data_label: str) -> list[Result]:
+    """Store rows: latency/throughput/GMAC/s/ratios per cell, RSS and file size per engine, MACs, peaks."""
+    from quantbench.measure.latency import LatencyResult
+
+    rows: list[Result] = []
+    fp32_key = RowKey(result.model, data_label, "fp32", "torch")
+
+    class _Macs:
+        per_image_macs = result.per_image_macs
+
+    rows += cost_rows(fp32_key, params=result.params, size_bytes=result.fp32_size_bytes,
+                      size_file="model_fp32.pt", macs=_Macs(),
+                      batch_sizes=tuple(sorted({r["batch"] for r in result.records})))
+    seen_engine: set[tuple[str, str]] = set()
+    for r in result.records:
+        key = RowKey(result.model, data_label, r["variant"], r["engine"])
+        lat = LatencyResult(**{**r["latency"], "throughput_ips": r["latency"]["throughput_ips"] or float("inf")})
+        rows += latency_rows(key, lat)
+        b = r["batch"]
+        if r["gmacs_per_s"] is not None:
+            rows.append(key.row("gmacs_per_s", r["gmacs_per_s"], "GMAC/s", b, convention="FLOPs = 2 x MACs"))
+        if r["fraction_of_peak"] is not None:
+            rows.append(key.row("fraction_of_peak", r["fraction_of_peak"], "ratio", b,
+                                peak=r["peak_precision"]))
+        if r["speedup_vs_fp32"] is not None:
+            rows.append(key.row("speedup_vs_fp32", r["speedup_vs_fp32"], "x", b,
+                                reference=f"{FP32_OF.get(r['engine'], r['engine'])} fp32"))
+        if r["speedup_vs_torch_fp32"] is not None:
+            rows.append(key.row("speedup_vs_torch_fp32", r["speedup_vs_torch_fp32"], "x", b,
+                                reference="torch fp32"))
+        if (r["engine"], r["variant"]) not in seen_engine:
+            seen_engine.add((r["engine"], r["variant"]))
+            if r["peak_rss_bytes"] is not None:
+                rows.append(key.row("peak_rss_bytes", r["peak_rss_bytes"], "bytes",
+                                    note="high-water mark of a fresh process that loaded the model and ran "
+                                         "every batch size on this engine"))  # fmt: skip
+            if r["model_bytes"] is not None:
+                rows.append(key.row("deployed_bytes", r["model_bytes"], "bytes",
+                                    file=Path(str(r["info"].get("model_path", ""))).name))
+    for prec, p in result.peaks.items():
+        rows.append(RowKey(result.model, data_label, prec, "machine").row(
+            "peak_gmacs_per_s", p["gmacs_per_s"], "GMAC/s", source=p["source"], threads=p["threads"]))
+    return rows
+
+
+# ----------------------------------------------------------------------------- study files
+
+_STUDY_KEYS = {"models", "engines", "variants", "batch_sizes", "threads", "warmup", "min_iters", "min_time_s",
+               "calib_size", "isolate", "name"}
+_MODEL_KEYS = {"name", "checkpoint", "quantized", "input_size", "num_classes", "in_channels", "hyper", "batch_sizes"}
+
+
+def load_study(path: str | Path, **overrides: Any) -> tuple[str, list[BenchSpec]]:
+    """Read a YAML study (several models, one engine/batch grid) into one BenchSpec per model.
+
+    Format (see ``examples/seven_cnns.yaml``)::
+
+        name: seven popular CNNs
+        engines: all            # or a list
+        variants: [fp32, dynamic, int8]
+        batch_sizes: [1, 8]
+        threads: 2
+        models:
+          - resnet18                        # the model's default input size
+          - {name: mobilenet_v2, input_size: 224}
+
+    ``overrides`` (non-None values) replace the file's top-level keys (CLI flags win).
+
+    Raises:
+        QuantbenchError: unreadable file, unknown key (named with the file), bad value.
+    """
+    import yaml
+
+    p = Path(path)
+    try:
+        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise QuantbenchError(f"{path}: cannot read study file ({exc.strerror or exc})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise QuantbenchError(f"{path}: not valid YAML ({' '.join(str(exc).split())[:200]})") from None
+    if not isinstance(doc, dict):
+        raise QuantbenchError(f"{path}: expected a mapping with a 'models' list, got {type(doc).__name__}")
+    unknown = sorted(set(doc) - _STUDY_KEYS)
+    if unknown:
+        raise QuantbenchError(f"{path}: unknown key {unknown[0]!r}; expected: {', '.join(sorted(_STUDY_KEYS))}")
+    doc.update({k: v for k, v in overrides.items() if v is not None})
+    models = doc.get("models")
+    if not isinstance(models, list) or not models:
+        raise QuantbenchError(f"{path}: 'models' must be a non-empty list of model names or mappings")
+
+    def as_tuple(key: str, value: Any, kind: type) -> tuple[Any, ...]:
+        if value is None:
+            return ()
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, kind) and not isinstance(v, bool)
+                                                           for v in value):
+            raise QuantbenchError(f"{path}: '{key}' must be a list of {kind.__name__}, got {value!r}")
+        return tuple(value)
+
+    common: dict[str, Any] = {
+        "engines": as_tuple("engines", doc.get("engines", "all"), str) or ("all",),
+        "variants": as_tuple("variants", doc.get("variants"), str),
+        "batch_sizes": as_tuple("batch_sizes", doc.get("batch_sizes", [1, 8, 32]), int),
+    }
+    for key, kind in (("threads", int), ("warmup", int), ("min_iters", int), ("min_time_s", (int, float)),
+                      ("calib_size", int), ("isolate", bool)):
+        if key in doc:
+            if not isinstance(doc[key], kind) or (kind is int and isinstance(doc[key], bool)):
+                raise QuantbenchError(f"{path}: '{key}' has the wrong type: {doc[key]!r}")
+            common[key] = doc[key]
+    specs = []
+    for i, entry in enumerate(models):
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise QuantbenchError(f"{path}: models[{i}] must be a model name or a mapping with 'name'")
+        bad = sorted(set(entry) - _MODEL_KEYS)
+        if bad:
+            raise QuantbenchError(f"{path}: models[{i}] ({entry['name']}): unknown key {bad[0]!r}; "
+                                  f"expected: {', '.join(sorted(_MODEL_KEYS))}")  # fmt: skip
+        from quantbench.models import MODELS
+
+        MODELS.get(entry["name"])  # unknown model: error listing the known ones
+        per = dict(common)
+        if "batch_sizes" in entry:
+            per["batch_sizes"] = as_tuple(f"models[{i}].batch_sizes", entry["batch_sizes"], int)
+        per.update({k: v for k, v in entry.items() if k not in ("batch_sizes", "hyper", "name")})
+        specs.append(BenchSpec(model=entry["name"], hyper=dict(entry.get("hyper") or {}), **per))
+    return str(doc.get("name") or p.stem), specs

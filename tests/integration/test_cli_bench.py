@@ -1,0 +1,107 @@
+"""``quantbench bench`` end to end (tiny model, short timings), and its bad-input errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from quantbench.cli import main
+from quantbench.engines.base import ENGINES, Engine
+from quantbench.store import ResultStore
+
+FAST = ["--threads", "1", "--min-time", "0", "--no-progress"]
+
+
+def _bench(tmp_path, *extra):
+    return ["bench", "--store", str(tmp_path / "b.db"), "--out", str(tmp_path / "out"), *FAST, *extra]
+
+
+def test_bench_json_store_and_report(tmp_path, capsys):
+    assert main([*_bench(tmp_path, "--model", "lenet", "--engines", "torch,onnxruntime", "--batch-sizes", "1,2",
+                         "--no-isolate"), "--json"]) == 0
+    recs = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert isinstance(recs, list)
+    pairs = [("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("onnxruntime", "dynamic")]
+    if ENGINES.get("torch").supports("bf16")[0]:  # native BF16 CPUs only
+        pairs.append(("torch", "bf16"))
+    assert {(r["engine"], r["variant"], r["batch"]) for r in recs} == {(e, v, b) for e, v in pairs for b in (1, 2)}
+    for r in recs:
+        assert {"engine", "variant", "batch", "median_ms", "p90_ms", "throughput_ips", "gmacs_per_s",
+                "fraction_of_peak", "speedup_vs_fp32", "speedup_vs_torch_fp32", "macs_batch"} <= set(r)
+        assert 0 < r["median_ms"] <= r["p90_ms"]
+        assert r["fraction_of_peak"] > 0  # the CLI measures this machine's peaks
+    with ResultStore(tmp_path / "b.db") as store:
+        (run,) = store.runs()
+        rows = store.query(run_id=run["run_id"])
+    metrics = {r["metric"] for r in rows}
+    assert {"latency_median_ms", "speedup_vs_torch_fp32", "gmacs_per_s", "macs_batch", "peak_gmacs_per_s",
+            "deployed_bytes"} <= metrics
+    html = (tmp_path / "out" / "report.html").read_text()
+    for needle in ("Findings", "speedup_matrix", "latency_vs_batch", "macs_vs_batch", "peaks (dense GEMM)",
+                   "onnxruntime dynamic is SLOWER than onnxruntime fp32"):
+        assert needle in html, needle
+
+
+def test_bench_text_output_and_quantized_artifact(tmp_path, capsys):
+    syn = "synthetic:n=120,shape=1x8x8,classes=10,seed=0"
+    assert main(["quantize", "--model", "lenet", "--data", syn, "--calib-size", "40", "--sensitivity-images", "0",
+                 "--store", str(tmp_path / "q.db"), "--out", str(tmp_path / "q"), "--no-progress", "--json"]) == 0
+    capsys.readouterr()
+    assert main(_bench(tmp_path, "--model", "lenet", "--engines", "onnxruntime", "--variants", "int8",
+                       "--batch-sizes", "1", "--quantized", str(tmp_path / "q"))) == 0
+    out = capsys.readouterr().out
+    assert "int8 scales: " + str(tmp_path / "q") in out
+    assert "machine peaks (dense GEMM): fp32" in out and "findings:" in out
+    lines = [ln.split() for ln in out.splitlines() if ln.startswith(("torch ", "onnxruntime "))]
+    assert [ln[:3] for ln in lines] == [["torch", "fp32", "1"], ["onnxruntime", "int8", "1"]]
+    assert lines[1][-2] != "–"  # isolated by default: peak RSS per engine is measured
+
+
+class _Absent(Engine):
+    name = "absent-engine"
+    variants = ("fp32",)
+    package = "quantbench_no_such_package"
+
+    def load(self, model, variant, *, threads, workdir):  # pragma: no cover - never available
+        raise AssertionError
+
+
+@pytest.fixture
+def absent_engine():
+    ENGINES.register("absent-engine", description="test: never installed")(_Absent)
+    try:
+        yield "absent-engine"
+    finally:
+        ENGINES._items.pop("absent-engine", None)
+        ENGINES._meta.pop("absent-engine", None)
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--model", "lenet", "--engines", "tensorrt"], "unknown engine 'tensorrt'"),
+    (["--model", "lenet", "--batch-sizes", "0"], "batch size must be an integer >= 1, got 0"),
+    (["--model", "lenet", "--batch-sizes", "1,x"], "expected comma-separated integers"),
+    (["--model", "vgg11_cifar", "--input-size", "8", "--engines", "torch"], "cannot take a 3x8x8 input"),
+    (["--model", "lenet", "--variants", "int3"], "unknown variant 'int3'"),
+    (["--model", "nosuchnet"], "nosuchnet"),
+    ([], "--model is required"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, extra, needle):
+    assert main(_bench(tmp_path, *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err, err
+    assert not (tmp_path / "b.db").exists()  # nothing was started, nothing stored
+
+
+def test_engine_not_installed_exits_2(tmp_path, capsys, absent_engine):
+    assert main(_bench(tmp_path, "--model", "lenet", "--engines", absent_engine)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "engine 'absent-engine' is not installed" in err and "quantbench_no_such_package" in err
+
+
+def test_bad_study_file_exits_2(tmp_path, capsys):
+    f = tmp_path / "study.yaml"
+    f.write_text("models: [lenet]\nengine: all\n")
+    assert main(_bench(tmp_path, "--config", str(f))) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{f}: unknown key 'engine'" in err

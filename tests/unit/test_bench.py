@@ -1,0 +1,186 @@
+"""The engine benchmark library: planning, derived ratios, findings, store rows, peaks, isolation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from quantbench.engines.base import ENGINES, Engine
+from quantbench.errors import QuantbenchError
+from quantbench.experiments.bench import BenchSpec, bench_rows, load_study, plan_jobs, run_bench
+from quantbench.measure.macs import count_macs
+from quantbench.measure.peaks import machine_peaks, peak_precision
+from quantbench.models import build_model
+from quantbench.report.tables import bench_records, bench_table, speed_findings
+from quantbench.store import ResultStore
+
+FAST = {"min_time_s": 0.0, "min_iters": 3, "warmup": 1, "threads": 1}
+
+
+@pytest.fixture(scope="module")
+def lenet_bench():
+    spec = BenchSpec(model="lenet", engines=("torch", "onnxruntime"), variants=("fp32", "int8"), batch_sizes=(1, 4),
+                     isolate=False, **FAST)
+    return run_bench(spec, log=lambda m: None, peaks=False)
+
+
+def test_plan_always_starts_with_torch_fp32_reference():
+    jobs, skipped = plan_jobs(("onnxruntime",), ("int8",))
+    assert jobs == [("torch", "fp32"), ("onnxruntime", "int8")]
+    assert skipped == []
+
+
+def test_plan_all_covers_every_installed_engine_variant():
+    jobs, _ = plan_jobs(("all",), ())
+    engines = {e for e, _ in jobs}
+    assert {"torch", "onnxruntime"} <= engines
+    assert ("onnxruntime", "dynamic") in jobs and ("onnxruntime", "fp32") in jobs
+
+
+@pytest.mark.parametrize("engines, variants, needle", [
+    (("tensorrt",), (), "unknown engine 'tensorrt'"),
+    (("onnxruntime",), ("int4",), "unknown variant 'int4'"),
+    (("torch-int8",), ("fp32",), "offers none of the variants fp32"),
+])
+def test_plan_rejects_bad_names(engines, variants, needle):
+    with pytest.raises(QuantbenchError, match=needle):
+        plan_jobs(engines, variants)
+
+
+class _Absent(Engine):
+    name = "absent-engine"
+    variants = ("fp32",)
+    package = "quantbench_no_such_package"
+
+    def load(self, model, variant, *, threads, workdir):  # pragma: no cover - never available
+        raise AssertionError
+
+
+@pytest.fixture
+def absent_engine():
+    ENGINES.register("absent-engine", description="test: never installed")(_Absent)
+    try:
+        yield "absent-engine"
+    finally:
+        ENGINES._items.pop("absent-engine", None)
+        ENGINES._meta.pop("absent-engine", None)
+
+
+def test_engine_not_installed_is_an_error_when_named_and_skipped_under_all(absent_engine):
+    with pytest.raises(QuantbenchError, match="'absent-engine' is not installed.*quantbench_no_such_package"):
+        plan_jobs((absent_engine,), ())
+    jobs, skipped = plan_jobs(("all",), ())
+    assert all(e != absent_engine for e, _ in jobs)
+    assert any(s["engine"] == absent_engine and "not installed" in s["reason"] for s in skipped)
+
+
+@pytest.mark.parametrize("spec, needle", [
+    (BenchSpec(model="lenet", batch_sizes=(0,)), "batch size must be an integer >= 1, got 0"),
+    (BenchSpec(model="lenet", batch_sizes=()), "at least one batch size"),
+    (BenchSpec(model="vgg11_cifar", input_size=8, engines=("torch",)), "cannot take a 3x8x8 input"),
+    (BenchSpec(model="lenet", threads=0), "--threads must be an integer >= 1"),
+    (BenchSpec(model="lenet", quantized="/nonexistent/x.qbm", engines=("onnxruntime",)), "no such file"),
+])
+def test_bad_specs_fail_before_timing(spec, needle):
+    with pytest.raises(QuantbenchError, match=needle):
+        run_bench(spec, log=lambda m: None, peaks=False)
+
+
+def test_records_have_consistent_derived_ratios(lenet_bench):
+    res = lenet_bench
+    assert res.per_image_macs == count_macs(build_model("lenet"), (1, 8, 8)).per_image_macs
+    assert res.input_shape == (1, 8, 8)
+    cells = {(r["engine"], r["variant"], r["batch"]): r for r in res.records}
+    assert set(cells) == {(e, v, b) for e, v in [("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]
+                          for b in (1, 4)}
+    for (engine, _variant, b), r in cells.items():
+        assert r["median_ms"] <= r["p90_ms"]
+        assert r["macs_batch"] == res.per_image_macs * b
+        assert math.isclose(r["gmacs_per_s"], r["macs_batch"] / (r["median_ms"] / 1e3) / 1e9)
+        assert math.isclose(r["throughput_ips"], b / (r["median_ms"] / 1e3))
+        ref = cells[("torch", "fp32", b)]["median_ms"]
+        assert math.isclose(r["speedup_vs_torch_fp32"], ref / r["median_ms"])
+        same = cells[(engine, "fp32", b)]["median_ms"]
+        assert math.isclose(r["speedup_vs_fp32"], same / r["median_ms"])
+        assert r["peak_rss_bytes"] is None  # in-process: a high-water mark is not attributable
+        assert r["fraction_of_peak"] is None  # peaks not measured in this test
+        assert r["threads"] == 1
+    assert cells[("onnxruntime", "int8", 1)]["model_bytes"] < cells[("onnxruntime", "fp32", 1)]["model_bytes"]
+    assert "seeded random images" in res.quantized_from
+
+
+def test_rows_round_trip_through_the_store(tmp_path, lenet_bench):
+    rows = bench_rows(lenet_bench, "input:1x8x8")
+    with ResultStore(tmp_path / "b.db") as store:
+        run = store.start_run("bench", config={}, environment={})
+        store.add_results(run, rows)
+        stored = store.query(run_id=run)
+    cells = bench_records(stored)
+    assert len(cells) == len(lenet_bench.records)
+    orig = {(r["engine"], r["variant"], r["batch"]): r for r in lenet_bench.records}
+    for c in cells:
+        o = orig[(c["engine"], c["variant"], c["batch"])]
+        assert math.isclose(c["median_ms"], o["median_ms"]) and math.isclose(c["speedup_vs_torch_fp32"],
+                                                                              o["speedup_vs_torch_fp32"])
+    header, body = bench_table(stored)
+    assert len(body) == len(cells) and "x torch fp32" in header
+    macs = [r for r in stored if r["metric"] == "macs_batch"]
+    assert sorted(r["batch"] for r in macs) == [1, 4]
+
+
+def _rec(engine, variant, batch, med, same, ref):
+    return {"model": "m", "engine": engine, "variant": variant, "batch": batch, "median_ms": med,
+            "speedup_vs_fp32": same / med, "speedup_vs_torch_fp32": ref / med}
+
+
+def test_findings_say_plainly_when_quantized_is_slower():
+    recs = [_rec("torch", "fp32", 1, 10.0, 10.0, 10.0), _rec("ort", "fp32", 1, 2.0, 2.0, 10.0),
+            _rec("ort", "dynamic", 1, 8.0, 2.0, 10.0), _rec("ort", "int8", 1, 1.0, 2.0, 10.0),
+            _rec("torch-int8", "int8", 1, 12.0, 10.0, 10.0)]
+    text = speed_findings(recs)
+    slower = [t for t in text if "SLOWER" in t]
+    assert len(slower) == 2
+    assert any(t.startswith("m ort dynamic is SLOWER than ort fp32 at batch 1 (0.25x") for t in slower)
+    assert any("torch-int8 int8 is SLOWER than torch fp32" in t for t in slower)
+    assert not any("ort int8 is SLOWER" in t for t in text)
+    assert any("fastest is ort int8" in t and "10.00x" in t for t in text)
+
+
+def test_machine_peaks_measures_each_native_precision():
+    peaks = machine_peaks(threads=1, size=64, min_time_s=0.0)
+    assert {"fp32", "int8"} <= set(peaks)
+    for p in peaks.values():
+        assert p.gmacs_per_s > 0 and p.threads == 1
+        assert math.isclose(p.gmacs_per_s, 64**3 / (p.median_ms / 1e3) / 1e9)
+    assert peak_precision("dynamic") == "int8" and peak_precision("fp32") == "fp32"
+    with pytest.raises(QuantbenchError, match="size must be >= 16"):
+        machine_peaks(threads=1, size=8)
+
+
+def test_isolated_job_reports_its_own_peak_rss():
+    spec = BenchSpec(model="lenet", engines=("torch",), variants=("fp32",), batch_sizes=(1,), isolate=True, **FAST)
+    res = run_bench(spec, log=lambda m: None, peaks=False)
+    assert res.skipped == []
+    (rec,) = res.records
+    # a fresh interpreter with torch imported: well above 50 MB, well below the 24 GiB machine
+    assert 50e6 < rec["peak_rss_bytes"] < 8e9
+
+
+def test_study_file_expands_models_and_names_bad_keys(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("name: t\nengines: [torch]\nbatch_sizes: [1, 2]\nthreads: 1\n"
+                 "models:\n  - lenet\n  - {name: resnet20, input_size: 40, batch_sizes: [4]}\n")
+    name, specs = load_study(f, threads=2)
+    assert name == "t" and [s.model for s in specs] == ["lenet", "resnet20"]
+    assert specs[0].batch_sizes == (1, 2) and specs[1].batch_sizes == (4,) and specs[1].input_size == 40
+    assert all(s.threads == 2 and s.engines == ("torch",) for s in specs)
+    f.write_text("models: [lenet]\nbatchsizes: [1]\n")
+    with pytest.raises(QuantbenchError, match=r"s.yaml: unknown key 'batchsizes'"):
+        load_study(f)
+    f.write_text("models:\n  - {name: lenet, size: 3}\n")
+    with pytest.raises(QuantbenchError, match=r"models\[0\] \(lenet\): unknown key 'size'"):
+        load_study(f)
+    f.write_text("models: [nosuchnet]\n")
+    with pytest.raises(QuantbenchError, match="nosuchnet"):
+        load_study(f)
