@@ -184,6 +184,31 @@ def test_strided_shortcut_keeps_the_residual_add_integer(tmp_path):
         np.testing.assert_allclose(got, ref, rtol=0, atol=2e-3 * float(np.abs(ref).max()))
 
 
+def test_maxpool_after_conv_relu_runs_on_integers(tmp_path):
+    # The ResNet stem: conv -> ReLU -> max-pool -> (conv and identity shortcut). The quantizer
+    # sits on the pool's output; the export repeats it in front of the pool (exact: Q is
+    # monotone), so the stem conv fuses into QLinearConv instead of running in float.
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1),
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+    ).eval()  # fmt: skip
+    qm = prepare(model, parse_scheme("w8a8"))
+    calibrate(qm, torch.randn(32, *SHAPE))
+    path = export_qdq_onnx(qm, tmp_path / "pool.onnx", SHAPE)
+    nodes = onnx.load(str(path)).graph.node
+    by_out = {o: n for n in nodes for o in n.output}
+    pool = next(n for n in nodes if n.op_type == "MaxPool")
+    assert by_out[pool.input[0]].op_type == "DequantizeLinear"
+    ops = optimized_op_counts(path, tmp_path)
+    assert ops.get("QLinearConv", 0) == 2 and ops.get("Conv", 0) == 0
+    x = torch.randn(5, *SHAPE)
+    ref = _sim_with_int32_bias(qm, x)
+    for optimize in (False, True):
+        got = _session(path, optimize=optimize).run(None, {"input": x.numpy()})[0]
+        np.testing.assert_allclose(got, ref, rtol=0, atol=2e-3 * float(np.abs(ref).max()))
+
+
 def test_low_bits_use_8bit_containers_restricted_to_their_range(tmp_path):
     qm = _qm("w4a4")
     path = export_qdq_onnx(qm, tmp_path / "w4a4.onnx", SHAPE)
