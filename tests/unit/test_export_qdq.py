@@ -252,6 +252,29 @@ def test_dead_channel_bias_fits_int32(tmp_path):
     np.testing.assert_allclose(got, sim, atol=1e-3 * float(np.abs(sim).max()))
 
 
+def test_bias_beyond_int32_stays_float_and_is_listed(tmp_path):
+    # Vanishing activations (a deep randomly initialised net) give the classifier a tiny input
+    # scale: its bias cannot be put on the int32 grid s_in * s_w. It stays float (exact), the
+    # layer runs in float between Q/DQ, and the metadata says which layer and why.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 2)).eval()
+    with torch.no_grad():
+        model[0].weight.mul_(1e-7)
+        model[0].bias.fill_(1e-7)
+        model[3].bias.fill_(0.5)
+    qm = prepare(model, parse_scheme("w8a8"))
+    calibrate(qm, torch.randn(32, *SHAPE))
+    path = export_qdq_onnx(qm, tmp_path / "tiny.onnx", SHAPE)
+    listed = json.loads(qdq_metadata(path)["quantbench.float_bias_layers"])
+    assert len(listed) == 1 and listed[0].startswith("3: |bias|/(s_in*s_w)")
+    x = torch.randn(4, *SHAPE)
+    ref = _sim_with_int32_bias(qm, x)
+    ref_float = qm(x).detach().numpy()
+    got = _session(path, optimize=False).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(got, ref_float, rtol=0, atol=1e-5)
+    assert np.isfinite(ref).all()
+
+
 @pytest.mark.parametrize(
     ("scheme", "kw", "message"),
     [

@@ -18,7 +18,9 @@ prepared graph becomes, at the same place, the ONNX operators an integer engine 
   the layer's inputs: negligible at 8 bits (below the float-rounding noise of the engines), small
   with few bits (w4a4: a few % of the logits on a tiny net). A float bias would not avoid it:
   ONNX Runtime's own bias-quantization pass rounds a float bias of a DQ-fed Conv to the same
-  int32 grid. Biases of layers whose input is not quantized stay float32.
+  int32 grid. Biases of layers whose input is not quantized stay float32, and so does a bias
+  that does not fit int32 at ``s_in * s_w`` (only seen with vanishing activations of randomly
+  initialised deep nets; that layer then runs in float, listed in ``float_bias_layers``).
 
 Rounding follows ONNX ``QuantizeLinear`` (``round half to even of x / scale``), as
 :mod:`quantbench.quant.fake` does, so the exported graph computes what the simulated model
@@ -243,6 +245,7 @@ class _LayerExport(nn.Module):
             self.dilation, self.groups = tuple(layer.dilation), int(layer.groups)
             self.kernel = tuple(layer.kernel_size)
         self.int32_bias = False
+        self.float_bias_reason: str | None = None
         bias = layer.bias.detach().to(torch.float32) if layer.bias is not None else None
         if bias is not None and in_scale is not None and axis in (None, 0):
             # The int32 grid s_in * s_w. An all-zero weight channel whose scale is tiny would
@@ -250,26 +253,28 @@ class _LayerExport(nn.Module):
             ws = ws.clone()
             need = bias.abs() / (in_scale * ws)
             over = need > _INT32_MAX // 2
+            fits = True
             if over.any():
                 zero_rows = (wq.reshape(wq.shape[0], -1) == 0).all(dim=1) if axis == 0 else wq.eq(0).all()
-                if not bool((~over | zero_rows).all()):
-                    raise QuantbenchError(
-                        f"QDQ export: the bias of {name} does not fit int32 at scale s_in * s_w; "
-                        "its weight or input scale is too small"
-                    )
-                fix = bias.abs() / (in_scale * (_INT32_MAX // 4))
-                ws = (
-                    torch.where(over, torch.maximum(ws, fix), ws)
-                    if axis == 0
-                    else torch.maximum(ws, fix.max())
-                )
-            bscale = (in_scale * ws).to(torch.float32)
-            bscale = bscale if bscale.dim() == 1 else bscale.expand(bias.shape[0]).clone()
-            self.register_buffer("bias_q", torch.round(bias / bscale).to(torch.int32))
-            self.register_buffer("bias_scale", bscale)
-            self.register_buffer("bias_zero_point", torch.zeros(bias.shape[0], dtype=torch.int32))
-            self.int32_bias = True
-            self.bias_f = None
+                fits = bool((~over | zero_rows).all())
+                if fits:
+                    fix = bias.abs() / (in_scale * (_INT32_MAX // 4))
+                    ws = torch.where(over, torch.maximum(ws, fix), ws) if axis == 0 else torch.maximum(ws, fix.max())
+            if fits:
+                bscale = (in_scale * ws).to(torch.float32)
+                bscale = bscale if bscale.dim() == 1 else bscale.expand(bias.shape[0]).clone()
+                self.register_buffer("bias_q", torch.round(bias / bscale).to(torch.int32))
+                self.register_buffer("bias_scale", bscale)
+                self.register_buffer("bias_zero_point", torch.zeros(bias.shape[0], dtype=torch.int32))
+                self.int32_bias = True
+                self.bias_f = None
+            else:
+                # |bias| / (s_in * s_w) beyond int32: the input scale is tiny (e.g. a randomly
+                # initialised deep net whose activations vanished). Keep the exact float bias;
+                # engines then run this one layer in float between Q/DQ (recorded in metadata).
+                self.float_bias_reason = (f"{name}: |bias|/(s_in*s_w) up to {float(need.max()):.3g} exceeds int32 "
+                                          f"(input scale {float(in_scale):.3g})")
+                self.register_buffer("bias_f", bias.clone())
         elif bias is not None:
             self.register_buffer("bias_f", bias.clone())
         else:
@@ -644,6 +649,8 @@ def export_qdq_onnx(
     if opset < 13:
         raise QuantbenchError(f"QDQ export needs opset >= 13 (per-channel DequantizeLinear), got {opset}")
     net = _export_net(qm)
+    float_bias = [m.float_bias_reason for m in net.modules()
+                  if isinstance(m, _LayerExport) and m.float_bias_reason is not None]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     x = torch.randn(_EXPORT_BATCH, *shape)
@@ -693,6 +700,7 @@ def export_qdq_onnx(
         ),
         "plan": json.dumps(qm.plan.as_dict(), sort_keys=True),
         "merged_quantizers": json.dumps(merged),
+        "float_bias_layers": json.dumps(float_bias),
     }
     helper.set_model_props(model, {METADATA_PREFIX + k: v for k, v in meta.items()})
     try:

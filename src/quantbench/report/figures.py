@@ -248,44 +248,66 @@ def sensitivity(rows: Sequence[Row]) -> Figure | None:
 
 
 def speedup_matrix(rows: Sequence[Row]) -> Figure | None:
-    """Heat map: speed-up over PyTorch eager FP32, one row per model/engine/variant, one column per batch."""
+    """Heat map of the speed-up over PyTorch eager FP32.
+
+    One model: a row per engine/variant, a column per batch size. Several models (a study):
+    a row per model and batch size, a column per engine/variant, so models compare at a glance.
+    """
     from quantbench.report.tables import bench_records
 
     cells = bench_records(rows)
     if not cells:
         return None
-    models = {c["model"] for c in cells}
-    labels = sorted({(c["model"], c["engine"], c["variant"]) for c in cells})
-    batches = sorted({c["batch"] for c in cells})
     import numpy as np
-
-    grid = np.full((len(labels), len(batches)), np.nan)
-    for c in cells:
-        if c["speedup_vs_torch_fp32"] is not None:
-            grid[labels.index((c["model"], c["engine"], c["variant"])), batches.index(c["batch"])] = \
-                c["speedup_vs_torch_fp32"]
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(3.6 + 1.1 * len(batches), 1.4 + 0.32 * len(labels)))
     from matplotlib.colors import TwoSlopeNorm
 
+    models = sorted({c["model"] for c in cells})
+    combos = sorted({(c["engine"], c["variant"]) for c in cells})
+    batches = sorted({c["batch"] for c in cells})
+    if len(models) == 1:
+        rows_k = [(m, e, v) for m in models for e, v in combos]
+        cols_k = batches
+        def at(r: Any, col: Any) -> Any:
+            return next((x for x in cells if (x["model"], x["engine"], x["variant"]) == r and x["batch"] == col),
+                        None)
+        row_labels = [f"{e} {v}" for _, e, v in rows_k]
+        col_labels = [str(b) for b in cols_k]
+        xlabel = "batch size"
+    else:
+        rows_k = [(m, b) for m in models for b in batches]
+        cols_k = combos
+
+        def at(r: Any, col: Any) -> Any:
+            return next((x for x in cells if (x["model"], x["batch"]) == r and (x["engine"], x["variant"]) == col),
+                        None)
+        row_labels = [f"{m} b{b}" for m, b in rows_k]
+        col_labels = [f"{e}\n{v}" for e, v in cols_k]
+        xlabel = "engine / variant"
+    grid = np.full((len(rows_k), len(cols_k)), np.nan)
+    for i, r in enumerate(rows_k):
+        for j, col in enumerate(cols_k):
+            c = at(r, col)
+            if c is not None and c["speedup_vs_torch_fp32"] is not None:
+                grid[i, j] = c["speedup_vs_torch_fp32"]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(3.6 + 1.1 * len(cols_k), 1.4 + 0.32 * len(rows_k)))
     finite = grid[np.isfinite(grid)]
     lo = float(min(finite.min(), 0.9)) if finite.size else 0.5
     hi = float(max(finite.max(), 1.1)) if finite.size else 2.0
     im = ax.imshow(np.log2(grid), cmap="RdYlGn", aspect="auto",
                    norm=TwoSlopeNorm(vmin=np.log2(lo), vcenter=0.0, vmax=np.log2(hi)))
-    for i in range(len(labels)):
-        for j in range(len(batches)):
+    for i in range(len(rows_k)):
+        for j in range(len(cols_k)):
             if np.isfinite(grid[i, j]):
                 ax.text(j, i, f"{grid[i, j]:.2f}x", ha="center", va="center", fontsize=7)
-    ax.set_xticks(range(len(batches)), [str(b) for b in batches])
-    ax.set_yticks(range(len(labels)),
-                  [f"{m + ' / ' if len(models) > 1 else ''}{e} {v}" for m, e, v in labels], fontsize=7)
-    ax.set(xlabel="batch size", title="speed-up vs PyTorch eager FP32")
+    ax.set_xticks(range(len(cols_k)), col_labels, fontsize=7 if len(models) > 1 else 9)
+    ax.set_yticks(range(len(rows_k)), row_labels, fontsize=7)
+    ax.set(xlabel=xlabel, title="speed-up vs PyTorch eager FP32")
     fig.colorbar(im, ax=ax, label="log2 speed-up")
     return Figure("speedup_matrix", _png(fig),
                   "Speed-up of every engine and variant over PyTorch eager FP32 on the same model and batch size "
                   "(median latency ratio, measured in the same run; > 1 = faster). Red cells are slower than "
-                  "PyTorch FP32.")
+                  "PyTorch FP32; empty cells were not measured (see the skipped list).")
 
 
 ALL_FIGURES = (training_curves, accuracy_bars, size_bars, accuracy_vs_size, sensitivity, latency_vs_batch,
