@@ -419,6 +419,241 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune_splits(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+    """(full data, calibration, fine-tuning, evaluation) images for qat/mixed, and how they were split.
+
+    Without ``--train-data``: ``--data`` is split (stratified, seeded) into ``--train-fraction``
+    for fine-tuning/calibration and the rest for evaluation. With it: fine-tune and calibrate
+    on ``--train-data``, evaluate on all of ``--data``. Calibration images are a seeded subset
+    of the fine-tuning images, never of the evaluation images.
+    """
+    from quantbench.data import open_dataset, split_dataset, subset
+
+    if not 0 < args.train_fraction < 1:
+        raise QuantbenchError(f"--train-fraction must be between 0 and 1, got {args.train_fraction}")
+    if args.calib_size <= 0:
+        raise QuantbenchError(f"--calib-size must be > 0, got {args.calib_size}")
+    ds = open_dataset(args.data, normalize=args.normalize, resize=args.resize)
+    if args.train_data:
+        train = open_dataset(args.train_data, normalize=args.normalize, resize=args.resize)
+        if tuple(train.input_shape) != tuple(ds.input_shape):
+            raise QuantbenchError(f"{args.train_data}: images are {train.input_shape}, {args.data} has {ds.input_shape}")
+        test = ds
+        split = {"train": f"all {len(train)} images of {args.train_data}", "eval": f"all {len(ds)} images of {args.data}"}
+    else:
+        parts = split_dataset(ds, {"train": args.train_fraction, "test": 1.0 - args.train_fraction}, seed=args.seed)
+        train, test = parts["train"], parts["test"]
+        split = {"train": f"{len(train)} images of {args.data} ({args.train_fraction:.0%}, stratified, seed {args.seed})",
+                 "eval": f"the other {len(test)} images"}
+    if len(train) < args.calib_size:
+        raise QuantbenchError(f"fine-tuning set has {len(train)} images, fewer than --calib-size {args.calib_size}")
+    calib = subset(train, args.calib_size, seed=args.seed)
+    split["calib"] = f"{len(calib)} of the fine-tuning images"
+    return ds, calib, train, test, split
+
+
+def _add_finetune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True)
+    p.add_argument("--checkpoint", metavar="FILE")
+    p.add_argument("--data", required=True, metavar="SPEC", help="data; split into fine-tuning and evaluation "
+                   "images unless --train-data is given (then all of it is evaluated)")
+    p.add_argument("--train-data", metavar="SPEC", help="fine-tuning/calibration images (default: a split of --data)")
+    p.add_argument("--train-fraction", type=float, default=0.8, help="share of --data for fine-tuning (default 0.8)")
+    p.add_argument("--calib-size", type=int, default=512, metavar="N")
+    p.add_argument("--normalize", default="auto")
+    p.add_argument("--resize", type=int, metavar="S")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", metavar="DIR", help="folder for models and report (default runs/<run-id>)")
+    p.add_argument("--runs-dir", default="runs", help=argparse.SUPPRESS)
+    p.add_argument("--store", default="runs/quantbench.db", metavar="DB")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true")
+
+
+def _mixed_budget(args: argparse.Namespace) -> dict[str, Any]:
+    kb, bits = getattr(args, "budget_kb", None), getattr(args, "avg_bits", None)
+    if (kb is None) == (bits is None):
+        raise QuantbenchError("mixed: give exactly one budget: --budget-kb KB or --avg-bits BITS")
+    if kb is not None and kb <= 0:
+        raise QuantbenchError(f"mixed: --budget-kb must be > 0, got {kb}")
+    if bits is not None and not 2 <= bits <= 8:
+        raise QuantbenchError(f"mixed: --avg-bits must be in 2..8, got {bits}")
+    return {"budget_bytes": int(kb * 1000)} if kb is not None else {"average_bits": float(bits)}
+
+
+def _print_variants(fp: dict[str, Any], variants: list[dict[str, Any]]) -> None:
+    _print_table(["variant", "top-1 %", "size on disk", "drop vs FP32 (points, 95% CI)"], [
+        ["fp32", f"{fp['top1']:.2f}", f"{fp['size_bytes']:,} B", "–"]] + [
+        [v["method"], f"{v['top1']:.2f}", f"{v['size_bytes']:,} B",
+         f"{v['drop']['top1_points']:+.2f} [{v['drop']['ci_low']:+.2f}, {v['drop']['ci_high']:+.2f}] "
+         f"p={v['drop']['p_value']:.3g}"] for v in variants])
+
+
+def _fp32_stage(model: Any, args: argparse.Namespace, ds: Any, test: Any, key: Any, stage: Any, out_dir: Any
+                ) -> tuple[Any, dict[str, Any]]:
+    from quantbench.experiments.records import accuracy_rows, cost_rows
+    from quantbench.measure.accuracy import evaluate
+    from quantbench.measure.macs import count_macs
+    from quantbench.measure.params import count_parameters
+    from quantbench.measure.size import save_fp32
+
+    fp32 = evaluate(model, test, topk=(1, 5), progress=False if args.no_progress else "eval fp32")
+    size = save_fp32(model, out_dir / "model_fp32.pt")
+    stage.commit(accuracy_rows(key, fp32, "test") + cost_rows(
+        key, params=count_parameters(model), size_bytes=size, size_file="model_fp32.pt",
+        macs=count_macs(model, ds.input_shape)))
+    return fp32, {"top1": fp32.top1, "top5": fp32.topk.get(5), "ci": fp32.ci, "size_bytes": size}
+
+
+def cmd_qat(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from quantbench import config as C
+    from quantbench.experiments.qat import mixed_rows, run_qat, search_mixed
+    from quantbench.experiments.records import RowKey
+    from quantbench.experiments.runner import prepare_model, recorded_run
+    from quantbench.quant.qat import QATConfig
+    from quantbench.quant.spec import parse_scheme
+
+    if args.epochs < 1:
+        raise QuantbenchError(f"qat: --epochs must be >= 1, got {args.epochs}")
+    budget = None
+    if args.plan:
+        kind, _, value = args.plan.partition(":")
+        if kind != "mixed" or not value:
+            raise QuantbenchError(f"qat: --plan {args.plan!r} unknown; expected mixed:KB (e.g. mixed:70)")
+        try:
+            budget = {"budget_bytes": int(float(value) * 1000)}
+        except ValueError:
+            raise QuantbenchError(f"qat: --plan mixed:KB needs a number of KB, got {value!r}") from None
+    plan_check = parse_scheme(args.scheme)
+    if plan_check.default.act is not None and plan_check.default.act.dynamic:
+        raise QuantbenchError("qat: scheme 'dynamic' cannot be trained; use a static scheme such as w4a4 or w8a8")
+    train_cfg = C.TrainConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, batch_size=args.batch_size,
+                              weight_decay=0.0, seed=args.seed)
+    cfg = QATConfig(scheme=args.scheme, init=args.init, first_last=args.first_last, act_grad=args.act_grad,
+                    calib_size=args.calib_size, adaround_iters=args.adaround_iters, train=train_cfg)
+    cfg.ptq().plan()  # validates the starting algorithm
+    ds, calib, train, test, split = _finetune_splits(args)
+    model = prepare_model(C.ModelConfig(name=args.model, checkpoint=args.checkpoint), ds.input_shape, ds.num_classes)
+    model_kwargs = {"num_classes": ds.num_classes, "in_channels": ds.input_shape[0]}
+    key = RowKey(args.model, args.data)
+    config = {"verb": "qat", "model": {"name": args.model, "checkpoint": args.checkpoint},
+              "data": {"spec": args.data, "train": args.train_data, "split": split, "normalize": args.normalize},
+              "qat": {**dataclasses.asdict(cfg)}, "plan": args.plan}
+    result: dict[str, Any] = {}
+
+    def body(stage: Any, out_dir: Path) -> None:
+        fp32, fp = _fp32_stage(model, args, ds, test, key, stage, out_dir)
+        plan = None
+        if budget is not None:
+            search = search_mixed(model, calib, act_bits=int(plan_check.default.act.bits) if plan_check.default.act
+                                  else 8, model_name=args.model, model_kwargs=model_kwargs,
+                                  input_shape=ds.input_shape, **budget)
+            plan = search.plan
+            stage.commit(mixed_rows(RowKey(args.model, args.data, "mixed-qat", "torch"), search))
+            result["mixed"] = {"bits": search.choice.bits, "average_bits": search.choice.average_bits,
+                               "predicted_file_bytes": search.predicted_file_bytes}
+        out = run_qat(model, cfg, calib, train, test, key, fp32, out_dir, plan=plan, model_name=args.model,
+                      model_kwargs=model_kwargs, input_shape=ds.input_shape, progress=not args.no_progress)
+        stage.commit(out.rows)
+        result.update(out.record(), fp32=fp, n_images=fp32.n_images, split=split, model=args.model, data=args.data)
+
+    outcome = recorded_run("qat", config, store_path=args.store, out_root=args.runs_dir, body=body,
+                           name=f"qat {args.model} {cfg.label()}", out_dir=args.out)
+    result.update(run_id=outcome.run_id, report=str(outcome.report_html), out_dir=str(outcome.out_dir))
+    if args.json:
+        _emit_json(result)
+        return 0
+    print(f"{args.model}: fine-tuned on {split['train']}; evaluated on {split['eval']}")
+    p = result["ptq"]
+    _print_variants(result["fp32"], [
+        {"method": p["method"] + " (PTQ start)", "top1": p["top1"], "size_bytes": p["size_bytes"], "drop": p["drop"]},
+        {"method": result["method"], "top1": result["quant"]["top1"], "size_bytes": result["quant"]["size_bytes"],
+         "drop": result["drop"]}])
+    ratio = result["qat_vs_fp32_epoch_time"]
+    print(f"\nQAT: {len(result['epochs'])} epochs in {result['train_time_s']:.1f} s "
+          f"({result['qat_epoch_s']:.2f} s/epoch; one FP32 epoch on the same data: {result['fp32_epoch_s']:.2f} s"
+          + (f", QAT {ratio:.1f}x slower per epoch)" if ratio else ")"))
+    print(f"quantized model: {result['quant']['artifact']}\nreport: {outcome.report_html}")
+    return 0
+
+
+def cmd_mixed(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from quantbench import config as C
+    from quantbench.experiments.ptq import run_ptq
+    from quantbench.experiments.qat import mixed_rows, search_mixed
+    from quantbench.experiments.records import RowKey
+    from quantbench.experiments.runner import prepare_model, recorded_run
+    from quantbench.quant.ptq import PTQConfig
+
+    budget = _mixed_budget(args)
+    bits = tuple(sorted(set(args.bits)))
+    if any(not 2 <= b <= 8 for b in bits):
+        raise QuantbenchError(f"mixed: --bits must be in 2..8, got {','.join(map(str, args.bits))}")
+    if not 2 <= args.act_bits <= 8:
+        raise QuantbenchError(f"mixed: --act-bits must be in 2..8, got {args.act_bits}")
+    uniform = PTQConfig(scheme=f"w{args.compare_bits}a{args.act_bits}", algo=args.algo, calib_size=args.calib_size)
+    uniform.plan()
+    ds, calib, _train, test, split = _finetune_splits(args)
+    model = prepare_model(C.ModelConfig(name=args.model, checkpoint=args.checkpoint), ds.input_shape, ds.num_classes)
+    model_kwargs = {"num_classes": ds.num_classes, "in_channels": ds.input_shape[0]}
+    key = RowKey(args.model, args.data)
+    config = {"verb": "mixed", "model": {"name": args.model, "checkpoint": args.checkpoint},
+              "data": {"spec": args.data, "split": split, "normalize": args.normalize},
+              "mixed": {**budget, "bits": bits, "metric": args.metric, "act_bits": args.act_bits, "algo": args.algo}}
+    result: dict[str, Any] = {}
+
+    def body(stage: Any, out_dir: Path) -> None:
+        fp32, fp = _fp32_stage(model, args, ds, test, key, stage, out_dir)
+        kw = {"model_name": args.model, "model_kwargs": model_kwargs, "input_shape": ds.input_shape,
+              "progress": not args.no_progress}
+        uni = run_ptq(model, uniform, calib, test, key, fp32, out_dir, **kw)
+        stage.commit(uni.rows)
+        search = search_mixed(model, calib, bits=bits, act_bits=args.act_bits, metric=args.metric,
+                              n_images=min(args.calib_size, 512), observer=PTQConfig(algo=args.algo).algorithm()
+                              .weight_observer, **budget, **{k: kw[k] for k in ("model_name", "model_kwargs",
+                                                                                  "input_shape")})
+        label = f"mixed-a{args.act_bits}-{args.algo}"
+        mixed = run_ptq(model, PTQConfig(scheme=f"w8a{args.act_bits}", algo=args.algo, calib_size=args.calib_size),
+                        calib, test, key, fp32, out_dir, plan=search.plan, label=label, **kw)
+        mkey = RowKey(args.model, args.data, label, "torch")
+        # "predicted" accuracy: the mixed model on the calibration images (no evaluation image seen)
+        from quantbench.measure.accuracy import evaluate
+
+        predicted = evaluate(mixed.model, calib, topk=(1,)).top1
+        stage.commit(mixed.rows + mixed_rows(mkey, search) + [
+            mkey.row("predicted_top1", predicted, "%", basis="the mixed model's top-1 on the calibration images")])
+        result.update(fp32=fp, n_images=fp32.n_images, split=split, model=args.model, data=args.data,
+                      method=label, quant=mixed.record["quant"], drop=mixed.record["drop"],
+                      uniform={"method": uni.record["method"], **uni.record["quant"], "drop": uni.record["drop"]},
+                      mixed={"bits": search.choice.bits, "average_bits": search.choice.average_bits,
+                             "predicted_damage": search.choice.predicted_damage, "metric": args.metric,
+                             "predicted_top1": predicted, "budget": search.budget, "table": search.table()})
+
+    outcome = recorded_run("mixed", config, store_path=args.store, out_root=args.runs_dir, body=body,
+                           name=f"mixed {args.model}", out_dir=args.out)
+    result.update(run_id=outcome.run_id, report=str(outcome.report_html), out_dir=str(outcome.out_dir))
+    if args.json:
+        _emit_json(result)
+        return 0
+    m = result["mixed"]
+    print(f"{args.model}: calibrated on {split['calib']}; evaluated on {split['eval']}")
+    _print_table(["layer", "type", "params", "bits", f"damage ({args.metric})"],
+                 [[t["layer"], t["kind"], f"{t['params']:,}", str(t["bits"]), f"{t['damage']:.3g}"] for t in m["table"]])
+    print(f"\naverage weight bits {m['average_bits']:.2f}; predicted top-1 (calibration images) "
+          f"{m['predicted_top1']:.2f}%; measured below\n")
+    u = result["uniform"]
+    _print_variants(result["fp32"], [
+        {"method": u["method"], "top1": u["top1"], "size_bytes": u["size_bytes"], "drop": u["drop"]},
+        {"method": result["method"], "top1": result["quant"]["top1"], "size_bytes": result["quant"]["size_bytes"],
+         "drop": result["drop"]}])
+    print(f"\nquantized model: {result['quant']['artifact']}\nreport: {outcome.report_html}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -476,6 +711,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("qat", help="quantization-aware training from a checkpoint: PTQ start vs QAT vs FP32")
+    _add_finetune_args(p)
+    p.add_argument("--scheme", default="w4a4", help="wXaY with X, Y in 2..8 (default w4a4)")
+    p.add_argument("--plan", metavar="mixed:KB", help="mixed precision under a file-size budget, then QAT")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--optimizer", choices=["sgd", "adamw"], default="adamw")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--init", default="mse", help="PTQ algorithm of the starting point (mse, adaround, ...)")
+    p.add_argument("--act-grad", choices=["lsq", "pact"], default="lsq", help="how activation step sizes learn")
+    p.add_argument("--first-last", default="same", choices=["same", "int8", "fp32"])
+    p.add_argument("--adaround-iters", type=int, default=500)
+    p.set_defaults(func=cmd_qat)
+
+    p = sub.add_parser("mixed", help="mixed-precision weights under a size budget vs uniform PTQ")
+    _add_finetune_args(p)
+    p.add_argument("--budget-kb", type=float, metavar="KB", help="size of the saved file, 1 KB = 1000 bytes")
+    p.add_argument("--avg-bits", type=float, metavar="BITS", help="or: parameter-weighted average weight bits")
+    p.add_argument("--bits", type=_csv_ints, default=(2, 3, 4, 5, 6, 8), metavar="B1,B2",
+                   help="candidate weight bit-widths (default 2,3,4,5,6,8)")
+    p.add_argument("--metric", choices=["mse", "hessian"], default="mse",
+                   help="layer sensitivity: logits MSE (default) or HAWQ Hessian-trace estimate")
+    p.add_argument("--act-bits", type=int, default=8)
+    p.add_argument("--algo", default="mse", help="PTQ algorithm for both mixed and uniform models")
+    p.add_argument("--compare-bits", type=int, default=4, help="uniform weight bits shown beside (default 4)")
+    p.set_defaults(func=cmd_mixed)
 
     p = sub.add_parser("bench", help="latency/throughput of a model on every engine x variant x batch size")
     p.add_argument("--model", help="zoo model name")

@@ -56,30 +56,50 @@ def run_ptq(model: nn.Module, cfg: PTQConfig, calib: Any, eval_data: Any, base: 
             fp32_eval: EvalResult, out_dir: Path, *, model_name: str | None = None,
             model_kwargs: dict[str, Any] | None = None, input_shape: tuple[int, int, int] | None = None,
             topk: int = 5, eval_batch_size: int = 256, sensitivity_images: int | None = 0,
-            progress: bool = False) -> PTQOutcome:
+            progress: bool = False, plan: Any = None, label: str | None = None) -> PTQOutcome:
     """Quantize ``model`` per ``cfg``, save it packed, evaluate it on ``eval_data`` beside FP32.
 
     Args:
         fp32_eval: The FP32 model's evaluation on exactly ``eval_data`` (for the paired drop).
         sensitivity_images: Images for the per-layer sensitivity table (0 skips it, None = all).
+        plan: A per-layer plan (mixed precision) instead of ``cfg.scheme``; ``label`` names it.
     """
-    label = cfg.label()
-    key = RowKey(base.model, base.data, label, "torch")
     t0 = time.perf_counter()
-    qm = quantize_ptq(model, cfg, calib)
+    qm = quantize_ptq(model, cfg, calib, plan=plan)
     ptq_s = time.perf_counter() - t0
+    n_calib = min(cfg.calib_size, len(calib)) if calib is not None else 0
+    out = record_quantized(qm, label or cfg.label(), eval_data, base, fp32_eval, out_dir, model_name=model_name,
+                           model_kwargs=model_kwargs, input_shape=input_shape, topk=topk,
+                           eval_batch_size=eval_batch_size, sensitivity_images=sensitivity_images, progress=progress,
+                           extra={"ptq": asdict(cfg), "calib_images": n_calib})
+    key = RowKey(base.model, base.data, out.record["method"], "torch")
+    out.rows.append(key.row("ptq_time_s", ptq_s, "s", calib_images=n_calib))
+    out.record["ptq"] = asdict(cfg)
+    out.record["quant"]["ptq_time_s"] = ptq_s
+    return out
+
+
+def record_quantized(qm: Any, label: str, eval_data: Any, base: RowKey, fp32_eval: EvalResult, out_dir: Path, *,
+                     model_name: str | None = None, model_kwargs: dict[str, Any] | None = None,
+                     input_shape: tuple[int, int, int] | None = None, topk: int = 5, eval_batch_size: int = 256,
+                     sensitivity_images: int | None = 0, progress: bool = False,
+                     extra: dict[str, Any] | None = None) -> PTQOutcome:
+    """Save a quantized model packed, evaluate it beside FP32 on the same images, and make its rows.
+
+    Shared by PTQ, QAT and mixed precision, so every quantized variant gets the same rows:
+    accuracy with CIs, the paired drop vs FP32, the packed file's bytes, optional sensitivity.
+    """
+    key = RowKey(base.model, base.data, label, "torch")
     out_dir.mkdir(parents=True, exist_ok=True)
     artifact = out_dir / f"model_{label}.qbm"
     size = save_quantized(qm, artifact, model_name=model_name, model_kwargs=model_kwargs, input_shape=input_shape,
-                          extra={"ptq": asdict(cfg), "calib_images": min(cfg.calib_size, len(calib)) if calib is not None
-                                 else 0})
+                          extra=extra or {})
     ev = evaluate(qm, eval_data, topk=(1, topk), batch_size=eval_batch_size,
                   progress=f"eval {label}" if progress else False)
     paired = paired_difference(fp32_eval.correct, ev.correct)
     rows = accuracy_rows(key, ev, "test") + [
         drop_row(key, paired, "test"),
         key.row("size_bytes", size, "bytes", file=artifact.name),
-        key.row("ptq_time_s", ptq_s, "s", calib_images=min(cfg.calib_size, len(calib)) if calib is not None else 0),
     ]
     sens: list[LayerSensitivity] = []
     if sensitivity_images != 0 and not qm.plan.is_fp32:
@@ -88,9 +108,7 @@ def run_ptq(model: nn.Module, cfg: PTQConfig, calib: Any, eval_data: Any, base: 
     pd = paired.as_dict()
     record = {
         "method": label,
-        "ptq": asdict(cfg),
-        "quant": {"top1": ev.top1, "top5": ev.topk.get(5), "ci": ev.ci, "size_bytes": size, "artifact": str(artifact),
-                  "ptq_time_s": ptq_s},
+        "quant": {"top1": ev.top1, "top5": ev.topk.get(5), "ci": ev.ci, "size_bytes": size, "artifact": str(artifact)},
         "drop": {"top1_points": -pd["diff_points"], "ci_low": -pd["ci_high"], "ci_high": -pd["ci_low"],
                  "p_value": pd["p_value"]},
         "layers": [s.as_dict() for s in sens],

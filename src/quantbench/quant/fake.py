@@ -153,6 +153,24 @@ def lsq_fake_quantize(
     return (torch.clamp(r + z, spec.qmin, spec.qmax) - z) * s
 
 
+def pact_fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor | int, spec: QuantSpec) -> Tensor:
+    """Fake quantization whose clipping bound is learned with PACT's gradient (Choi et al. 2018).
+
+    Values equal :func:`fake_quantize`. The upper clip is ``alpha = (qmax - zp) * scale``;
+    as in PACT, ``d y / d alpha = 1`` where ``x >= alpha`` and 0 elsewhere (the rounding
+    error inside the range does not move the bound, unlike LSQ), and ``x`` gets the
+    straight-through gradient inside the range. Per-tensor scales only.
+    """
+    if spec.companding != "none":
+        raise QuantbenchError(f"PACT: companding {spec.companding!r} is not supported; use companding='none'")
+    s = broadcast_param(scale, x, spec)
+    z = broadcast_param(zero_point, x, spec).to(s.dtype)
+    hi = (spec.qmax - z) * s
+    lo = (spec.qmin - z) * s.detach()
+    clipped = torch.minimum(torch.maximum(x, lo), hi)  # gradient 1 to hi where x >= hi
+    return fake_quantize(clipped, s.detach(), zero_point, spec) - clipped.detach() + clipped
+
+
 class FakeQuant(nn.Module):
     """The quantizer inserted at a weight or an activation; what PTQ calibrates and QAT trains.
 
@@ -208,6 +226,7 @@ class FakeQuant(nn.Module):
         self.learnable = learnable
         self.observer = observer if observer is not None else OBSERVERS.get(spec.observer)(spec)
         self.calibrated = False
+        self.grad = "lsq"  # how a learnable scale learns: "lsq" (step size) or "pact" (clip bound)
         self._mode = "observe"
         self.register_buffer("scale", torch.ones((), dtype=torch.float32))
         self.register_buffer("zero_point", torch.zeros((), dtype=torch.int32))
@@ -237,6 +256,30 @@ class FakeQuant(nn.Module):
                 self.scale = nn.Parameter(scale)
         self.calibrated = True
         self.mode = "quant"
+        return self
+
+    def make_learnable(self, grad: str = "lsq") -> FakeQuant:
+        """Turn a calibrated quantizer's ``scale`` into a trainable parameter (QAT from a PTQ start).
+
+        Args:
+            grad: ``"lsq"`` (Esser et al. 2020: the step size learns from every element) or
+                ``"pact"`` (Choi et al. 2018: only the clipping bound learns, from clipped
+                elements; per-tensor activations).
+        """
+        if grad not in ("lsq", "pact"):
+            raise QuantbenchError(f"FakeQuant: learnable scale gradient {grad!r} unknown; expected lsq or pact")
+        if self.spec.dynamic or self.spec.companding != "none":
+            raise QuantbenchError(f"FakeQuant: learnable scale is not supported for {self.spec.short()}")
+        if not self.calibrated:
+            raise QuantbenchError(f"FakeQuant({self.spec.short()}): calibrate before making the scale learnable")
+        if grad == "pact" and self.scale.dim() != 0:
+            raise QuantbenchError("FakeQuant: PACT learns one clipping bound per tensor, not per channel")
+        self.learnable = True
+        self.grad = grad
+        if not isinstance(self.scale, nn.Parameter):
+            scale = self.scale.detach().clone()
+            del self._buffers["scale"]
+            self.scale = nn.Parameter(scale)
         return self
 
     def qparams(self) -> tuple[Tensor, Tensor]:
@@ -287,6 +330,8 @@ class FakeQuant(nn.Module):
             # |s|: an optimizer step past 0 (Adam's steps ignore the gradient's size) flips the
             # sign instead of freezing the quantizer at EPS with a zero gradient.
             scale = self.scale.abs().clamp(min=EPS)
+            if self.grad == "pact":
+                return pact_fake_quantize(x, scale, self.zero_point, self.spec)
             return lsq_fake_quantize(x, scale, self.zero_point, self.spec, self._grad_scale(x))
         return fake_quantize(x, self.scale, self.zero_point, self.spec)
 

@@ -108,7 +108,21 @@ class PTQConfig:
         return "-".join(parts)
 
 
-def quantize_ptq(model: nn.Module, cfg: PTQConfig, calib_data: Any = None) -> QuantizedModel:
+def with_observers(plan: QuantPlan, weight_observer: str, act_observer: str) -> QuantPlan:
+    """``plan`` with every static spec's observer replaced (a plan built elsewhere, run by an algorithm)."""
+    import dataclasses as dc
+
+    def fix(spec: Any, observer: str) -> Any:
+        return spec if spec is None or spec.dynamic else spec.replace(observer=observer)
+
+    def layer(ls: Any) -> Any:
+        return dc.replace(ls, weight=fix(ls.weight, weight_observer), act=fix(ls.act, act_observer))
+
+    return plan.replace(default=layer(plan.default), overrides={k: layer(v) for k, v in plan.overrides.items()})
+
+
+def quantize_ptq(model: nn.Module, cfg: PTQConfig, calib_data: Any = None, *,
+                 plan: QuantPlan | None = None) -> QuantizedModel:
     """Quantize a float model after training.
 
     Args:
@@ -117,12 +131,14 @@ def quantize_ptq(model: nn.Module, cfg: PTQConfig, calib_data: Any = None) -> Qu
         calib_data: Calibration images (data set view, tensor or (x, y)); needed for static
             activation quantization and for AdaRound/bias correction; ignored for ``dynamic``
             and weight-only schemes unless a rescue step needs it.
+        plan: A per-layer plan (e.g. mixed precision) used instead of ``cfg.scheme``; the
+            algorithm's observers are applied to every quantizer of it.
 
     Returns:
         The prepared, calibrated :class:`QuantizedModel` in quantized mode.
     """
-    plan = cfg.plan()
     algo = cfg.algorithm()
+    plan = cfg.plan() if plan is None else with_observers(plan, algo.weight_observer, algo.act_observer)
     float_model = model.eval()
     if algo.equalize:
         from quantbench.quant.equalize import equalize_folded

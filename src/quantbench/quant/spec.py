@@ -272,7 +272,7 @@ class QuantPlan:
             "scheme": self.scheme,
             "first_last": self.first_last,
             "default": self.default.as_dict(),
-            "overrides": {k: v.as_dict() for k, v in self.overrides.items()},
+            "overrides": {k: _layer_diff(self.default, v) for k, v in self.overrides.items()},
         }
 
     @classmethod
@@ -289,12 +289,49 @@ class QuantPlan:
         overrides = data.get("overrides") or {}
         if not isinstance(overrides, dict):
             raise QuantbenchError(f"quant plan: overrides must be a mapping, got {overrides!r}")
+        default = LayerSpec.from_dict(data.get("default") or {})
         return cls(
-            default=LayerSpec.from_dict(data.get("default") or {}),
-            overrides={str(k): LayerSpec.from_dict(v) for k, v in overrides.items()},
+            default=default,
+            overrides={str(k): _layer_over(default, v) for k, v in overrides.items()},
             first_last=data.get("first_last", "same"),
             scheme=data.get("scheme", "custom"),
         )
+
+
+def _layer_diff(default: LayerSpec, spec: LayerSpec) -> dict[str, Any]:
+    """An override as its difference from the default: a key is absent when that tensor's spec
+    equals the default's, ``None`` when it is FP32, else only the changed fields (or all of
+    them when the default is FP32). Mixed-precision plans differ in one field per layer, so
+    files and stored configs stay small (a full spec is about 300 bytes of JSON per layer)."""
+    out: dict[str, Any] = {}
+    for key in ("weight", "act"):
+        base, mine = getattr(default, key), getattr(spec, key)
+        if mine == base:
+            continue
+        if mine is None or base is None:
+            out[key] = None if mine is None else mine.as_dict()
+            continue
+        b, m = base.as_dict(), mine.as_dict()
+        out[key] = {f: v for f, v in m.items() if b[f] != v}
+    return out
+
+
+def _layer_over(default: LayerSpec, data: Any) -> LayerSpec:
+    """Inverse of :func:`_layer_diff` (a full layer dict, as older files hold, also works)."""
+    if not isinstance(data, dict) or set(data) - {"weight", "act"}:
+        raise QuantbenchError(f"layer spec: expected a mapping with keys weight, act; got {data!r}")
+    parts: dict[str, QuantSpec | None] = {}
+    for key in ("weight", "act"):
+        base = getattr(default, key)
+        if key not in data:
+            parts[key] = base
+        elif data[key] is None:
+            parts[key] = None
+        elif not isinstance(data[key], dict):
+            raise QuantbenchError(f"layer spec: {key} must be a mapping or null, got {data[key]!r}")
+        else:
+            parts[key] = QuantSpec.from_dict({**(base.as_dict() if base is not None else {}), **data[key]})
+    return LayerSpec(parts["weight"], parts["act"])
 
 
 def _bits(scheme: str, what: str, text: str) -> int:
