@@ -168,7 +168,7 @@ def pact_fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor | int, spec:
     hi = (spec.qmax - z) * s
     lo = (spec.qmin - z) * s.detach()
     clipped = torch.minimum(torch.maximum(x, lo), hi)  # gradient 1 to hi where x >= hi
-    return fake_quantize(clipped, s.detach(), zero_point, spec) - clipped.detach() + clipped
+    return fake_quantize(clipped.detach(), s.detach(), zero_point, spec) - clipped.detach() + clipped
 
 
 class FakeQuant(nn.Module):

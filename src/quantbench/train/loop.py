@@ -42,6 +42,8 @@ def _all_tensors(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
     if hasattr(data, "tensors"):
         x, y = data.tensors()
         return x, torch.as_tensor(y, dtype=torch.long)
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        return data[0], torch.as_tensor(data[1], dtype=torch.long)
     xs, ys = zip(*(data[i] for i in range(len(data))), strict=True)
     return torch.stack(list(xs)), torch.as_tensor(ys, dtype=torch.long)
 
