@@ -90,6 +90,9 @@ class QuantizeConfig:
     calib_size: int = 512
     adaround_iters: int = 500
     sensitivity_images: int = 0
+    qat: tuple[str, ...] = ("w8a8", "w4a4")  # quantization-aware fine-tuning rows (schemes), after PTQ
+    qat_epochs: int = 3
+    qat_lr: float = 1e-3
 
 
 @dataclass(frozen=True)
@@ -275,6 +278,20 @@ def validate(cfg: ExperimentConfig) -> None:
                 parse_method(method).algorithm()
             except QuantbenchError as exc:
                 raise QuantbenchError(f"config: quantize.methods entry {method!r}: {exc}") from None
+    if q.qat:
+        if q.qat_epochs < 1:
+            raise QuantbenchError(f"config: quantize.qat_epochs must be >= 1, got {q.qat_epochs}")
+        if q.qat_lr <= 0:
+            raise QuantbenchError(f"config: quantize.qat_lr must be > 0, got {q.qat_lr}")
+        from quantbench.quant.spec import parse_scheme
+
+        for scheme in q.qat:
+            try:
+                plan = parse_scheme(scheme)
+            except QuantbenchError as exc:
+                raise QuantbenchError(f"config: quantize.qat entry {scheme!r}: {exc}") from None
+            if plan.default.act is None or plan.default.act.dynamic or plan.default.weight is None:
+                raise QuantbenchError(f"config: quantize.qat entry {scheme!r}: QAT needs a static wXaY scheme")
     fr = cfg.data.split
     if any(v <= 0 for v in fr.values()) or sum(fr.values()) > 1.0 + 1e-9:
         raise QuantbenchError(f"config: data.split fractions must be > 0 and sum to <= 1, got {fr}")

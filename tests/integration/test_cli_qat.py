@@ -44,9 +44,21 @@ def test_qat_json_rows_history_and_artifact(tmp_path, checkpoint, capsys):
         by_method.setdefault(r["method"], set()).add(r["metric"])
     assert {"top1", "top1_drop", "size_bytes"} <= by_method["w2a4-mse"]
     assert {"top1", "top1_drop", "size_bytes", "train_time_s", "epoch.train_loss", "epoch_time_s",
-            "qat_vs_fp32_epoch_time"} <= by_method["w2a4-qat"]
-    assert "epoch_time_s" in by_method["fp32"]
+            "qat_vs_fp32_epoch_time", "top1_drop_vs_fp32_finetuned"} <= by_method["w2a4-qat"]
+    # the float model fine-tuned the same way: the fair reference and the training-time baseline
+    assert {"top1", "top1_drop", "train_time_s", "epoch.train_loss"} <= by_method["fp32-finetuned"]
+    assert 0 <= rec["fp32_finetuned"]["top1"] <= 100 and rec["fp32_finetuned"]["train_time_s"] > 0
     assert "accuracy_vs_size" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_qat_without_fp32_finetune_times_one_fp32_epoch(tmp_path, checkpoint, capsys):
+    assert main([*_args(tmp_path, checkpoint, "qat", "--epochs", "1", "--no-fp32-finetune"), "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rec["fp32_finetuned"] is None and rec["fp32_epoch_s"] > 0
+    with ResultStore(tmp_path / "q.db") as store:
+        rows = store.query(run_id=rec["run_id"])
+    assert any(r["method"] == "fp32" and r["metric"] == "epoch_time_s" for r in rows)
+    assert not any(r["method"] == "fp32-finetuned" for r in rows)
 
 
 def test_qat_with_a_mixed_plan(tmp_path, checkpoint, capsys):

@@ -35,6 +35,7 @@ class PTQOutcome:
     artifact: Path | None = None
     model: nn.Module | None = None
     sensitivity: list[LayerSensitivity] = field(default_factory=list)
+    eval: EvalResult | None = None
 
 
 def parse_method(text: str) -> PTQConfig:
@@ -113,4 +114,4 @@ def record_quantized(qm: Any, label: str, eval_data: Any, base: RowKey, fp32_eva
                  "p_value": pd["p_value"]},
         "layers": [s.as_dict() for s in sens],
     }
-    return PTQOutcome(record=record, rows=rows, artifact=artifact, model=qm, sensitivity=sens)
+    return PTQOutcome(record=record, rows=rows, artifact=artifact, model=qm, sensitivity=sens, eval=ev)

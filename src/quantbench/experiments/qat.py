@@ -136,6 +136,7 @@ class QATOutcome:
     history: Any
     fp32_epoch_s: float | None
     rows: list[Result] = field(default_factory=list)
+    fp32_finetuned: dict[str, Any] | None = None
 
     def record(self) -> dict[str, Any]:
         qat_epoch = self.history.wall_s / max(len(self.history.epochs), 1)
@@ -143,6 +144,7 @@ class QATOutcome:
                 "ptq": {"method": self.ptq.record["method"], **self.ptq.record["quant"], "drop": self.ptq.record["drop"]},
                 "train_time_s": self.history.wall_s, "qat_epoch_s": qat_epoch, "fp32_epoch_s": self.fp32_epoch_s,
                 "qat_vs_fp32_epoch_time": qat_epoch / self.fp32_epoch_s if self.fp32_epoch_s else None,
+                "fp32_finetuned": self.fp32_finetuned,
                 "epochs": [dict(e) for e in self.history.epochs]}
 
 
@@ -158,18 +160,26 @@ def run_qat(model: nn.Module, cfg: QATConfig, calib: Any, train_data: Any, eval_
             fp32_eval: Any, out_dir: Path, *, plan: QuantPlan | None = None, model_name: str | None = None,
             model_kwargs: dict[str, Any] | None = None, input_shape: tuple[int, int, int] | None = None,
             topk: int = 5, eval_batch_size: int = 256, progress: bool = False, time_fp32: bool = True,
-            val_data: Any = None) -> QATOutcome:
+            val_data: Any = None, fp32_epoch_s: float | None = None, start_label: str | None = None,
+            fp32_finetune: bool = False) -> QATOutcome:
     """PTQ start -> QAT fine-tuning; rows for both (same images as FP32), history and timings.
 
-    ``time_fp32``: also time one FP32 epoch on the same data (for QAT-vs-FP32 training cost).
+    ``time_fp32``: time one FP32 epoch on the same data (for QAT-vs-FP32 training cost) unless
+    ``fp32_epoch_s`` (e.g. from the FP32 training of the same run) is given. ``start_label``
+    names the PTQ start's rows (default ``<scheme>-<init>``).
+
+    ``fp32_finetune``: also fine-tune the FLOAT model with the same schedule on the same images
+    (label ``fp32-finetuned``) - the fair reference when the fine-tuning images differ from
+    the original training data (QAT then also adapts to them, which is not quantization
+    recovery); its measured epoch time is the FP32 training-time baseline.
     """
     if plan is None:
         parse_scheme(cfg.scheme)  # validates before any work
     qm, history, start = quantize_qat(model, cfg, calib, train_data, val_data, plan=plan, progress=progress)
     kw = {"model_name": model_name, "model_kwargs": model_kwargs, "input_shape": input_shape, "topk": topk,
           "eval_batch_size": eval_batch_size, "progress": progress}
-    ptq_label = f"{'mixed' if plan is not None else cfg.scheme}-{cfg.init}"
-    if cfg.first_last != "same":
+    ptq_label = start_label or f"{'mixed' if plan is not None else cfg.scheme}-{cfg.init}"
+    if cfg.first_last != "same" and start_label is None:
         ptq_label += f"-fl{cfg.first_last}"
     ptq_out = record_quantized(start, ptq_label, eval_data, base, fp32_eval, out_dir,
                                extra={"ptq": asdict(cfg.ptq())}, **kw)
@@ -178,11 +188,35 @@ def run_qat(model: nn.Module, cfg: QATConfig, calib: Any, train_data: Any, eval_
                                extra={"qat": {**asdict(cfg), "train": asdict(cfg.train)}}, **kw)
     key = RowKey(base.model, base.data, label, "torch")
     rows = ptq_out.rows + qat_out.rows + history_rows(key, history)
-    fp32_s = fp32_epoch_seconds(model, train_data, cfg.train) if time_fp32 else None
+    ft_record = None
+    if fp32_finetune:
+        from quantbench.experiments.records import accuracy_rows, drop_row
+        from quantbench.measure.accuracy import evaluate, paired_difference
+        from quantbench.train import fit
+
+        ft = copy.deepcopy(model)
+        ft_hist = fit(ft, train_data, val_data, cfg.train, progress=progress)
+        ft.eval()
+        ft_ev = evaluate(ft, eval_data, topk=(1, topk), batch_size=eval_batch_size)
+        ft_key = RowKey(base.model, base.data, "fp32-finetuned", "torch")
+        rows += accuracy_rows(ft_key, ft_ev, "test") + history_rows(ft_key, ft_hist) + [
+            drop_row(ft_key, paired_difference(fp32_eval.correct, ft_ev.correct), "test")]
+        vs = paired_difference(ft_ev.correct, qat_out.eval.correct).as_dict()
+        rows.append(key.row("top1_drop_vs_fp32_finetuned", -vs["diff_points"] + 0.0, "points",
+                            ci_low=-vs["ci_high"] + 0.0, ci_high=-vs["ci_low"] + 0.0, p_value=vs["p_value"],
+                            n_images=vs["n"]))
+        fp32_epoch_s = ft_hist.wall_s / max(len(ft_hist.epochs), 1)
+        ft_record = {"top1": ft_ev.top1, "ci": ft_ev.ci, "train_time_s": ft_hist.wall_s,
+                     "qat_drop_vs_finetuned": {"top1_points": -vs["diff_points"] + 0.0, "ci_low": -vs["ci_high"] + 0.0,
+                                               "ci_high": -vs["ci_low"] + 0.0, "p_value": vs["p_value"]}}
+        time_fp32 = False
+    fp32_s = fp32_epoch_s if fp32_epoch_s is not None else (
+        fp32_epoch_seconds(model, train_data, cfg.train) if time_fp32 else None)
     qat_epoch = history.wall_s / max(len(history.epochs), 1)
     rows.append(key.row("epoch_time_s", qat_epoch, "s", what="mean QAT epoch"))
     if fp32_s is not None:
-        rows.append(RowKey(base.model, base.data, "fp32", "torch").row(
-            "epoch_time_s", fp32_s, "s", what="one FP32 epoch, same data and settings"))
+        if fp32_epoch_s is None:  # timed here; otherwise FP32 training rows already say it
+            rows.append(RowKey(base.model, base.data, "fp32", "torch").row(
+                "epoch_time_s", fp32_s, "s", what="one FP32 epoch, same data and settings"))
         rows.append(key.row("qat_vs_fp32_epoch_time", qat_epoch / fp32_s, "x"))
-    return QATOutcome(ptq_out, qat_out, history, fp32_s, rows)
+    return QATOutcome(ptq_out, qat_out, history, fp32_s, rows, ft_record)

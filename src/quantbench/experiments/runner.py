@@ -195,6 +195,38 @@ def _run_stages(cfg: ExperimentConfig, stage: Stage, out_dir: Path, progress: bo
                       eval_batch_size=cfg.measure.eval_batch_size,
                       sensitivity_images=cfg.quantize.sensitivity_images, progress=progress)
         stage.commit(out.rows)
+    _qat_stage(cfg, stage, out_dir, progress, log, model, splits, calib, test, key, ev, model_kwargs, ds.input_shape)
+
+
+def _qat_stage(cfg: ExperimentConfig, stage: Stage, out_dir: Path, progress: bool, log: Callable[[str], None],
+               model: nn.Module, splits: Splits, calib: Any, test: Any, key: RowKey, ev: EvalResult,
+               model_kwargs: dict[str, Any], input_shape: tuple[int, int, int]) -> None:
+    """QAT rows: fine-tune each ``quantize.qat`` scheme from its MSE PTQ start on the train split.
+
+    The PTQ start is recorded too (label ``<scheme>-mse-start``), so every QAT row has its
+    PTQ counterpart; training time per epoch is compared with the FP32 training of this run.
+    """
+    q = cfg.quantize
+    train_part = splits.get("train")
+    if not q.qat or train_part is None:
+        return
+    from quantbench.experiments.qat import run_qat
+    from quantbench.quant.qat import QATConfig
+
+    fp32_epoch_s = None
+    hist = stage.outcome.histories.get("fp32")
+    if hist is not None and hist.epochs:
+        fp32_epoch_s = hist.wall_s / len(hist.epochs)
+    for scheme in q.qat:
+        train_cfg = dataclasses.replace(cfg.train, epochs=q.qat_epochs, lr=q.qat_lr, optimizer="adamw",
+                                        weight_decay=0.0, label_smoothing=0.0)
+        qcfg = QATConfig(scheme=scheme, calib_size=min(q.calib_size, len(calib)), train=train_cfg)
+        log(f"qat: {qcfg.label()} ({q.qat_epochs} epochs on {len(train_part)} images, from {scheme} MSE PTQ)")
+        out = run_qat(model, qcfg, calib, train_part, test, key, ev, out_dir, model_name=cfg.model.name,
+                      model_kwargs=model_kwargs, input_shape=input_shape, topk=cfg.measure.topk,
+                      eval_batch_size=cfg.measure.eval_batch_size, progress=progress, fp32_epoch_s=fp32_epoch_s,
+                      time_fp32=fp32_epoch_s is None, start_label=f"{scheme}-mse-start")
+        stage.commit(out.rows)
 
 
 def evaluate_split(model: nn.Module, data: Any, m: MeasureConfig, progress: bool, desc: str) -> EvalResult:

@@ -99,14 +99,17 @@ def training_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
                 last[variant_key(r)][r["metric"]] = r
         elif r["metric"] == "train_time_s":
             last[variant_key(r)]["train_time_s"] = r
-    header = ["model", "method", "epochs", "train loss", "train top-1 %", "val loss", "val top-1 %", "training time s"]
+    header = ["model", "method", "epochs", "train loss", "train top-1 %", "val loss", "val top-1 %", "training time s",
+              "s / epoch"]
     body = []
     for (model, method, _engine), m in last.items():
         def v(name: str, fmt: str = "{:.3f}", m: dict[str, Row] = m) -> str:
             return fmt.format(m[name]["value"]) if name in m and m[name]["value"] is not None else "–"
         epochs = m.get("train_time_s", {}).get("extra", {}).get("epochs", "–")
+        per_epoch = ("–" if "train_time_s" not in m or not isinstance(epochs, int) or epochs < 1
+                     else f"{m['train_time_s']['value'] / epochs:.2f}")
         body.append([model, method, str(epochs), v("epoch.train_loss"), v("epoch.train_top1", "{:.2f}"),
-                     v("epoch.val_loss"), v("epoch.val_top1", "{:.2f}"), v("train_time_s", "{:.1f}")])
+                     v("epoch.val_loss"), v("epoch.val_top1", "{:.2f}"), v("train_time_s", "{:.1f}"), per_epoch])
     return header, body
 
 
