@@ -531,8 +531,11 @@ def cmd_qat(args: argparse.Namespace) -> int:
         raise QuantbenchError("qat: scheme 'dynamic' cannot be trained; use a static scheme such as w4a4 or w8a8")
     train_cfg = C.TrainConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, batch_size=args.batch_size,
                               weight_decay=0.0, seed=args.seed)
+    if args.bn_freeze_epoch < 0:
+        raise QuantbenchError(f"qat: --bn-freeze-epoch must be >= 0, got {args.bn_freeze_epoch}")
     cfg = QATConfig(scheme=args.scheme, init=args.init, first_last=args.first_last, act_grad=args.act_grad,
-                    calib_size=args.calib_size, adaround_iters=args.adaround_iters, train=train_cfg)
+                    calib_size=args.calib_size, adaround_iters=args.adaround_iters, train=train_cfg,
+                    bn_freeze_epoch=args.bn_freeze_epoch)
     cfg.ptq().plan()  # validates the starting algorithm
     ds, calib, train, test, split = _finetune_splits(args)
     model = prepare_model(C.ModelConfig(name=args.model, checkpoint=args.checkpoint), ds.input_shape, ds.num_classes)
@@ -731,6 +734,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--act-grad", choices=["lsq", "pact"], default="lsq", help="how activation step sizes learn")
     p.add_argument("--first-last", default="same", choices=["same", "int8", "fp32"])
     p.add_argument("--adaround-iters", type=int, default=500)
+    p.add_argument("--bn-freeze-epoch", type=int, default=0, metavar="E",
+                   help="BatchNorm statistics keep updating for E epochs, then freeze (0: frozen, folded from the start)")
     p.add_argument("--no-fp32-finetune", action="store_true",
                    help="skip fine-tuning the FP32 model the same way (the fair reference; also the time baseline)")
     p.set_defaults(func=cmd_qat)

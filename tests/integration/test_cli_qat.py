@@ -89,6 +89,7 @@ def test_mixed_text_output(tmp_path, checkpoint, capsys):
 
 @pytest.mark.parametrize("verb, extra, needle", [
     ("qat", ["--epochs", "0"], "--epochs must be >= 1"),
+    ("qat", ["--bn-freeze-epoch", "-1"], "--bn-freeze-epoch must be >= 0"),
     ("qat", ["--plan", "greedy:3"], "--plan 'greedy:3' unknown"),
     ("qat", ["--plan", "mixed:abc"], "needs a number of KB"),
     ("qat", ["--scheme", "dynamic"], "cannot be trained"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import tempfile
@@ -107,6 +108,44 @@ def test_qat_recovers_what_w2a2_ptq_lost(trained, act_grad):
         back = load_quantized(Path(tmp) / "m.qbm", _net())
         with torch.no_grad():
             assert torch.equal(back(x), qm(x))
+
+
+def test_bn_freeze_schedule_updates_statistics_then_folds_exactly(trained):
+    from quantbench.quant.prepare import QConv2d
+    from quantbench.quant.qat import QConvBn2d, fold_bn_for_good, freeze_bn, unfold_bn
+
+    x, y = _data(96)
+    start = quantize_ptq(trained, PTQConfig("w4a8", "mse", calib_size=64), (x, y))
+    qm = make_trainable(copy.deepcopy(start))
+    assert unfold_bn(qm) == 1  # only the first conv had a BatchNorm
+    layer = qm.layer("0")
+    assert isinstance(layer, QConvBn2d)
+    with torch.no_grad():
+        assert torch.allclose(qm(x), start(x), atol=1e-5)  # unfolding changes nothing in eval mode
+        before = layer.bn.running_mean.clone()
+        qm.train()
+        qm(x * 2.0 + 0.5)  # new input statistics: the running ones follow while not frozen
+        assert not torch.allclose(layer.bn.running_mean, before)
+        freeze_bn(qm)
+        frozen = layer.bn.running_mean.clone()
+        qm(x)
+        assert torch.equal(layer.bn.running_mean, frozen)
+        qm.eval()
+        ref = qm(x)
+    assert fold_bn_for_good(qm) == 1 and type(qm.layer("0")) is QConv2d
+    with torch.no_grad():
+        assert torch.allclose(qm(x), ref, atol=1e-5)
+
+
+def test_qat_with_bn_schedule_trains_and_ends_folded(trained):
+    from quantbench.quant.prepare import QConv2d
+
+    x, y = _data(120)
+    cfg = QATConfig(scheme="w4a4", bn_freeze_epoch=1, calib_size=64,
+                    train=TrainConfig(epochs=2, lr=1e-3, optimizer="adamw", batch_size=32, weight_decay=0.0))
+    qm, hist, _ = quantize_qat(trained, cfg, (x[:64], y[:64]), (x, y))
+    assert len(hist.epochs) == 2
+    assert type(qm.layer("0")) is QConv2d and not qm.training  # folded for good after training
 
 
 def test_qat_config_labels():

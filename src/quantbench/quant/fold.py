@@ -59,6 +59,9 @@ def _fuse_conv_bn(conv: nn.Conv2d | nn.Linear, bn: nn.BatchNorm2d | nn.BatchNorm
     bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
     fused.weight = nn.Parameter(w * factor.reshape(shape))
     fused.bias = nn.Parameter(beta + (bias - bn.running_mean.detach()) * factor)
+    # What was folded, kept (outside the module tree: not in state_dict) so that QAT can
+    # re-estimate BatchNorm statistics before freezing them (quantbench.quant.qat).
+    fused.__dict__["unfolded"] = (w.clone(), bias.clone(), copy.deepcopy(bn))
     return fused
 
 

@@ -9,8 +9,13 @@ What is trained (the same :func:`~quantbench.train.fit` loop, history and plots 
 * the (BN-folded) conv/linear weights, through straight-through fake quantization;
 * every weight and activation step size, with LSQ's gradient (Esser et al. 2020) or, for
   activations, PACT's clipping-bound gradient (Choi et al. 2018): ``act_grad="pact"``;
-* BatchNorm is folded into the conv weights before training (statistics frozen from the
-  first step; see docs/decisions.md): the folded weights are what integer kernels run.
+* BatchNorm, with a freeze schedule (``bn_freeze_epoch``): integer kernels run conv weights
+  with BN folded in, so the FOLDED weight is what gets fake-quantized at every step. Until the
+  freeze epoch, BN keeps learning: the conv runs with the folded-and-quantized weight scaled by
+  the running statistics, the output is rescaled to batch statistics (which also update the
+  running ones), as in Krishnamoorthi (2018) / PyTorch's ``ConvBn2d`` QAT module. From the
+  freeze epoch on (0 = from the start) the running statistics are fixed and the layer is
+  exactly the deployed folded conv. After training every layer is folded for good.
 
 Any bits 2..8, uniform or mixed (a :class:`~quantbench.quant.spec.QuantPlan` from
 :mod:`quantbench.quant.mixed`). The result is an ordinary calibrated
@@ -26,15 +31,17 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from quantbench.config import TrainConfig
 from quantbench.errors import QuantbenchError
-from quantbench.quant.prepare import QuantizedModel
+from quantbench.quant.prepare import QConv2d, QuantizedModel
 from quantbench.quant.ptq import PTQConfig, quantize_ptq
 from quantbench.quant.spec import QuantPlan
 
-__all__ = ["QATConfig", "make_trainable", "quantize_qat"]
+__all__ = ["QATConfig", "QConvBn2d", "fold_bn_for_good", "make_trainable", "quantize_qat", "unfold_bn"]
 
 ACT_GRADS = ("lsq", "pact")
 
@@ -49,6 +56,8 @@ class QATConfig:
         first_last: ``same`` | ``int8`` | ``fp32`` policy for the first and last layers.
         act_grad: ``lsq`` or ``pact`` for the activation step sizes.
         learn_scales: train step sizes (False: fixed PTQ scales, weights only).
+        bn_freeze_epoch: BatchNorm statistics keep updating for this many epochs, then freeze
+            (0: frozen from the start, i.e. plain folded weights).
         calib_size: images calibrating the starting point.
         adaround_iters: when ``init`` uses AdaRound.
         train: epochs, batch size, optimiser, learning rate (fine-tuning: small lr).
@@ -59,6 +68,7 @@ class QATConfig:
     first_last: str = "same"
     act_grad: str = "lsq"
     learn_scales: bool = True
+    bn_freeze_epoch: int = 0
     calib_size: int = 512
     adaround_iters: int = 500
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, lr=1e-3, optimizer="adamw",
@@ -76,6 +86,95 @@ class QATConfig:
         if self.first_last != "same":
             parts.append(f"fl{self.first_last}")
         return "-".join(parts)
+
+
+class QConvBn2d(QConv2d):
+    """A quantized conv with its BatchNorm NOT yet folded for good (QAT before the BN freeze).
+
+    ``weight``/``bias`` hold the raw conv parameters and ``bn`` the BatchNorm; the weight that
+    is fake-quantized is always the folded one, ``weight * gamma / sqrt(running_var + eps)``.
+    Training (not frozen): output rescaled from running to batch statistics, running statistics
+    updated. Frozen or eval: exactly the folded conv with the running statistics.
+    """
+
+    bn: nn.BatchNorm2d
+
+    def _factor(self) -> torch.Tensor:
+        return self.bn.weight * torch.rsqrt(self.bn.running_var + self.bn.eps)
+
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(folded weight, folded bias) with the running statistics."""
+        f = self._factor()
+        bias = self.bias if self.bias is not None else torch.zeros_like(self.bn.running_mean)
+        return self.weight * f.reshape(-1, 1, 1, 1), self.bn.bias + (bias - self.bn.running_mean) * f
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and not self.bn_frozen):
+            w, b = self.folded()
+            return self._conv_forward(x, self.weight_fq(w), b)
+        f = self._factor()
+        w = self.weight_fq(self.weight * f.reshape(-1, 1, 1, 1))
+        y = self._conv_forward(x, w, None) / f.reshape(1, -1, 1, 1)  # conv with the quantized folded weight
+        if self.bias is not None:
+            y = y + self.bias.reshape(1, -1, 1, 1)
+        return F.batch_norm(y, self.bn.running_mean, self.bn.running_var, self.bn.weight, self.bn.bias,
+                            training=True, momentum=self.bn.momentum if self.bn.momentum is not None else 0.1,
+                            eps=self.bn.eps)
+
+
+def unfold_bn(qm: QuantizedModel) -> int:
+    """Turn every BN-folded quantized conv back into a :class:`QConvBn2d` (statistics learnable again).
+
+    Uses the raw conv weight and BatchNorm that :func:`quantbench.quant.fold.fold_batchnorm`
+    kept. Returns how many layers were unfolded.
+    """
+    n = 0
+    for info in qm.layers:
+        layer = qm.layer(info.name)
+        saved = layer.__dict__.get("unfolded")
+        if type(layer) is not QConv2d or saved is None:
+            continue
+        w, b, bn = saved
+        new = QConvBn2d.__new__(QConvBn2d)
+        new.__dict__ = layer.__dict__.copy()
+        new._parameters = dict(layer._parameters)
+        new._modules = dict(layer._modules)
+        new.weight = nn.Parameter(w.clone())
+        new.bias = nn.Parameter(b.clone())
+        new.bn = copy.deepcopy(bn).train()
+        new.bn_frozen = False
+        parent_name, _, leaf = info.name.rpartition(".")
+        setattr(qm.net.get_submodule(parent_name) if parent_name else qm.net, leaf, new)
+        n += 1
+    return n
+
+
+def freeze_bn(qm: QuantizedModel) -> None:
+    """Stop updating BatchNorm statistics (the layers then compute exactly the folded conv)."""
+    for m in qm.modules():
+        if isinstance(m, QConvBn2d):
+            m.bn_frozen = True
+
+
+def fold_bn_for_good(qm: QuantizedModel) -> int:
+    """Replace every :class:`QConvBn2d` by the plain folded :class:`QConv2d` it computes."""
+    n = 0
+    for info in qm.layers:
+        layer = qm.layer(info.name)
+        if not isinstance(layer, QConvBn2d):
+            continue
+        with torch.no_grad():
+            w, b = layer.folded()
+        new = QConv2d.__new__(QConv2d)
+        new.__dict__ = {k: v for k, v in layer.__dict__.items() if k != "bn_frozen"}
+        new._parameters = dict(layer._parameters)
+        new._modules = {k: v for k, v in layer._modules.items() if k != "bn"}
+        new.weight = nn.Parameter(w.detach().clone())
+        new.bias = nn.Parameter(b.detach().clone())
+        parent_name, _, leaf = info.name.rpartition(".")
+        setattr(qm.net.get_submodule(parent_name) if parent_name else qm.net, leaf, new)
+        n += 1
+    return n
 
 
 def make_trainable(qm: QuantizedModel, *, act_grad: str = "lsq", learn_scales: bool = True) -> QuantizedModel:
@@ -131,7 +230,16 @@ def quantize_qat(
     if start is None:
         start = quantize_ptq(model, cfg.ptq(), calib, plan=plan)
     ptq_start = copy.deepcopy(start).eval()
+    if cfg.bn_freeze_epoch < 0:
+        raise QuantbenchError(f"QAT: bn_freeze_epoch must be >= 0, got {cfg.bn_freeze_epoch}")
     qm = make_trainable(copy.deepcopy(start), act_grad=cfg.act_grad, learn_scales=cfg.learn_scales)
-    history = fit(qm, train_data, val_data, cfg.train, progress=progress)
+    on_epoch = None
+    if cfg.bn_freeze_epoch > 0 and unfold_bn(qm):
+        def on_epoch(record: dict[str, float]) -> None:
+            if record["epoch"] >= cfg.bn_freeze_epoch:
+                freeze_bn(qm)
+
+    history = fit(qm, train_data, val_data, cfg.train, progress=progress, on_epoch=on_epoch)
+    fold_bn_for_good(qm)
     qm.eval()
     return qm, history, ptq_start
