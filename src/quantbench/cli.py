@@ -664,6 +664,68 @@ def cmd_mixed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from quantbench.report import write_sweep_report
+    from quantbench.store import ResultStore
+    from quantbench.sweep import expand, load_sweep, run_sweep
+
+    sweep = load_sweep(args.file)
+    cells = expand(sweep)
+    keys = list(sweep.grid)
+    if args.dry_run:
+        done = ResultStore(args.store).sweep_cells(sweep.name) if Path(args.store).exists() else {}
+        rows = [[c.cell_id, "done" if c.cell_id in done else "pending", c.label(keys)] for c in cells]
+        if args.json:
+            _emit_json([{"cell_id": c.cell_id, "status": r[1], "params": c.params} for c, r in zip(cells, rows,
+                                                                                                   strict=True)])
+            return 0
+        print(f"sweep {sweep.name} ({sweep.kind}): {len(cells)} cells, {len(done)} finished in {args.store}")
+        _print_table(["cell", "status", "parameters"], rows)
+        return 0
+    out = run_sweep(sweep, store_path=args.store, executor=args.executor, workers=args.workers,
+                    progress=not args.no_progress, threads=args.threads)
+    report = None
+    if out.ran or out.skipped:
+        report, _ = write_sweep_report(args.store, sweep.name, Path(sweep.out_dir) / sweep.name)
+    summary = {"sweep": sweep.name, "cells": len(cells), "ran": len(out.ran), "skipped": len(out.skipped),
+               "failed": out.failed, "wall_s": out.wall_s, "store": args.store,
+               "report": str(report) if report else None}
+    if args.json:
+        _emit_json(summary)
+    else:
+        print(f"sweep {sweep.name}: {len(out.ran)} cells ran, {len(out.skipped)} already finished, "
+              f"{len(out.failed)} failed, in {out.wall_s:.1f} s; results in {args.store}")
+        for cid, err in out.failed.items():
+            print(f"  failed {cid}: {err}")
+        if report:
+            print(f"report: {report}")
+    return 1 if out.failed else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from quantbench.report import write_report, write_sweep_report
+    from quantbench.store import ResultStore
+
+    if not Path(args.store).exists():
+        raise QuantbenchError(f"{args.store}: no results store here (pass --store DB)")
+    with ResultStore(args.store) as store:
+        is_sweep = args.id in store.sweeps()
+        run = None if is_sweep else store.run(args.id)  # one-line error when nothing matches
+    if is_sweep:
+        html, md = write_sweep_report(args.store, args.id, args.out or Path("runs/sweeps") / args.id)
+    else:
+        html, md = write_report(args.store, run["run_id"], args.out or run.get("out_dir") or Path("runs") / run["run_id"])
+    if args.json:
+        _emit_json({"html": str(html), "markdown": str(md)})
+    else:
+        print(f"report: {html}\nmarkdown: {md}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -775,6 +837,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="last stdout line: JSON list of records")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("sweep", help="run a YAML grid of experiments; resumes, skipping finished cells")
+    p.add_argument("file", help="sweep file (see examples/)")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and which are finished; run nothing")
+    p.add_argument("--executor", default="inprocess",
+                   help="inprocess, pool (local processes), ray (local Ray), ray://HOST:PORT (a Ray cluster)")
+    p.add_argument("--workers", type=int, default=1, help="parallel cells for pool/ray (default 1)")
+    p.add_argument("--threads", type=int, help="intra-op threads per cell (default: cores / workers)")
+    p.add_argument("--store", default="runs/quantbench.db", metavar="DB")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="(re)write the HTML/Markdown report of a run or a whole sweep")
+    p.add_argument("id", help="run id (or unique prefix) or sweep name")
+    p.add_argument("--store", default="runs/quantbench.db", metavar="DB")
+    p.add_argument("--out", metavar="DIR", help="folder (default: the run's folder, or runs/sweeps/NAME)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("models", help="list the model zoo with parameters and MACs")
     p.add_argument("pattern", nargs="?", default="*", help="glob on model names, e.g. 'resnet*'")

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from quantbench.errors import QuantbenchError
 from quantbench.report.figures import Figure, make_figures, matplotlib_available
 from quantbench.report.tables import (
     bench_records,
@@ -105,6 +106,28 @@ def write_report(store_path: str | Path, run_id: str, out_dir: str | Path) -> tu
     with ResultStore(store_path) as store:
         run = store.run(run_id)
         rows = store.query(run_id=run["run_id"])
+    return render_rows(run, rows, out_dir)
+
+
+def write_sweep_report(store_path: str | Path, sweep_id: str, out_dir: str | Path) -> tuple[Path, Path]:
+    """One report over every finished cell of a sweep (all their rows together)."""
+    with ResultStore(store_path) as store:
+        cells = store.sweep_cells(sweep_id)
+        if not cells:
+            raise QuantbenchError(f"{store_path}: no finished cell of a sweep named {sweep_id!r}")
+        runs = [store.run(c["run_id"]) for c in cells.values()]
+        rows = [r for c in cells.values() for r in store.query(run_id=c["run_id"])]
+    models = sorted({str(r["config"].get("model", {}).get("name")) for r in runs})
+    datas = sorted({str(r["config"].get("data", {}).get("spec")) for r in runs})
+    first = runs[0]
+    meta = {"run_id": sweep_id, "name": f"sweep {sweep_id} ({len(runs)} cells)", "kind": "sweep",
+            "status": "finished", "created": first["created"], "environment": first["environment"],
+            "config": {"model": {"name": ", ".join(models)}, "data": {"spec": ", ".join(datas)}}}
+    return render_rows(meta, rows, out_dir)
+
+
+def render_rows(run: dict[str, Any], rows: list[dict[str, Any]], out_dir: str | Path) -> tuple[Path, Path]:
+    """Render ``rows`` (of one run, or of many: a sweep) with ``run``'s title and environment."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = make_figures(rows)

@@ -61,6 +61,14 @@ CREATE TABLE IF NOT EXISTS results (
 );
 CREATE INDEX IF NOT EXISTS results_run ON results(run_id);
 CREATE INDEX IF NOT EXISTS results_metric ON results(metric);
+CREATE TABLE IF NOT EXISTS sweep_cells (
+    sweep_id  TEXT NOT NULL,
+    cell_id   TEXT NOT NULL,
+    run_id    TEXT NOT NULL REFERENCES runs(run_id),
+    params    TEXT NOT NULL,
+    finished  TEXT NOT NULL,
+    PRIMARY KEY (sweep_id, cell_id)
+);
 """
 
 RESULT_COLUMNS = ("id", "run_id", "model", "data", "method", "engine", "batch", "metric", "value", "unit",
@@ -153,12 +161,7 @@ class ResultStore:
 
     def add_results(self, run_id: str, results: Iterable[Result]) -> int:
         """Append results atomically: either all of them are stored or none."""
-        rows = []
-        now = _now()
-        for r in results:
-            value = None if r.value is None or (isinstance(r.value, float) and math.isnan(r.value)) else float(r.value)
-            rows.append((run_id, r.model, r.data, r.method, r.engine, r.batch, r.metric, value, r.unit,
-                         json.dumps(r.extra, default=str, sort_keys=True), now))
+        rows = self._result_tuples(run_id, results)
         with self._db:
             self._db.executemany(
                 "INSERT INTO results (run_id, model, data, method, engine, batch, metric, value, unit, extra, created)"
@@ -166,6 +169,61 @@ class ResultStore:
                 rows,
             )
         return len(rows)
+
+    @staticmethod
+    def _result_tuples(run_id: str, results: Iterable[Result]) -> list[tuple[Any, ...]]:
+        rows = []
+        now = _now()
+        for r in results:
+            value = None if r.value is None or (isinstance(r.value, float) and math.isnan(r.value)) else float(r.value)
+            rows.append((run_id, r.model, r.data, r.method, r.engine, r.batch, r.metric, value, r.unit,
+                         json.dumps(r.extra, default=str, sort_keys=True), now))
+        return rows
+
+    def add_cell(self, sweep_id: str, cell_id: str, params: dict[str, Any], *, kind: str, config: dict[str, Any],
+                 environment: dict[str, Any], results: Iterable[Result], name: str | None = None,
+                 out_dir: str | None = None) -> str | None:
+        """Store one finished sweep cell - its run, all its results and the "done" mark - in ONE transaction.
+
+        Why one transaction: a sweep killed at any moment (kill -9 included) then has, for
+        every cell, either everything or nothing; a resumed sweep reruns exactly the cells with
+        nothing. A cell already stored (same sweep and cell id) is left as it is and None is
+        returned, so a cell can never be stored twice.
+        """
+        run_id = new_run_id(kind)
+        rows = self._result_tuples(run_id, results)
+        try:
+            with self._db:
+                if self._db.execute("SELECT 1 FROM sweep_cells WHERE sweep_id=? AND cell_id=?",
+                                    (sweep_id, cell_id)).fetchone():
+                    return None
+                self._db.execute(
+                    "INSERT INTO runs (run_id, kind, name, created, finished, status, git_sha, config, environment,"
+                    " out_dir) VALUES (?, ?, ?, ?, ?, 'finished', ?, ?, ?, ?)",
+                    (run_id, kind, name, _now(), _now(), environment.get("git_sha"), json.dumps(config, default=str),
+                     json.dumps(environment, default=str), out_dir),
+                )
+                self._db.executemany(
+                    "INSERT INTO results (run_id, model, data, method, engine, batch, metric, value, unit, extra,"
+                    " created) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+                self._db.execute("INSERT INTO sweep_cells VALUES (?, ?, ?, ?, ?)",
+                                 (sweep_id, cell_id, run_id, json.dumps(params, default=str, sort_keys=True), _now()))
+        except sqlite3.IntegrityError:
+            return None
+        return run_id
+
+    def sweep_cells(self, sweep_id: str) -> dict[str, dict[str, Any]]:
+        """Finished cells of a sweep: cell id -> {run_id, params, finished}."""
+        out = {}
+        for row in self._db.execute("SELECT * FROM sweep_cells WHERE sweep_id=? ORDER BY finished", (sweep_id,)):
+            d = dict(row)
+            d["params"] = json.loads(d["params"])
+            out[d["cell_id"]] = d
+        return out
+
+    def sweeps(self) -> list[str]:
+        """Ids of every sweep with at least one finished cell."""
+        return [r[0] for r in self._db.execute("SELECT DISTINCT sweep_id FROM sweep_cells ORDER BY sweep_id")]
 
     # ------------------------------------------------------------------ reads
     def runs(self, kind: str | None = None) -> list[dict[str, Any]]:

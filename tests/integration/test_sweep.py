@@ -1,0 +1,153 @@
+"""Sweeps: expansion, resume after kill -9 with nothing lost or duplicated, executors agree."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from quantbench.cli import main
+from quantbench.errors import QuantbenchError
+from quantbench.store import ResultStore
+from quantbench.sweep import expand, load_sweep, run_sweep
+
+SYN = "synthetic:n=240,shape=1x8x8,classes=4,seed=0"
+TIMING = ("time", "seconds", "latency", "throughput", "_s")
+
+
+def _write(tmp_path: Path, name: str, grid: str, extra: str = "") -> Path:
+    f = tmp_path / f"{name}.yaml"
+    f.write_text(f"name: {name}\nkind: ptq\nout_dir: {tmp_path / 'out'}\n"
+                 f"base: {{model: lenet, data: '{SYN}', epochs: 3, calib_size: 24{extra}}}\ngrid:\n{grid}")
+    return f
+
+
+def _cells(store_path: Path, sweep: str) -> dict[str, dict]:
+    """cell id -> {(method, engine, metric, batch): value} without timing metrics, and row counts."""
+    out = {}
+    with ResultStore(store_path) as store:
+        for cid, c in store.sweep_cells(sweep).items():
+            rows = store.query(run_id=c["run_id"])
+            keyed = {}
+            for r in rows:
+                if any(t in r["metric"] for t in TIMING):
+                    continue
+                k = (r["method"], r["engine"], r["metric"], r["batch"], str(r["extra"].get("epoch")),
+                     str(r["extra"].get("layer")))
+                assert k not in keyed, f"duplicate row {k} in cell {cid}"
+                keyed[k] = r["value"]
+            out[cid] = keyed
+    return out
+
+
+def _same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for cid in a:
+        assert a[cid].keys() == b[cid].keys(), cid
+        for k, v in a[cid].items():
+            w = b[cid][k]
+            assert (v is None and w is None) or math.isclose(v, w, rel_tol=1e-5, abs_tol=1e-6), (cid, k, v, w)
+
+
+def test_expand_ids_and_hyper_keys(tmp_path):
+    f = _write(tmp_path, "e", "  scheme: [w8a8, w4a8]\n  hyper.width: [1, 2]\n")
+    f.write_text(f.read_text().replace("model: lenet", "model: lenet, hyper.depth: 3"))
+    cells = expand(load_sweep(f))
+    assert len(cells) == 4 and len({c.cell_id for c in cells}) == 4
+    assert cells[1].params["hyper"] == {"depth": 3, "width": 2} and cells[1].params["scheme"] == "w8a8"
+    assert [c.cell_id for c in expand(load_sweep(f))] == [c.cell_id for c in cells]  # ids are stable
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("kind: magic\nbase: {model: lenet}\n", "kind 'magic' unknown"),
+    ("kind: ptq\nbase: {model: lenet}\ngrid: {scheme: w8a8}\n", "grid.scheme must be a non-empty list"),
+    ("kind: ptq\nbase: {model: lenet, colour: red}\n", "parameter 'colour' is not used by ptq cells"),
+    ("kind: ptq\nbase: {data: digits}\n", "needs a 'model'"),
+    ("kind: ptq\nbases: {}\n", "unknown key 'bases'"),
+])
+def test_bad_sweep_files(tmp_path, text, needle):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(QuantbenchError, match=needle):
+        load_sweep(f)
+
+
+def test_killed_sweep_resumes_with_one_row_set_per_cell(tmp_path):
+    f = _write(tmp_path, "killme", "  scheme: [w8a8, w4a8, w2a8]\n  algo: [minmax, mse]\n")
+    db = tmp_path / "k.db"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "quantbench", "sweep", str(f), "--store", str(db),
+                             "--no-progress", "--threads", "1"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    done = 0
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            if db.exists():
+                try:
+                    with sqlite3.connect(db, timeout=5) as con:
+                        done = con.execute("SELECT COUNT(*) FROM sweep_cells").fetchone()[0]
+                except sqlite3.OperationalError:
+                    continue  # the table is not created yet
+                if done >= 2:
+                    break
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert 2 <= done < 6, f"kill landed after {done} of 6 cells"
+    # resume in this process: only the missing cells run
+    out = run_sweep(load_sweep(f), store_path=str(db), progress=False, threads=1, log=lambda m: None)
+    assert len(out.skipped) >= 2 and len(out.ran) + len(out.skipped) == 6 and not out.failed
+    clean_db = tmp_path / "clean.db"
+    run_sweep(load_sweep(f), store_path=str(clean_db), progress=False, threads=1, log=lambda m: None)
+    resumed, clean = _cells(db, "killme"), _cells(clean_db, "killme")
+    assert len(resumed) == 6
+    _same(resumed, clean)
+    with ResultStore(db) as store:  # every run row belongs to exactly one stored cell: no orphans
+        cell_runs = {c["run_id"] for c in store.sweep_cells("killme").values()}
+        assert {r["run_id"] for r in store.runs()} == cell_runs
+
+
+def test_sweep_cli_dry_run_report_and_rerun_skips(tmp_path, capsys):
+    f = _write(tmp_path, "cli", "  scheme: [w8a8, w4a8]\n")
+    db = str(tmp_path / "c.db")
+    assert main(["sweep", str(f), "--store", db, "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("pending") == 2
+    assert main(["sweep", str(f), "--store", db, "--no-progress", "--threads", "1", "--json"]) == 0
+    import json
+
+    rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rec["ran"] == 2 and rec["skipped"] == 0 and Path(rec["report"]).is_file()
+    assert main(["sweep", str(f), "--store", db, "--no-progress", "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rec["ran"] == 0 and rec["skipped"] == 2
+    assert main(["report", "cli", "--store", db, "--out", str(tmp_path / "rep")]) == 0
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "w8a8-mse" in html and "w4a8-mse" in html and "sweep cli (2 cells)" in html
+    assert main(["report", "nosuch", "--store", db]) == 2
+
+
+def test_pool_executor_matches_inprocess(tmp_path):
+    f = _write(tmp_path, "pool", "  scheme: [w8a8, w4a8]\n")
+    run_sweep(load_sweep(f), store_path=str(tmp_path / "a.db"), progress=False, threads=1, log=lambda m: None)
+    run_sweep(load_sweep(f), store_path=str(tmp_path / "b.db"), executor="pool", workers=2, progress=False,
+              threads=1, log=lambda m: None)
+    _same(_cells(tmp_path / "a.db", "pool"), _cells(tmp_path / "b.db", "pool"))
+
+
+def test_ray_executor_matches_inprocess(tmp_path):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'quantbench[ray]')")
+    f = _write(tmp_path, "ray4", "  scheme: [w8a8, w4a8]\n  algo: [minmax, mse]\n")
+    run_sweep(load_sweep(f), store_path=str(tmp_path / "a.db"), progress=False, threads=1, log=lambda m: None)
+    out = run_sweep(load_sweep(f), store_path=str(tmp_path / "r.db"), executor="ray", workers=2, progress=False,
+                    threads=1, log=lambda m: None)
+    assert len(out.ran) == 4 and not out.failed
+    _same(_cells(tmp_path / "a.db", "ray4"), _cells(tmp_path / "r.db", "ray4"))
