@@ -509,7 +509,7 @@ def cmd_qat(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from quantbench import config as C
-    from quantbench.experiments.qat import mixed_rows, run_qat, search_mixed
+    from quantbench.experiments.qat import mixed_rows, qat_extra, run_qat, search_mixed
     from quantbench.experiments.records import RowKey
     from quantbench.experiments.runner import prepare_model, recorded_run
     from quantbench.quant.qat import QATConfig
@@ -552,7 +552,7 @@ def cmd_qat(args: argparse.Namespace) -> int:
         if budget is not None:
             search = search_mixed(model, calib, act_bits=int(plan_check.default.act.bits) if plan_check.default.act
                                   else 8, model_name=args.model, model_kwargs=model_kwargs,
-                                  input_shape=ds.input_shape, **budget)
+                                  input_shape=ds.input_shape, extra=qat_extra(cfg), **budget)
             plan = search.plan
             stage.commit(mixed_rows(RowKey(args.model, args.data, "mixed-qat", "torch"), search))
             result["mixed"] = {"bits": search.choice.bits, "average_bits": search.choice.average_bits,
@@ -593,7 +593,7 @@ def cmd_mixed(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from quantbench import config as C
-    from quantbench.experiments.ptq import run_ptq
+    from quantbench.experiments.ptq import ptq_extra, run_ptq
     from quantbench.experiments.qat import mixed_rows, search_mixed
     from quantbench.experiments.records import RowKey
     from quantbench.experiments.runner import prepare_model, recorded_run
@@ -622,13 +622,13 @@ def cmd_mixed(args: argparse.Namespace) -> int:
               "progress": not args.no_progress}
         uni = run_ptq(model, uniform, calib, test, key, fp32, out_dir, **kw)
         stage.commit(uni.rows)
+        mixed_cfg = PTQConfig(scheme=f"w8a{args.act_bits}", algo=args.algo, calib_size=args.calib_size)
         search = search_mixed(model, calib, bits=bits, act_bits=args.act_bits, metric=args.metric,
-                              n_images=min(args.calib_size, 512), observer=PTQConfig(algo=args.algo).algorithm()
-                              .weight_observer, **budget, **{k: kw[k] for k in ("model_name", "model_kwargs",
-                                                                                  "input_shape")})
+                              n_images=min(args.calib_size, 512), observer=mixed_cfg.algorithm().weight_observer,
+                              extra=ptq_extra(mixed_cfg, calib), **budget,
+                              **{k: kw[k] for k in ("model_name", "model_kwargs", "input_shape")})
         label = f"mixed-a{args.act_bits}-{args.algo}"
-        mixed = run_ptq(model, PTQConfig(scheme=f"w8a{args.act_bits}", algo=args.algo, calib_size=args.calib_size),
-                        calib, test, key, fp32, out_dir, plan=search.plan, label=label, **kw)
+        mixed = run_ptq(model, mixed_cfg, calib, test, key, fp32, out_dir, plan=search.plan, label=label, **kw)
         mkey = RowKey(args.model, args.data, label, "torch")
         # "predicted" accuracy: the mixed model on the calibration images (no evaluation image seen)
         from quantbench.measure.accuracy import evaluate

@@ -66,7 +66,7 @@ def test_qat_with_a_mixed_plan(tmp_path, checkpoint, capsys):
                  "--json"]) == 0
     rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rec["method"] == "mixed-qat" and rec["mixed"]["predicted_file_bytes"] <= 14_000
-    assert rec["quant"]["size_bytes"] <= 14_100  # QAT metadata adds a few bytes to the header
+    assert rec["quant"]["size_bytes"] <= 14_000  # the real file, metadata included, fits the budget
     assert set(rec["mixed"]["bits"]) == {"block1.0", "block2.0", "block3.0", "fc"}
 
 
@@ -79,6 +79,15 @@ def test_mixed_beats_or_matches_its_budget_and_reports_per_layer_bits(tmp_path, 
     assert rec["uniform"]["method"] == "w4a8-mse"
     assert {"fp32", "quant", "n_images"} <= set(rec) and rec["quant"]["size_bytes"] > 0
     assert 0 <= rec["mixed"]["predicted_top1"] <= 100
+
+
+def test_mixed_file_fits_the_budget(tmp_path, checkpoint, capsys):
+    assert main([*_args(tmp_path, checkpoint, "mixed", "--budget-kb", "15"), "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rec["quant"]["size_bytes"] <= 15_000
+    import os
+
+    assert os.path.getsize(rec["quant"]["artifact"]) == rec["quant"]["size_bytes"]
 
 
 def test_mixed_text_output(tmp_path, checkpoint, capsys):

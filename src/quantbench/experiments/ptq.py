@@ -72,12 +72,17 @@ def run_ptq(model: nn.Module, cfg: PTQConfig, calib: Any, eval_data: Any, base: 
     out = record_quantized(qm, label or cfg.label(), eval_data, base, fp32_eval, out_dir, model_name=model_name,
                            model_kwargs=model_kwargs, input_shape=input_shape, topk=topk,
                            eval_batch_size=eval_batch_size, sensitivity_images=sensitivity_images, progress=progress,
-                           extra={"ptq": asdict(cfg), "calib_images": n_calib})
+                           extra=ptq_extra(cfg, calib))
     key = RowKey(base.model, base.data, out.record["method"], "torch")
     out.rows.append(key.row("ptq_time_s", ptq_s, "s", calib_images=n_calib))
     out.record["ptq"] = asdict(cfg)
     out.record["quant"]["ptq_time_s"] = ptq_s
     return out
+
+
+def ptq_extra(cfg: PTQConfig, calib: Any) -> dict[str, Any]:
+    """The metadata a PTQ model's file carries (also what a size budget must count)."""
+    return {"ptq": asdict(cfg), "calib_images": min(cfg.calib_size, len(calib)) if calib is not None else 0}
 
 
 def record_quantized(qm: Any, label: str, eval_data: Any, base: RowKey, fp32_eval: EvalResult, out_dir: Path, *,

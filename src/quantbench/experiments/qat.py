@@ -32,7 +32,7 @@ from quantbench.quant.save import save_quantized
 from quantbench.quant.spec import QuantPlan, parse_scheme
 from quantbench.store import Result
 
-__all__ = ["MixedSearch", "QATOutcome", "fp32_epoch_seconds", "mixed_rows", "run_qat", "search_mixed"]
+__all__ = ["MixedSearch", "QATOutcome", "fp32_epoch_seconds", "mixed_rows", "qat_extra", "run_qat", "search_mixed"]
 
 
 # ----------------------------------------------------------------------------- mixed precision
@@ -57,40 +57,41 @@ class MixedSearch:
 
 
 def _file_bytes(model: nn.Module, plan: QuantPlan, model_name: str | None, model_kwargs: dict[str, Any] | None,
-                input_shape: tuple[int, ...] | None) -> int:
+                input_shape: tuple[int, ...] | None, extra: dict[str, Any] | None = None) -> int:
     """Exact size of the packed file of ``plan`` (no calibration needed: weights set their own scales)."""
     qm = prepare(model, plan)
     for _, fq in qm.act_quantizers():
         fq.calibrated = True  # placeholder parameters: the file's size does not depend on their values
     with tempfile.TemporaryDirectory() as tmp:
         return save_quantized(qm, Path(tmp) / "size.qbm", model_name=model_name, model_kwargs=model_kwargs,
-                              input_shape=input_shape)
+                              input_shape=input_shape, extra=extra)
 
 
 def search_mixed(model: nn.Module, calib: Any, *, budget_bytes: int | None = None, average_bits: float | None = None,
                  bits: tuple[int, ...] = (2, 3, 4, 5, 6, 8), act_bits: int = 8, metric: str = "mse",
                  n_images: int = 256, observer: str = "mse", model_name: str | None = None,
                  model_kwargs: dict[str, Any] | None = None,
-                 input_shape: tuple[int, ...] | None = None) -> MixedSearch:
+                 input_shape: tuple[int, ...] | None = None, extra: dict[str, Any] | None = None) -> MixedSearch:
     """Sensitivity per layer and bit-width, then the best bits under the budget.
 
     ``budget_bytes`` is the size of the WHOLE saved file (packed weights, scales, biases,
     header): the weight budget is the file budget minus the exact overhead of this model's
     file, and the plan is re-solved with a smaller weight budget until the real file fits.
+    ``extra``: the metadata the final file will carry (it counts against the budget too).
     """
     t0 = time.perf_counter()
     sens = bit_sensitivity(model, calib, bits=bits, metric=metric, n_images=n_images, weight_observer=observer)
     if average_bits is not None:
         choice = solve_bits(sens, average_bits=average_bits, metric=metric)
         plan = mixed_plan(choice, act_bits=act_bits, weight_observer=observer, act_observer=observer)
-        size = _file_bytes(model, plan, model_name, model_kwargs, input_shape)
+        size = _file_bytes(model, plan, model_name, model_kwargs, input_shape, extra)
         return MixedSearch(plan, choice, sens, size, {"average_bits": average_bits}, time.perf_counter() - t0)
     if budget_bytes is None:
         raise QuantbenchError("mixed precision: give a budget (--budget-kb or --avg-bits)")
     top = max(bits)
     full = {s.layer: top for s in sens}
     full_plan = mixed_plan(BitChoice(full, 0.0, 0, float(top), metric), act_bits=act_bits)
-    overhead = _file_bytes(model, full_plan, model_name, model_kwargs, input_shape) - sum(
+    overhead = _file_bytes(model, full_plan, model_name, model_kwargs, input_shape, extra) - sum(
         weight_bytes(s.numel, top) for s in sens)
     weight_budget = budget_bytes - overhead
     for _ in range(6):
@@ -98,13 +99,13 @@ def search_mixed(model: nn.Module, calib: Any, *, budget_bytes: int | None = Non
             break
         choice = solve_bits(sens, budget_bytes=int(weight_budget), metric=metric)
         plan = mixed_plan(choice, act_bits=act_bits, weight_observer=observer, act_observer=observer)
-        size = _file_bytes(model, plan, model_name, model_kwargs, input_shape)
+        size = _file_bytes(model, plan, model_name, model_kwargs, input_shape, extra)
         if size <= budget_bytes:
             return MixedSearch(plan, choice, sens, size, {"file_bytes": budget_bytes}, time.perf_counter() - t0)
         weight_budget -= size - budget_bytes
     low = min(bits)
     smallest = _file_bytes(model, mixed_plan(BitChoice({s.layer: low for s in sens}, 0.0, 0, float(low), metric),
-                                             act_bits=act_bits), model_name, model_kwargs, input_shape)
+                                             act_bits=act_bits), model_name, model_kwargs, input_shape, extra)
     raise QuantbenchError(f"mixed precision: a {budget_bytes:,}-byte file is not reachable; the smallest file with "
                           f"{low}-bit weights everywhere is {smallest:,} bytes")
 
@@ -148,6 +149,11 @@ class QATOutcome:
                 "epochs": [dict(e) for e in self.history.epochs]}
 
 
+def qat_extra(cfg: QATConfig) -> dict[str, Any]:
+    """The metadata a QAT model's file carries (also what a size budget must count)."""
+    return {"qat": {**asdict(cfg), "train": asdict(cfg.train)}}
+
+
 def fp32_epoch_seconds(model: nn.Module, train_data: Any, cfg: TrainConfig) -> float:
     """Wall-clock time of ONE FP32 training epoch of ``model`` on the same data and settings (a copy)."""
     from quantbench.train import fit
@@ -185,7 +191,7 @@ def run_qat(model: nn.Module, cfg: QATConfig, calib: Any, train_data: Any, eval_
                                extra={"ptq": asdict(cfg.ptq())}, **kw)
     label = cfg.label(plan)
     qat_out = record_quantized(qm, label, eval_data, base, fp32_eval, out_dir,
-                               extra={"qat": {**asdict(cfg), "train": asdict(cfg.train)}}, **kw)
+                               extra=qat_extra(cfg), **kw)
     key = RowKey(base.model, base.data, label, "torch")
     rows = ptq_out.rows + qat_out.rows + history_rows(key, history)
     ft_record = None
