@@ -13,6 +13,9 @@ A sweep file::
       scheme: [w8a8, w4a8]
       algo: [minmax, mse, adaround]
       hyper.alpha: [0.25, 0.5]    # dotted keys set model hyper-parameters
+    cells:                        # optional: explicit variants, crossed with the grid
+      - {}
+      - {first_last: int8}
 
 Every cell gets an id: a hash of its kind and complete parameters. A cell's rows, its run row and
 its "done" mark are written by the driver in ONE SQLite transaction
@@ -45,7 +48,7 @@ from quantbench.errors import QuantbenchError
 __all__ = ["CELL_KINDS", "Cell", "Sweep", "SweepOutcome", "expand", "load_sweep", "run_cell", "run_sweep"]
 
 CELL_KINDS = ("ptq", "qat", "bench", "train")
-_TOP_KEYS = {"name", "kind", "base", "grid", "out_dir"}
+_TOP_KEYS = {"name", "kind", "base", "grid", "cells", "out_dir"}
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class Sweep:
     grid: dict[str, list[Any]]
     out_dir: str = "runs/sweeps"
     source: str = ""
+    variants: tuple[dict[str, Any], ...] = ({},)
 
 
 @dataclass
@@ -119,8 +123,11 @@ def load_sweep(path: str | Path) -> Sweep:
     for k, v in grid.items():
         if not isinstance(v, list) or not v:
             raise QuantbenchError(f"{path}: grid.{k} must be a non-empty list, got {v!r}")
+    variants = doc.get("cells") or [{}]
+    if not isinstance(variants, list) or not all(isinstance(v, dict) for v in variants):
+        raise QuantbenchError(f"{path}: 'cells' must be a list of parameter mappings")
     allowed = _CELL_PARAMS[kind]
-    for k in [*base, *grid]:
+    for k in [*base, *grid, *(key for v in variants for key in v)]:
         key = str(k)
         if key.startswith("hyper.") or key == "hyper":
             continue
@@ -129,7 +136,8 @@ def load_sweep(path: str | Path) -> Sweep:
                                   f"expected: {', '.join(sorted(allowed))} or hyper.NAME")  # fmt: skip
     name = str(doc.get("name") or p.stem)
     sweep = Sweep(name=name, kind=kind, base=dict(base), grid={str(k): list(v) for k, v in grid.items()},
-                  out_dir=str(doc.get("out_dir") or "runs/sweeps"), source=str(p))
+                  out_dir=str(doc.get("out_dir") or "runs/sweeps"), source=str(p),
+                  variants=tuple(dict(v) for v in variants))
     cells = expand(sweep)
     if "model" not in cells[0].params:
         raise QuantbenchError(f"{path}: every cell needs a 'model' (in base or grid)")
@@ -142,21 +150,22 @@ def _cell_id(kind: str, params: dict[str, Any]) -> str:
 
 
 def expand(sweep: Sweep) -> list[Cell]:
-    """The grid's cartesian product (in file order), each merged onto ``base``."""
+    """The grid's cartesian product (in file order) crossed with ``cells``, each merged onto ``base``."""
     keys = list(sweep.grid)
     cells = []
-    for combo in itertools.product(*(sweep.grid[k] for k in keys)) if keys else [()]:
-        params = {k: v for k, v in sweep.base.items() if not str(k).startswith("hyper.")}
-        hyper = dict(params.pop("hyper", None) or {})
-        hyper.update({str(k)[6:]: v for k, v in sweep.base.items() if str(k).startswith("hyper.")})
-        for k, v in zip(keys, combo, strict=True):
-            if k.startswith("hyper."):
-                hyper[k[6:]] = v
-            else:
-                params[k] = v
-        if hyper:
-            params["hyper"] = hyper
-        cells.append(Cell(_cell_id(sweep.kind, params), params))
+    seen: set[str] = set()
+    for variant in sweep.variants:
+        for combo in itertools.product(*(sweep.grid[k] for k in keys)) if keys else [()]:
+            merged = {**sweep.base, **variant, **dict(zip(keys, combo, strict=True))}
+            params = {k: v for k, v in merged.items() if not str(k).startswith("hyper.")}
+            hyper = dict(params.pop("hyper", None) or {})
+            hyper.update({str(k)[6:]: v for k, v in merged.items() if str(k).startswith("hyper.")})
+            if hyper:
+                params["hyper"] = hyper
+            cell = Cell(_cell_id(sweep.kind, params), params)
+            if cell.cell_id not in seen:  # two variants that end up identical are one cell
+                seen.add(cell.cell_id)
+                cells.append(cell)
     return cells
 
 
@@ -167,7 +176,7 @@ _CELL_PARAMS: dict[str, set[str]] = {
     "ptq": _COMMON | {"calib_size", "scheme", "algo", "per_channel", "first_last", "companding", "adaround_iters",
                       "epochs", "lr", "eval_size"},
     "qat": _COMMON | {"calib_size", "scheme", "init", "epochs", "lr", "act_grad", "first_last", "bn_freeze_epoch",
-                      "train_fraction", "pretrain_epochs"},
+                      "train_fraction", "pretrain_epochs", "plan", "fp32_finetune"},
     "train": _COMMON | {"epochs", "lr", "batch_size"},
     "bench": {"model", "checkpoint", "engines", "variants", "batch_sizes", "input_size", "threads", "hyper",
               "num_classes", "min_time_s", "min_iters", "warmup", "calib_size"},
@@ -274,10 +283,23 @@ def _cell_qat(p: dict[str, Any], out_dir: Path) -> list[Any]:
                     calib_size=len(calib),
                     train=TrainConfig(epochs=int(p.get("epochs", 3)), lr=float(p.get("lr", 1e-3)), optimizer="adamw",
                                       weight_decay=0.0, seed=int(p.get("seed", 0))))
+    model_kwargs = {"num_classes": ds.num_classes, "in_channels": ds.input_shape[0], **(p.get("hyper") or {})}
+    plan = None
+    if p.get("plan"):
+        from quantbench.experiments.qat import mixed_rows, qat_extra, search_mixed
+
+        kind, _, kb = str(p["plan"]).partition(":")
+        if kind != "mixed" or not kb:
+            raise QuantbenchError(f"qat cell: plan {p['plan']!r} unknown; expected mixed:KB")
+        search = search_mixed(model, calib, budget_bytes=int(float(kb) * 1000), act_bits=int(cfg.scheme.split("a")[-1]),
+                              model_name=p["model"], model_kwargs=model_kwargs, input_shape=ds.input_shape,
+                              extra=qat_extra(cfg))
+        plan = search.plan
+        rows += mixed_rows(RowKey(p["model"], p.get("data", "digits"), "mixed-qat", "torch"), search)
     out = run_qat(model, cfg, calib, parts["train"], parts["test"], key, ev, out_dir, model_name=p["model"],
-                  model_kwargs={"num_classes": ds.num_classes, "in_channels": ds.input_shape[0],
-                                **(p.get("hyper") or {})}, input_shape=ds.input_shape,
-                  fp32_epoch_s=hist.wall_s / len(hist.epochs) if hist is not None and hist.epochs else None)
+                  model_kwargs=model_kwargs, input_shape=ds.input_shape, plan=plan,
+                  fp32_epoch_s=hist.wall_s / len(hist.epochs) if hist is not None and hist.epochs else None,
+                  fp32_finetune=bool(p.get("fp32_finetune", False)))
     return rows + fp_rows + out.rows
 
 

@@ -151,3 +151,21 @@ def test_ray_executor_matches_inprocess(tmp_path):
                     threads=1, log=lambda m: None)
     assert len(out.ran) == 4 and not out.failed
     _same(_cells(tmp_path / "a.db", "ray4"), _cells(tmp_path / "r.db", "ray4"))
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_every_example_file_parses(path):
+    import yaml
+
+    doc = yaml.safe_load(path.read_text())
+    if "kind" in doc:
+        cells = expand(load_sweep(path))
+        assert cells and all("model" in c.params for c in cells)
+    else:  # a bench study (quantbench bench --config)
+        from quantbench.experiments.bench import load_study
+
+        _, specs = load_study(path)
+        assert specs
