@@ -726,6 +726,32 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hyper(pairs: Sequence[str]) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise QuantbenchError(f"--hyper expects KEY=VALUE, got {pair!r}")
+        out[key.strip()] = yaml.safe_load(raw) if raw else ""
+    return out
+
+
+def cmd_lint(args: argparse.Namespace) -> int:
+    from quantbench.models import build_model
+    from quantbench.models.lint import format_findings, lint_model
+
+    model = build_model(args.model, **_hyper(args.hyper))
+    findings = lint_model(model)
+    if args.json:
+        _emit_json([f.as_dict() for f in findings])
+    else:
+        print(f"{args.model}: {len(findings)} finding(s)")
+        print(format_findings(findings))
+    return 1 if args.strict and any(f.severity in ("error", "warning") for f in findings) else 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -837,6 +863,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="last stdout line: JSON list of records")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("lint", help="layers that make integer kernels slow or keep them in float, with fixes")
+    p.add_argument("--model", required=True, help="zoo model name")
+    p.add_argument("--hyper", action="append", default=[], metavar="KEY=VALUE",
+                   help="model hyper-parameter, e.g. --hyper divisor=8 --hyper pad_layer=false (repeatable)")
+    p.add_argument("--strict", action="store_true", help="exit 1 when there is any warning or error")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_lint)
 
     p = sub.add_parser("sweep", help="run a YAML grid of experiments; resumes, skipping finished cells")
     p.add_argument("file", help="sweep file (see examples/)")
