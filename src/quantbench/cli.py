@@ -752,6 +752,46 @@ def cmd_lint(args: argparse.Namespace) -> int:
     return 1 if args.strict and any(f.severity in ("error", "warning") for f in findings) else 0
 
 
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from quantbench.bundle import build_bundle
+
+    out = build_bundle(args.model, checkpoint=args.checkpoint, schemes=_csv_names(args.schemes) or (),
+                       out_dir=args.out, input_size=args.input_size, calib=args.calib, calib_size=args.calib_size,
+                       batch_sizes=args.batch_sizes or (1, 8), normalize=args.normalize, make_zip=not args.no_zip)
+    manifest = json.loads((out / "manifest.json").read_text())
+    if args.json:
+        _emit_json({"bundle": str(out), "zip": None if args.no_zip else str(out) + ".zip", "manifest": manifest})
+        return 0
+    _print_table(["scheme", "file", "bytes", "MACs/image", "sha256"],
+                 [[m["scheme"], m["file"], f"{m['bytes']:,}", f"{m['macs']:,}", m["sha256"][:16] + "..."]
+                  for m in manifest["models"]])
+    print(f"\nbundle: {out}" + ("" if args.no_zip else f" (and {out}.zip)"))
+    print("on the device: python3 run_bundle.py --device NAME --out results.json; then: quantbench import results.json")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from quantbench.bundle import import_results
+    from quantbench.report import write_devices_report
+
+    run_id, n = import_results(args.results, store_path=args.store, device=args.device,
+                               profile_gmacs=args.profile_gmacs)
+    from quantbench.store import ResultStore
+
+    with ResultStore(args.store) as store:
+        run = store.run(run_id)
+    model = run["config"]["model"]["name"]
+    html, _ = write_devices_report(args.store, model, args.out or Path("runs") / f"devices-{model}")
+    if args.json:
+        _emit_json({"run_id": run_id, "rows": n, "device": run["config"]["device"], "report": str(html)})
+    else:
+        print(f"imported {n} rows for device {run['config']['device']} (run {run_id}) into {args.store}")
+        print(f"report (every device of {model}): {html}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -863,6 +903,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="last stdout line: JSON list of records")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("bundle", help="a folder/zip to measure a model on a device with only numpy + onnxruntime")
+    p.add_argument("--model", required=True)
+    p.add_argument("--checkpoint", metavar="FILE")
+    p.add_argument("--schemes", default="fp32,dynamic,w8a8", help="comma list of fp32, dynamic, w8a8")
+    p.add_argument("--out", required=True, metavar="DIR", help="new folder for the bundle (DIR.zip is written too)")
+    p.add_argument("--input-size", type=int, metavar="S")
+    p.add_argument("--calib", metavar="SPEC", help="calibration/sample images (default: seeded random images)")
+    p.add_argument("--calib-size", type=int, default=64, metavar="N")
+    p.add_argument("--normalize", default="auto")
+    p.add_argument("--batch-sizes", type=_csv_ints, metavar="B1,B2", help="default 1,8")
+    p.add_argument("--no-zip", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bundle)
+
+    p = sub.add_parser("import", help="store a device's results (from run_bundle.py) and compare devices")
+    p.add_argument("results", help="results JSON written by run_bundle.py on the device")
+    p.add_argument("--device", help="store under this name instead of the one in the file")
+    p.add_argument("--profile-gmacs", type=float, metavar="RATE",
+                   help="device rate for the latency estimate (GMAC/s; FLOPs = 2 x MACs); known: "
+                        "raspberry-pi-4b, raspberry-pi-zero-2w, nvidia-a100")
+    p.add_argument("--store", default="runs/quantbench.db", metavar="DB")
+    p.add_argument("--out", metavar="DIR", help="report folder (default runs/devices-MODEL)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("lint", help="layers that make integer kernels slow or keep them in float, with fixes")
     p.add_argument("--model", required=True, help="zoo model name")

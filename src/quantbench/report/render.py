@@ -18,6 +18,7 @@ from quantbench.report.figures import Figure, make_figures, matplotlib_available
 from quantbench.report.tables import (
     bench_records,
     bench_table,
+    device_table,
     latency_table,
     peaks_table,
     sensitivity_table,
@@ -94,6 +95,9 @@ def _sections(run: dict[str, Any], rows: list[dict[str, Any]]) -> list[tuple[str
         lt = latency_table(rows)
         if lt[1]:
             out.append(("Latency and throughput", lt))
+    dt = device_table(rows)
+    if dt[1]:
+        out.append(("Devices side by side", dt))
     st = sensitivity_table(rows)
     if st[1]:
         out.append(("Per-layer sensitivity", st))
@@ -123,6 +127,21 @@ def write_sweep_report(store_path: str | Path, sweep_id: str, out_dir: str | Pat
     meta = {"run_id": sweep_id, "name": f"sweep {sweep_id} ({len(runs)} cells)", "kind": "sweep",
             "status": "finished", "created": first["created"], "environment": first["environment"],
             "config": {"model": {"name": ", ".join(models)}, "data": {"spec": ", ".join(datas)}}}
+    return render_rows(meta, rows, out_dir)
+
+
+def write_devices_report(store_path: str | Path, model: str, out_dir: str | Path) -> tuple[Path, Path]:
+    """One report comparing every device whose results were imported for ``model``."""
+    with ResultStore(store_path) as store:
+        runs = [r for r in store.runs(kind="device") if r["config"].get("model", {}).get("name") == model]
+        if not runs:
+            raise QuantbenchError(f"{store_path}: no device results imported for model {model!r}")
+        rows = [row for r in runs for row in store.query(run_id=r["run_id"])]
+    devices = sorted({str(r["config"].get("device")) for r in runs})
+    meta = {"run_id": f"devices-{model}", "name": f"{model} on {len(devices)} device(s): {', '.join(devices)}",
+            "kind": "devices", "status": "finished", "created": runs[-1]["created"],
+            "environment": runs[-1]["environment"],
+            "config": {"model": {"name": model}, "data": runs[-1]["config"].get("data", {})}}
     return render_rows(meta, rows, out_dir)
 
 

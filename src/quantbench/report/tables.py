@@ -235,3 +235,27 @@ def peaks_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
     body = [[prec, f"{r['value']:.1f}", f"{2 * r['value']:.1f}", str(r["extra"].get("source", "")),
              str(r["extra"].get("threads", ""))] for prec, r in sorted(seen.items())]
     return ["precision", "GMAC/s", "GFLOP/s", "measured with", "threads"], body
+
+
+def device_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
+    """Imported device measurements side by side: latency, speed-up over that device's FP32, estimate error."""
+    cells: dict[tuple[Any, ...], dict[str, Row]] = defaultdict(dict)
+    for r in rows:
+        dev = r["extra"].get("device") if isinstance(r.get("extra"), dict) else None
+        if dev is None or r["batch"] is None:
+            continue
+        cells[(r["model"], dev, r["method"], r["batch"])][r["metric"]] = r
+    header = ["model", "device", "scheme", "batch", "median ms", "p90 ms", "x device fp32", "estimated ms",
+              "estimate error"]
+    body = []
+    for (model, dev, scheme, b), m in sorted(cells.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+        if "latency_median_ms" not in m:
+            continue
+
+        def v(name: str, fmt: str, m: dict[str, Row] = m) -> str:
+            return fmt.format(m[name]["value"]) if name in m and m[name]["value"] is not None else "–"
+
+        body.append([model, str(dev), scheme, str(b), v("latency_median_ms", "{:.3f}"), v("latency_p90_ms", "{:.3f}"),
+                     v("device_speedup_vs_fp32", "{:.2f}"), v("estimated_latency_ms", "{:.3f}"),
+                     v("estimate_error", "{:+.0%}")])
+    return header, body

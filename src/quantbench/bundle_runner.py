@@ -1,0 +1,206 @@
+#!/usr/bin/env python3
+"""quantbench device runner: check and time a bundle's models on THIS device. Needs only numpy + onnxruntime.
+
+Copied as ``run_bundle.py`` into every bundle written by ``quantbench bundle``; it must not import
+quantbench (a Raspberry Pi Zero cannot install PyTorch, it can install onnxruntime).
+
+What it does, in order:
+
+1. verifies the SHA-256 of every file named in ``manifest.json`` - a tampered or truncated model is
+   refused before it is loaded (exit code 2, one line naming the file);
+2. runs every model on the bundled sample inputs and compares with the outputs recorded when the
+   bundle was built (FP32: close values; quantized: same top-1 class and cosine >= 0.99, since integer
+   kernels may round differently on another CPU);
+3. times every model at every batch size with quantbench's protocol (warm-up runs, then timed runs
+   until both a minimum count and a minimum time are reached; median and p90), with the thread count
+   recorded;
+4. writes one results JSON with the device's facts (CPU, cores, memory, OS, versions).
+
+Usage (on the device, inside the unzipped bundle folder)::
+
+    python3 run_bundle.py --device raspberry-pi-4b [--threads 4] [--batch-sizes 1,8] [--out results.json]
+
+Then, back where quantbench is installed: ``quantbench import results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+RESULTS_FORMAT = "quantbench-device-results-v1"
+BUNDLE_FORMAT = "quantbench-bundle-v1"
+
+
+class BundleError(Exception):
+    """A problem with the bundle or the arguments: one line, exit code 2."""
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_manifest(folder: Path) -> dict:
+    path = folder / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc})") from None
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{path}: format {manifest.get('format')!r}; expected {BUNDLE_FORMAT!r}")
+    return manifest
+
+
+def verify(folder: Path, manifest: dict) -> None:
+    """Every listed file exists and has its recorded checksum (before anything is loaded)."""
+    files = [manifest["samples"]] + [m for m in manifest["models"]] + [
+        {"file": m["expected"], "sha256": m["expected_sha256"]} for m in manifest["models"]]
+    for entry in files:
+        path = folder / entry["file"]
+        if not path.is_file():
+            raise BundleError(f"{path}: missing from the bundle")
+        got = sha256(path)
+        if got != entry["sha256"]:
+            raise BundleError(f"{path}: checksum mismatch (sha256 {got[:16]}..., manifest says "
+                              f"{entry['sha256'][:16]}...): the file was modified or damaged; refusing to run it")
+
+
+def device_facts() -> dict:
+    facts = {"platform": platform.platform(), "machine": platform.machine(), "python": platform.python_version(),
+             "logical_cores": os.cpu_count(), "cpu_model": platform.processor() or None, "memory_total_bytes": None}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                facts["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                facts["memory_total_bytes"] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import numpy
+    import onnxruntime
+
+    facts["packages"] = {"numpy": numpy.__version__, "onnxruntime": onnxruntime.__version__}
+    facts["onnxruntime_providers"] = onnxruntime.get_available_providers()
+    return facts
+
+
+def measure(fn, *, warmup: int, min_iters: int, min_time_s: float, max_iters: int = 1000) -> dict:
+    """quantbench's timing protocol (same as quantbench.measure.latency.measure_latency)."""
+    import numpy as np
+
+    for _ in range(warmup):
+        fn()
+    gc.collect()
+    was = gc.isenabled()
+    gc.disable()
+    samples = []
+    try:
+        timed = 0.0
+        while len(samples) < max_iters and (len(samples) < min_iters or timed < min_time_s):
+            t0 = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t0
+            samples.append(dt)
+            timed += dt
+    finally:
+        if was:
+            gc.enable()
+    ms = np.asarray(samples) * 1000.0
+    return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "mean_ms": float(ms.mean()),
+            "min_ms": float(ms.min()), "iterations": len(samples), "warmup": warmup}
+
+
+def run(folder: Path, device: str, threads: int | None, batch_sizes: list[int] | None, min_time_s: float,
+        warmup: int, min_iters: int) -> dict:
+    import numpy as np
+    import onnxruntime as ort
+
+    manifest = load_manifest(folder)
+    verify(folder, manifest)
+    samples = np.load(folder / manifest["samples"]["file"])
+    batches = batch_sizes or manifest["batch_sizes"]
+    if any(b < 1 for b in batches):
+        raise BundleError(f"batch sizes must be >= 1, got {batches}")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads or 0)
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    records, checks = [], []
+    for entry in manifest["models"]:
+        sess = ort.InferenceSession(str(folder / entry["file"]), opts, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        got = sess.run(None, {name: samples})[0].astype(np.float64)
+        want = np.load(folder / entry["expected"]).astype(np.float64)
+        same_top1 = float(np.mean(got.argmax(1) == want.argmax(1)))
+        cos = float((got * want).sum() / (np.linalg.norm(got) * np.linalg.norm(want) + 1e-30))
+        max_abs = float(np.abs(got - want).max())
+        if entry["scheme"] == "fp32":
+            ok = bool(np.allclose(got, want, rtol=1e-3, atol=1e-4 * max(1.0, float(np.abs(want).max()))))
+        else:
+            ok = same_top1 == 1.0 and cos >= 0.99
+        checks.append({"scheme": entry["scheme"], "ok": ok, "top1_agreement": same_top1, "cosine": cos,
+                       "max_abs_diff": max_abs})
+        rng = np.random.default_rng(0)
+        for b in batches:
+            x = rng.standard_normal((b, *manifest["input_shape"]), dtype=np.float32)
+            feeds = {name: x}
+            stats = measure(lambda feeds=feeds, sess=sess: sess.run(None, feeds), warmup=warmup,
+                            min_iters=min_iters, min_time_s=min_time_s)
+            records.append({"scheme": entry["scheme"], "batch": b, "threads": threads or 0,
+                            "throughput_ips": b / (stats["median_ms"] / 1000.0), **stats})
+    return {"format": RESULTS_FORMAT, "device": device, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "bundle": {"model": manifest["model"], "input_shape": manifest["input_shape"],
+                       "created": manifest["created"], "manifest_sha256": sha256(folder / "manifest.json"),
+                       "models": [{k: m[k] for k in ("scheme", "file", "sha256", "macs", "bytes")}
+                                  for m in manifest["models"]]},
+            "facts": device_facts(), "engine": "onnxruntime", "checks": checks, "records": records}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="check and time a quantbench bundle on this device")
+    p.add_argument("--device", required=True, help="a name for this device, e.g. raspberry-pi-4b")
+    p.add_argument("--bundle", default=str(Path(__file__).resolve().parent), help="bundle folder (default: here)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: onnxruntime's)")
+    p.add_argument("--batch-sizes", default=None, help="comma list (default: the bundle's)")
+    p.add_argument("--min-time", type=float, default=1.0, help="timed seconds per measurement")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--min-iters", type=int, default=10)
+    p.add_argument("--out", default="results.json")
+    args = p.parse_args(argv)
+    try:
+        batches = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else None
+    except ValueError:
+        print(f"run_bundle: error: --batch-sizes expects integers, got {args.batch_sizes!r}", file=sys.stderr)
+        return 2
+    try:
+        result = run(Path(args.bundle), args.device, args.threads, batches, args.min_time, args.warmup,
+                     args.min_iters)
+    except BundleError as exc:
+        print(f"run_bundle: error: {exc}", file=sys.stderr)
+        return 2
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    bad = [c["scheme"] for c in result["checks"] if not c["ok"]]
+    for r in result["records"]:
+        print(f"{r['scheme']:<10} batch {r['batch']:>4}: median {r['median_ms']:9.3f} ms  p90 {r['p90_ms']:9.3f} ms")
+    print(f"wrote {args.out}" + (f"; OUTPUT CHECK FAILED for {', '.join(bad)}" if bad else "; all output checks passed"))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
