@@ -739,11 +739,9 @@ def _hyper(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
-    from quantbench.models import build_model
-    from quantbench.models.lint import format_findings, lint_model
+    from quantbench.quant.lint import format_findings, lint_zoo_model
 
-    model = build_model(args.model, **_hyper(args.hyper))
-    findings = lint_model(model)
+    findings = lint_zoo_model(args.model, **_hyper(args.hyper))
     if args.json:
         _emit_json([f.as_dict() for f in findings])
     else:

@@ -6,10 +6,16 @@ package (onnxruntime, openvino) until it is used.
 Example:
     >>> from quantbench.engines import ENGINES, Deployable, load_session
     >>> sorted(ENGINES.names())
-    ['onnxruntime', 'openvino', 'torch', 'torch-int8']
+    ['onnxruntime', 'openvino', 'torch', 'torch-cuda', 'torch-int8']
 """
 
-from quantbench.engines import onnxruntime_engine, openvino_engine, torch_engine, torch_int8_engine  # noqa: F401
+from quantbench.engines import (  # noqa: F401
+    onnxruntime_engine,
+    openvino_engine,
+    torch_cuda_engine,
+    torch_engine,
+    torch_int8_engine,
+)
 from quantbench.engines.base import (
     ENGINES,
     VARIANTS,

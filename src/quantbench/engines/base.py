@@ -8,7 +8,9 @@ kernels, ONNX Runtime, OpenVINO); a *variant* is the precision it runs it at:
 * ``"int8"`` - static INT8 with OUR calibrated scales (the :class:`QuantizedModel` is deployed,
   not re-quantized by the engine), so the engine's accuracy is the simulated accuracy;
 * ``"dynamic"`` - weights INT8 offline, activations quantized per batch at run time, by the
-  engine's own scheme (ONNX Runtime's ``quantize_dynamic``).
+  engine's own scheme (ONNX Runtime's ``quantize_dynamic``);
+* ``"fp16"``, ``"tf32"`` - GPU precisions (``torch-cuda``; TF32: float32 storage, 10-bit mantissa
+  matmul/convolution on tensor cores).
 
 Engine classes are registered in :data:`ENGINES` (tests parametrize over ``ENGINES.names()``)
 and import their heavy package lazily, inside methods, so ``import quantbench`` never needs
@@ -56,7 +58,7 @@ __all__ = [
     "load_session",
 ]
 
-VARIANTS = ("fp32", "bf16", "int8", "dynamic")
+VARIANTS = ("fp32", "bf16", "int8", "dynamic", "fp16", "tf32")
 """Every precision an engine may offer (see the module docstring)."""
 
 ENGINES: Registry[type[Engine]] = Registry("engine")
@@ -365,7 +367,7 @@ def evaluate_session(session: Session, data: Any, **kwargs: Any) -> Any:
     return evaluate(_SessionModule(session), data, **kwargs)
 
 
-_BUILTIN = ("onnxruntime", "openvino", "torch", "torch_int8")
+_BUILTIN = ("onnxruntime", "openvino", "torch", "torch_int8", "torch_cuda")
 
 
 def _register_builtin() -> None:

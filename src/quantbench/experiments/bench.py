@@ -302,13 +302,16 @@ def bench_job(job: dict[str, Any]) -> dict[str, Any]:
             session = load_session(job["engine"], dep, job["variant"], threads=job["threads"], workdir=tmp)
             info = {k: v for k, v in session.info.items() if isinstance(v, (str, int, float, bool, type(None)))}
             rss_loaded = _peak_rss()
-            lats = []
+            lats, events = [], []
             for b in job["batch_sizes"]:
                 lat = measure_latency(session.runner(b), batch_size=b, threads=job["threads"], warmup=job["warmup"],
                                       min_iters=job["min_iters"], min_time_s=job["min_time_s"])
                 lats.append(lat.as_dict())
+                ev = getattr(session, "event_ms", None)  # GPU engines: device-side time per call
+                n = lat.iterations
+                events.append(float(sorted(ev[-n:])[len(ev[-n:]) // 2]) if ev and len(ev) >= n else None)
             del session
-        return {"engine": job["engine"], "variant": job["variant"], "info": info, "latencies": lats,
+        return {"engine": job["engine"], "variant": job["variant"], "info": info, "latencies": lats, "events": events,
                 "peak_rss_bytes": _peak_rss() if job["isolated"] else None,
                 "rss_after_load_bytes": rss_loaded if job["isolated"] else None}
     except QuantbenchError as exc:
@@ -441,13 +444,15 @@ def _derive(raw: list[dict[str, Any]], per_image_macs: int, peaks: dict[str, Any
     median = {(r["engine"], r["variant"], lat["batch_size"]): lat["median_ms"] for r in raw for lat in r["latencies"]}
     records = []
     for r in raw:
-        for lat in r["latencies"]:
+        for i, lat in enumerate(r["latencies"]):
             b = lat["batch_size"]
+            event_ms = (r.get("events") or [None] * len(r["latencies"]))[i]
             med = lat["median_ms"]
             macs_batch = per_image_macs * b
             rate = macs_batch / (med / 1000.0) / 1e9 if med > 0 else None
             prec = peak_precision(r["variant"])
-            peak = peaks.get(prec, {}).get("gmacs_per_s")
+            # the measured peaks are this machine's CPU GEMM rates: they say nothing about a GPU
+            peak = None if "cuda" in r["engine"] else peaks.get(prec, {}).get("gmacs_per_s")
             same = median.get((FP32_OF.get(r["engine"], r["engine"]), "fp32", b))
             ref = median.get((*REFERENCE, b))
             records.append({
@@ -459,7 +464,7 @@ def _derive(raw: list[dict[str, Any]], per_image_macs: int, peaks: dict[str, Any
                 "speedup_vs_fp32": same / med if same and med > 0 else None,
                 "speedup_vs_torch_fp32": ref / med if ref and med > 0 else None,
                 "peak_rss_bytes": r["peak_rss_bytes"], "model_bytes": r["info"].get("model_bytes"),
-                "info": r["info"], "latency": lat,
+                "info": r["info"], "latency": lat, "cuda_event_median_ms": event_ms,
             })  # fmt: skip
     return records
 
@@ -495,6 +500,9 @@ def bench_rows(result: BenchResult, data_label: str) -> list[Result]:
         b = r["batch"]
         if r["gmacs_per_s"] is not None:
             rows.append(key.row("gmacs_per_s", r["gmacs_per_s"], "GMAC/s", b, convention="FLOPs = 2 x MACs"))
+        if r.get("cuda_event_median_ms") is not None:
+            rows.append(key.row("cuda_event_median_ms", r["cuda_event_median_ms"], "ms", b,
+                                note="GPU-side time between CUDA events around the forward pass"))
         if r["fraction_of_peak"] is not None:
             rows.append(key.row("fraction_of_peak", r["fraction_of_peak"], "ratio", b,
                                 peak=r["peak_precision"]))

@@ -16,10 +16,11 @@ quantizers, :mod:`quantbench.quant.fold` folds BatchNorm, the ``torch-int8`` and
     depthwise convs (vectorised across channels) suffer most. The network's input channels
     (the image's) and the head's outputs (the classes) are not the architect's choice and
     are skipped. An input width produced by a conv that is already flagged is not repeated.
-``separate-padding`` (warning)
+``separate-padding`` (warning; info on the network input)
     A padding layer (``ZeroPad2d``, ``ConstantPad2d``, ``F.pad``...) feeding a ``Conv2d``.
     It runs in float between two quantized values, and the conv in front of it can no longer
     write integer output (measured: it runs as a float conv on ONNX Runtime and torch-int8).
+    On the float input image it only costs an extra pass, hence an info.
     Zero padding that adds up to symmetric padding folds exactly into ``Conv2d(padding=...)``;
     asymmetric padding (TensorFlow "same") cannot be expressed by the integer convs (symmetric
     only), so the fix is a symmetric padding with the same output size and a fine-tune.
@@ -196,15 +197,16 @@ class _Linter:
         graph: fx.Graph,
         modules: dict[str, nn.Module],
         input_channels: int | None,
-        traced: bool,
     ) -> None:
         self.graph = graph
         self.modules = modules
         self.input_channels = input_channels
-        self.traced = traced
         self.findings: list[Finding] = []
         self.handled: set[fx.Node] = set()
         nodes = list(graph.nodes)
+        self.tensor_valued: dict[fx.Node, bool] = {}
+        for n in nodes:  # topological order: inputs are classified first
+            self.tensor_valued[n] = self._tensor_valued(n)
         # Reverse pass: does a node's value still reach a quantized layer / a quantized consumer?
         self.reaches_layer: dict[fx.Node, bool] = {}
         self.reaches_quant: dict[fx.Node, bool] = {}
@@ -213,7 +215,6 @@ class _Linter:
             self.reaches_quant[n] = any(
                 self.is_layer(u) or self.is_join(u) or self.reaches_quant[u] for u in n.users
             )
-        self.flagged_out: set[fx.Node] = set()  # layers whose out channels were reported
 
     # ---- classification
     def mod(self, node: fx.Node) -> nn.Module | None:
@@ -255,7 +256,8 @@ class _Linter:
     def is_gate(self, node: fx.Node) -> bool:
         """A bounded activation used as a gate (squeeze-and-excite): ReLU cannot replace it."""
         return isinstance(self.mod(node), _GATE_MODULES) or (
-            node.op in ("call_function", "call_method") and getattr(node.target, "__name__", node.target)
+            node.op in ("call_function", "call_method")
+            and getattr(node.target, "__name__", node.target)
             in ("sigmoid", "sigmoid_", "tanh", "tanh_", "hardsigmoid", "logsigmoid", "softsign")
         )
 
@@ -269,11 +271,13 @@ class _Linter:
         return node.op in ("placeholder", "output", "get_attr")
 
     def is_tensor(self, node: fx.Node) -> bool:
-        """Whether ``node`` yields a tensor (``x.size(0) // 2`` does not): from shapes if known."""
-        if "tensor_meta" in node.meta:
-            return True
+        """Whether ``node`` yields a tensor (``x.size(0) // 2`` does not)."""
+        return self.tensor_valued.get(node, True)
+
+    def _tensor_valued(self, node: fx.Node) -> bool:
+        """From the shapes when the model ran; else from the op and its inputs (already classified)."""
         if "shape_known" in node.meta:
-            return False
+            return "tensor_meta" in node.meta
         if node.op in ("placeholder", "call_module", "get_attr"):
             return True
         if node.op == "call_method" and node.target in _NON_TENSOR_METHODS:
@@ -283,25 +287,29 @@ class _Linter:
         args: list[fx.Node] = []
         fx.node.map_arg((node.args, node.kwargs), lambda a: args.append(a) or a)
         if node.op == "call_function" and node.target is operator.getitem:
-            return bool(args) and self.is_tensor(args[0])
-        return any(self.is_tensor(a) for a in args)
+            return bool(args) and self.tensor_valued.get(args[0], True)
+        return any(self.tensor_valued.get(a, True) for a in args)
 
     def where(self, node: fx.Node) -> tuple[str, str]:
         """(module name, op) for a finding about ``node``."""
         if node.op == "call_module":
             return str(node.target), type(self.mod(node)).__name__
-        stack = node.meta.get("nn_module_stack") or {}
-        owner = next(reversed(stack)) if stack else ROOT
+        owner = self.owner(node)[0]
         if node.op == "call_method":
             return owner, f"Tensor.{node.target}"
         return owner, _fn_name(node.target)
 
-    def owner_type(self, node: fx.Node) -> type | None:
+    @staticmethod
+    def owner(node: fx.Node) -> tuple[str, type | None]:
+        """(qualified name, type) of the module whose forward made ``node`` (root: ``<model>``)."""
         stack = node.meta.get("nn_module_stack") or {}
         if not stack:
-            return None
-        entry = stack[next(reversed(stack))]
-        return entry[1] if isinstance(entry, tuple) else None
+            return ROOT, None
+        key = next(reversed(stack))
+        entry = stack[key]
+        if isinstance(entry, tuple) and len(entry) == 2:
+            return str(entry[0]), entry[1] if isinstance(entry[1], type) else None
+        return str(key), None
 
     def add(self, rule: str, severity: str, node: fx.Node, message: str, fix: str) -> None:
         module, op = self.where(node)
@@ -317,7 +325,10 @@ class _Linter:
         if not layers:
             self.findings.append(
                 Finding(
-                    "no-quantizable-layer", "error", ROOT, "model",
+                    "no-quantizable-layer",
+                    "error",
+                    ROOT,
+                    "model",
                     "no nn.Conv2d/nn.Linear module: prepare() has nothing to quantize and refuses the model",
                     "build the network from nn.Conv2d/nn.Linear modules (prepare() matches these exact types)",
                 )  # fmt: skip
@@ -345,7 +356,8 @@ class _Linter:
                 return cur
             if self.is_join(cur) and cur.target is torch.cat:
                 return None  # channels are the sum of several producers: check the consumer
-            if self.pad_spec(cur) is not None and len(self.pad_spec(cur)[0]) > 4:  # type: ignore[index]
+            spec = self.pad_spec(cur)
+            if spec is not None and len(spec[0]) > 4:
                 return None  # pads channels
             cur = cur.args[0] if cur.args else None
         return None
@@ -361,10 +373,14 @@ class _Linter:
         assert layer is not None
         cin, cout, groups = self.widths(layer)
         kind = type(layer).__name__
-        out_name, in_name = ("out_channels", "in_channels") if kind == "Conv2d" else ("out_features", "in_features")
+        out_name, in_name = (
+            ("out_channels", "in_channels") if kind == "Conv2d" else ("out_features", "in_features")
+        )
         src = self.producer(node)
-        from_image = src is not None and src.op == "placeholder" and (
-            self.input_channels is None or cin == self.input_channels
+        from_image = (
+            src is not None
+            and src.op == "placeholder"
+            and (self.input_channels is None or cin == self.input_channels)
         )
         in_covered = from_image or (
             src is not None and self.is_layer(src) and self.widths(self.mod(src))[1] == cin  # type: ignore[arg-type]
@@ -376,7 +392,9 @@ class _Linter:
         if depthwise:
             if cout % MULTIPLE and not from_image:
                 up = _round_up(cout)
-                where = f" (its input comes from {src.target})" if src is not None and self.is_layer(src) else ""
+                where = (
+                    f" (its input comes from {src.target})" if src is not None and self.is_layer(src) else ""
+                )
                 problems.append(
                     f"depthwise Conv2d with {cout} channels (groups={groups}), not a multiple of {MULTIPLE}: "
                     f"depthwise kernels vectorise across channels, so {cout} channels occupy {up} lanes "
@@ -412,9 +430,10 @@ class _Linter:
             if cin % MULTIPLE and not in_covered:
                 up = _round_up(cin)
                 problems.append(f"{in_name}={cin} is not a multiple of {MULTIPLE}")
-                fixes.append(f"make the input of this layer {up} wide ({in_name}={up}; next multiple of {MULTIPLE})")
+                fixes.append(
+                    f"make the input of this layer {up} wide ({in_name}={up}; next multiple of {MULTIPLE})"
+                )
         if problems:
-            self.flagged_out.add(node)
             self.add(
                 "channels-multiple-of-8", "warning", node,
                 f"{kind}({cin}->{cout}" + (f", groups={groups}" if groups > 1 else "") + "): " + "; ".join(problems),
@@ -476,7 +495,9 @@ class _Linter:
         if not isinstance(prev, fx.Node) or not (
             prev.op == "call_module" and isinstance(self.mod(prev), (nn.Conv2d, nn.Linear))
         ):
-            what = self.where(prev)[1] if isinstance(prev, fx.Node) and prev.op != "placeholder" else "the input"
+            what = (
+                self.where(prev)[1] if isinstance(prev, fx.Node) and prev.op != "placeholder" else "the input"
+            )
             return (
                 f"{type(bn).__name__} follows {what}, not a conv/linear, so it cannot be folded into weights "
                 "and runs in float as a per-channel multiply-add",
@@ -546,7 +567,9 @@ class _Linter:
         else:
             cost = f"{op} runs in float between quantized values"
         if before is not None:
-            cost += f", and {before} in front of it can no longer write integer output (it runs as a float conv)"
+            cost += (
+                f", and {before} in front of it can no longer write integer output (it runs as a float conv)"
+            )
         if mode != "constant" or value != 0.0:
             kind = f"{mode} padding" if mode != "constant" else f"constant padding with value {value:g}"
             self.add(
@@ -654,39 +677,58 @@ class _Linter:
             return
         module, op = self.where(node)
         m = self.mod(node)
-        owner = self.owner_type(node)
+        owner = self.owner(node)[1]
         is_conv_like = isinstance(m, (nn.modules.conv._ConvNd, nn.Linear, nn.Bilinear)) or (
-            node.op == "call_function" and node.target in (F.conv1d, F.conv2d, F.conv3d, F.linear, torch.conv2d)
+            node.op == "call_function"
+            and node.target in (F.conv1d, F.conv2d, F.conv3d, F.linear, torch.conv2d)
         )
         if m is not None and type(m) not in _QCLASS and isinstance(m, (nn.Conv2d, nn.Linear)):
             base = "nn.Conv2d" if isinstance(m, nn.Conv2d) else "nn.Linear"
             self.add(
-                "unsupported-op", "warning", node,
+                "unsupported-op",
+                "warning",
+                node,
                 f"{op} is a subclass of {base}; prepare() quantizes the exact type only, so its weights stay float",
                 f"use a plain {base} for {module}",
             )
-        elif is_conv_like and owner is not None and issubclass(owner, (nn.Conv2d, nn.Linear)) and node.op != "call_module":
+        elif (
+            is_conv_like
+            and owner is not None
+            and issubclass(owner, (nn.Conv2d, nn.Linear))
+            and node.op != "call_module"
+        ):
             base = "nn.Conv2d" if issubclass(owner, nn.Conv2d) else "nn.Linear"
             self.add(
-                "unsupported-op", "warning", node,
+                "unsupported-op",
+                "warning",
+                node,
                 f"{owner.__name__} (a subclass of {base}) is traced through its forward, so prepare() sees a "
                 f"functional {op} and leaves it in float with float weights",
                 f"use a plain {base} for {module} and move any extra behaviour into a separate module",
             )
         elif is_conv_like:
             if node.op == "call_module":
-                fix = (f"express {module} as an nn.Conv2d (a Conv1d is a Conv2d with a 1xK kernel)"
-                       if isinstance(m, nn.modules.conv._ConvNd) else f"replace {module} with nn.Conv2d/nn.Linear")
+                fix = (
+                    f"express {module} as an nn.Conv2d (a Conv1d is a Conv2d with a 1xK kernel)"
+                    if isinstance(m, nn.modules.conv._ConvNd)
+                    else f"replace {module} with nn.Conv2d/nn.Linear"
+                )
                 what = f"{op} is not quantized: prepare() quantizes nn.Conv2d and nn.Linear modules only"
             else:
                 fix = f"hold the weights in an nn.Conv2d/nn.Linear module in {module} instead of calling {op}"
-                what = f"functional {op} is not quantized: prepare() quantizes nn.Conv2d/nn.Linear modules only"
+                what = (
+                    f"functional {op} is not quantized: prepare() quantizes nn.Conv2d/nn.Linear modules only"
+                )
             self.add("unsupported-op", "warning", node, f"{what}; it runs in float with float weights", fix)
         else:
             act = " activation" if self.is_float_act(node) else ""
             label = module if node.op == "call_module" else f"{op} in {module}"
             before = self.conv_before(node)
-            also = f"; it sits between {before} and the next quantizer, so {before} writes float output" if before else ""
+            also = (
+                f"; it sits between {before} and the next quantizer, so {before} writes float output"
+                if before
+                else ""
+            )
             self.add(
                 "unsupported-op", "warning", node,
                 f"{op}{act} is not quantized by quantbench (no integer kernel in its engines): it runs in "
@@ -707,7 +749,9 @@ class _Linter:
         if name in ("sub", "rsub", "sub_"):
             return "subtract as an addition of the negated value (add is quantized), or accept the float op"
         if "Upsample" in name or name in ("interpolate", "upsample"):
-            return "quantbench's engines have no integer resize: accept the float op (cheap next to the convs)"
+            return (
+                "quantbench's engines have no integer resize: accept the float op (cheap next to the convs)"
+            )
         return "keep it if the model needs it (cost: one float op plus a re-quantize), or replace it with ops quantbench quantizes (conv, linear, add, mul, cat, average pooling) or free ones (ReLU, max-pool, reshape)"
 
 
@@ -803,7 +847,7 @@ def lint_model(model: nn.Module, input_shape: Sequence[int] | None = None) -> li
             "data; quantbench cannot quantize the model until then",
         )  # fmt: skip
         graph = _leaf_chain(work)
-        linter = _Linter(graph, dict(work.named_modules()), shape[0] if shape else None, traced=False)
+        linter = _Linter(graph, dict(work.named_modules()), shape[0] if shape else None)
         return [head, *linter.run()]
     if shape is not None:
         try:
@@ -818,7 +862,7 @@ def lint_model(model: nn.Module, input_shape: Sequence[int] | None = None) -> li
             ) from None
         for node in gm.graph.nodes:
             node.meta["shape_known"] = True
-    linter = _Linter(gm.graph, dict(gm.named_modules()), shape[0] if shape else None, traced=True)
+    linter = _Linter(gm.graph, dict(gm.named_modules()), shape[0] if shape else None)
     return linter.run()
 
 
