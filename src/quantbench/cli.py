@@ -790,6 +790,117 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_split(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from quantbench import config as C
+    from quantbench.experiments.records import RowKey
+    from quantbench.experiments.runner import prepare_model, recorded_run
+    from quantbench.split.experiment import anonymization, grid_png, noise_finetune, run_split, split_costs
+    from quantbench.split.features import FeatureQuantizer
+    from quantbench.split.latency import best_split, estimate_latency, parse_profile
+    from quantbench.split.splitter import num_split_points
+
+    comp = _csv_names(args.companding) or ("none",)
+    for c in comp:
+        if c not in ("none", "mulaw"):
+            raise QuantbenchError(f"split: --companding {c!r} unknown; expected none and/or mulaw")
+    for q in args.qbins:
+        FeatureQuantizer(q)  # validates 2..256
+    edge, cloud = parse_profile(args.edge), parse_profile(args.cloud)
+    if any(b <= 0 for b in args.bandwidths):
+        raise QuantbenchError(f"split: --bandwidths must be > 0 Mbit/s, got {args.bandwidths}")
+    ds, calib, train, test, split_desc = _finetune_splits(args)
+    model = prepare_model(C.ModelConfig(name=args.model, checkpoint=args.checkpoint), ds.input_shape, ds.num_classes)
+    last = num_split_points(model)
+    bad = [s for s in args.splits if not 0 <= s <= last]
+    if bad:
+        raise QuantbenchError(f"split: {args.model} can be split after block 0..{last}, got {bad[0]}")
+    noise_at = args.noise_at if args.noise_at is not None else None
+    test_xy, calib_xy, train_xy = test.tensors(), calib.tensors(), train.tensors()
+    if args.eval_size:
+        test_xy = (test_xy[0][: args.eval_size], test_xy[1][: args.eval_size])
+    key = RowKey(args.model, args.data)
+    config = {"verb": "split", "model": {"name": args.model, "checkpoint": args.checkpoint},
+              "data": {"spec": args.data, "split": split_desc, "normalize": args.normalize},
+              "split": {"splits": args.splits, "qbins": args.qbins, "companding": comp, "range": args.range,
+                        "codec": args.codec, "noise_train": args.noise_train, "noise_qbins": args.noise_qbins,
+                        "edge": edge.as_dict(), "cloud": cloud.as_dict(), "bandwidths_mbps": args.bandwidths}}
+    records: list[dict[str, Any]] = []
+
+    def body(stage: Any, out_dir: Path) -> None:
+        models: dict[tuple[int, int, str], dict[str, Any]] = {}
+        if args.noise_train > 0:
+            for s in args.splits:
+                for q in args.noise_qbins:
+                    for c in comp:
+                        at = s if noise_at is None else noise_at
+                        noisy, hist = noise_finetune(model, train_xy, noise_at=at, qbins=q, companding=c,
+                                                     epochs=args.noise_train, lr=args.lr, seed=args.seed)
+                        plain, hist2 = noise_finetune(model, train_xy, noise_at=at, qbins=q, companding=c,
+                                                      epochs=args.noise_train, lr=args.lr, noise=False, seed=args.seed)
+                        label = "noise" if at == s else f"noise@{at}"
+                        models[(s, q, c)] = {label: noisy, "no-noise": plain}
+        recs = run_split(model, calib_xy, test_xy, splits=list(args.splits), qbins=list(args.qbins),
+                         companding=list(comp), range_mode=args.range, codec=args.codec, models=models,
+                         log=None if args.no_progress else (lambda m: print(m, file=sys.stderr)))
+        rows = []
+        for r in recs:
+            est = {f"{bw:g}": estimate_latency(edge_macs=r["edge_macs"], cloud_macs=r["cloud_macs"],
+                                               coded_bytes=r["total_bits"] / 8 / r["n_images"], bandwidth_mbps=bw,
+                                               edge=edge, cloud=cloud)["total_s"] for bw in args.bandwidths}
+            r["latency_s_by_bandwidth"] = est
+            method = f"split{r['split']}-q{r['qbins']}-{r['companding']}" + (f"-{r['noise']}" if r["noise"] != "none"
+                                                                              else "")
+            k = RowKey(args.model, args.data, method, "torch")
+            info = {k2: r[k2] for k2 in ("split", "block", "qbins", "companding", "range", "codec", "noise",
+                                        "n_images", "feature_shape")}
+            for metric, unit in (("top1", "%"), ("top5", "%"), ("bpp", "bits/pixel"), ("cr", "x"),
+                                 ("kb_per_sample", "kB"), ("coded_bytes", "bytes"), ("side_bytes", "bytes"),
+                                 ("order0_entropy_bpp", "bits/pixel"), ("edge_macs", "MACs"), ("cloud_macs", "MACs")):
+                rows.append(k.row(f"split.{metric}", r[metric], unit, **info))
+            for bw, t in est.items():
+                rows.append(k.row("split.latency_s", t, "s", **info, bandwidth_mbps=float(bw), edge=edge.name,
+                                  cloud=cloud.name))
+        plans = best_split([{"split": s, **split_costs(model, s, tuple(ds.input_shape)),
+                             "coded_bytes": min(r["total_bits"] for r in recs if r["split"] == s) / 8 / recs[0]["n_images"]}
+                            for s in args.splits], list(args.bandwidths), edge, cloud)
+        for p in plans:
+            rows.append(key.row("split.best", p["best"]["split"], "block", bandwidth_mbps=p["bandwidth_mbps"],
+                                latency_s=p["best"]["total_s"], edge=edge.name, cloud=cloud.name))
+        # anonymization: how much of the input a linear decoder recovers, and what the features look like
+        fq_view = FeatureQuantizer(min(args.qbins), companding=comp[0])
+        for s in args.splits:
+            a = anonymization(model, s, calib_xy[0][:400], test_xy[0][:200])
+            aq = anonymization(model, s, calib_xy[0][:400], test_xy[0][:200], fq=fq_view)
+            png = out_dir / f"anonymization_split{s}.png"
+            png.write_bytes(grid_png(model, s, test_xy[0][:4], fq_view))
+            rows.append(key.row("split.recover_psnr_db", a["psnr_db"], "dB", split=s, features="float",
+                                baseline_psnr_db=a["baseline_psnr_db"], file=png.name))
+            rows.append(key.row("split.recover_psnr_db", aq["psnr_db"], "dB", split=s, features=fq_view.label(),
+                                baseline_psnr_db=aq["baseline_psnr_db"], file=png.name))
+            for r in recs:
+                if r["split"] == s:
+                    r.setdefault("recover_psnr_db", a["psnr_db"])
+        stage.commit(rows)
+        records.extend(recs)
+
+    outcome = recorded_run("split", config, store_path=args.store, out_root=args.runs_dir, body=body,
+                           name=f"split {args.model}", out_dir=args.out)
+    if args.json:
+        _emit_json(records)
+        return 0
+    print(f"{args.model}: evaluated on {len(test_xy[1])} images ({split_desc['eval']}); codec {args.codec}, "
+          f"range {args.range}")
+    _print_table(["split", "block", "qbins", "companding", "noise", "top-1 %", "bpp", "CR", "kB/sample",
+                  "edge MMACs", "cloud MMACs"],
+                 [[str(r["split"]), r["block"], str(r["qbins"]), r["companding"], r["noise"], f"{r['top1']:.2f}",
+                   f"{r['bpp']:.3f}", f"{r['cr']:.1f}", f"{r['kb_per_sample']:.3f}", f"{r['edge_macs'] / 1e6:.1f}",
+                   f"{r['cloud_macs'] / 1e6:.1f}"] for r in records])
+    print(f"\nFP32 top-1 {records[0]['fp32_top1']:.2f}% on the same images; report: {outcome.report_html}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -901,6 +1012,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="last stdout line: JSON list of records")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("split", help="split computing: cut after block N, quantize + entropy-code features")
+    _add_finetune_args(p)
+    p.add_argument("--splits", type=_csv_ints, default=(1, 3, 5), metavar="N1,N2", help="split after these blocks")
+    p.add_argument("--qbins", type=_csv_ints, default=(4, 6, 8), metavar="Q1,Q2", help="feature levels, 2..256")
+    p.add_argument("--companding", default="none,mulaw", help="none and/or mulaw")
+    p.add_argument("--range", choices=["sample", "calibrated"], default="sample",
+                   help="per-sample min/max (sent as side info) or one calibrated range")
+    p.add_argument("--codec", default="range-perchannel", help="entropy coder (see quantbench.split.codec)")
+    p.add_argument("--noise-train", type=int, default=0, metavar="EPOCHS",
+                   help="fine-tune with quantization noise at the split (and without, for comparison)")
+    p.add_argument("--noise-qbins", type=_csv_ints, default=(4,), metavar="Q", help="qbins for noise training")
+    p.add_argument("--noise-at", type=int, metavar="N", help="inject noise after block N instead of at the split")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--eval-size", type=int, metavar="N", help="evaluate on the first N evaluation images")
+    p.add_argument("--edge", default="raspberry-pi-4b", help="edge device profile (or NAME=GFLOPS)")
+    p.add_argument("--cloud", default="nvidia-a100", help="cloud device profile (or NAME=GFLOPS)")
+    p.add_argument("--bandwidths", type=lambda t: tuple(float(v) for v in t.split(",")), default=(1.0, 10.0, 100.0),
+                   metavar="MBPS", help="link bandwidths in Mbit/s for the latency model")
+    p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("bundle", help="a folder/zip to measure a model on a device with only numpy + onnxruntime")
     p.add_argument("--model", required=True)

@@ -310,8 +310,92 @@ def speedup_matrix(rows: Sequence[Row]) -> Figure | None:
                   "PyTorch FP32; empty cells were not measured (see the skipped list).")
 
 
+def _split_cells(rows: Sequence[Row], metric: str) -> list[Row]:
+    return [r for r in rows if r["metric"] == metric and r["value"] is not None]
+
+
+def split_accuracy(rows: Sequence[Row]) -> Figure | None:
+    """Top-1 against the split point, one line per qbins x companding x noise."""
+    pts = _split_cells(rows, "split.top1")
+    if not pts:
+        return None
+    lines: dict[tuple[Any, ...], list[tuple[int, float]]] = defaultdict(list)
+    for r in pts:
+        e = r["extra"]
+        lines[(e["qbins"], e["companding"], e["noise"])].append((e["split"], r["value"]))
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for (q, comp, noise), p in sorted(lines.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+        p.sort()
+        ax.plot([a for a, _ in p], [b for _, b in p], marker="o" if noise == "none" else "s",
+                linestyle="-" if comp == "none" else "--",
+                label=f"q{q} {'uniform' if comp == 'none' else 'mu-law'}" + ("" if noise == "none" else f" {noise}"))
+    n = pts[0]["extra"].get("n_images", "?")
+    ax.set(xlabel="split after block", ylabel="top-1 (%)", title="accuracy vs split point")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    return Figure("split_accuracy", _png(fig),
+                  f"Top-1 (%) on {n} evaluation images when the features at the split are quantized to qbins levels "
+                  "(solid: uniform, dashed: mu-law companded; squares: fine-tuned with or without quantization noise).")
+
+
+def split_bpp(rows: Sequence[Row]) -> Figure | None:
+    """Bits per pixel against qbins, per split and companding (real coded bytes, side info included)."""
+    pts = _split_cells(rows, "split.bpp")
+    if not pts:
+        return None
+    lines: dict[tuple[Any, ...], list[tuple[int, float]]] = defaultdict(list)
+    for r in pts:
+        e = r["extra"]
+        if e.get("noise", "none") != "none":
+            continue
+        lines[(e["split"], e["companding"])].append((e["qbins"], r["value"]))
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (s, comp), p in sorted(lines.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+        p.sort()
+        ax.plot([a for a, _ in p], [b for _, b in p], marker="o", linestyle="-" if comp == "none" else "--",
+                label=f"split {s} {'uniform' if comp == 'none' else 'mu-law'}")
+    ax.set(xlabel="qbins", ylabel="bits per input pixel", title="coded size")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    codec = pts[0]["extra"].get("codec", "?")
+    return Figure("split_bpp", _png(fig),
+                  f"Coded feature size in bits per input pixel (total coded bits incl. side information / (N x H x W) "
+                  f"of the input images), codec {codec}; 24 bpp = the uncompressed RGB input.")
+
+
+def split_latency(rows: Sequence[Row]) -> Figure | None:
+    """Estimated end-to-end latency against bandwidth per split (edge + transfer + cloud)."""
+    pts = [r for r in _split_cells(rows, "split.latency_s") if r["extra"].get("noise", "none") == "none"]
+    if not pts:
+        return None
+    best: dict[tuple[int, float], float] = {}
+    for r in pts:
+        e = r["extra"]
+        k = (e["split"], e["bandwidth_mbps"])
+        best[k] = min(best.get(k, float("inf")), r["value"])  # the smallest coded variant of that split
+    lines: dict[int, list[tuple[float, float]]] = defaultdict(list)
+    for (s, bw), v in best.items():
+        lines[s].append((bw, v))
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for s, p in sorted(lines.items()):
+        p.sort()
+        ax.plot([a for a, _ in p], [1000 * b for _, b in p], marker="o", label=f"split {s}")
+    e = pts[0]["extra"]
+    ax.set(xscale="log", yscale="log", xlabel="bandwidth (Mbit/s)", ylabel="estimated latency (ms)",
+           title=f"edge {e.get('edge')} + link + cloud {e.get('cloud')}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    return Figure("split_latency", _png(fig),
+                  "Estimated latency of one image: edge MACs x 2 / edge GFLOPS + coded bits / bandwidth + cloud MACs "
+                  "x 2 / cloud GFLOPS (FLOPs = 2 x MACs; device profiles), for the smallest coded variant of each "
+                  "split. The lowest line at a bandwidth is the best split there.")
+
+
 ALL_FIGURES = (training_curves, accuracy_bars, size_bars, accuracy_vs_size, sensitivity, latency_vs_batch,
-               macs_vs_batch, speedup_matrix)
+               macs_vs_batch, speedup_matrix, split_accuracy, split_bpp, split_latency)
 
 
 def make_figures(rows: Sequence[Row]) -> list[Figure]:

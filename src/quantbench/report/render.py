@@ -21,8 +21,10 @@ from quantbench.report.tables import (
     device_table,
     latency_table,
     peaks_table,
+    recover_table,
     sensitivity_table,
     speed_findings,
+    split_table,
     summary_table,
     training_table,
 )
@@ -95,6 +97,12 @@ def _sections(run: dict[str, Any], rows: list[dict[str, Any]]) -> list[tuple[str
         lt = latency_table(rows)
         if lt[1]:
             out.append(("Latency and throughput", lt))
+    spt = split_table(rows)
+    if spt[1]:
+        out.append(("Split computing", spt))
+        rt = recover_table(rows)
+        if rt[1]:
+            out.append(("Anonymization: can the input be recovered from the features?", rt))
     dt = device_table(rows)
     if dt[1]:
         out.append(("Devices side by side", dt))
@@ -150,6 +158,12 @@ def render_rows(run: dict[str, Any], rows: list[dict[str, Any]], out_dir: str | 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = make_figures(rows)
+    for name in sorted({r["extra"].get("file") for r in rows if r["metric"] == "split.recover_psnr_db"} - {None}):
+        png = out / str(name)
+        if png.is_file():  # anonymization grids written by `quantbench split` into the run folder
+            figures.append(Figure(png.stem, png.read_bytes(),
+                                  "Per sample: the input image, four feature maps at the split, and the same maps "
+                                  "after feature quantization (what the cloud receives)."))
     fig_dir = out / "figures"
     if figures:
         fig_dir.mkdir(exist_ok=True)

@@ -259,3 +259,34 @@ def device_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
                      v("device_speedup_vs_fp32", "{:.2f}"), v("estimated_latency_ms", "{:.3f}"),
                      v("estimate_error", "{:+.0%}")])
     return header, body
+
+
+def split_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
+    """Split computing: split x qbins x companding (x noise) -> top-1, bpp, CR, kB/sample, edge/cloud MACs."""
+    cells: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in rows:
+        if not r["metric"].startswith("split.") or r["metric"] in ("split.latency_s", "split.best",
+                                                                   "split.recover_psnr_db"):
+            continue
+        e = r["extra"]
+        c = cells.setdefault((e["split"], e["qbins"], e["companding"], e["noise"]), {"block": e.get("block")})
+        c[r["metric"][6:]] = r["value"]
+    header = ["split", "block", "qbins", "companding", "noise", "top-1 %", "top-5 %", "bpp", "order-0 bpp", "CR",
+              "kB/sample", "edge MACs", "cloud MACs"]
+
+    def f(v: Any, fmt: str) -> str:
+        return "–" if v is None else fmt.format(v)
+
+    body = [[str(s), str(c["block"]), str(q), comp, noise, f(c.get("top1"), "{:.2f}"), f(c.get("top5"), "{:.2f}"),
+             f(c.get("bpp"), "{:.3f}"), f(c.get("order0_entropy_bpp"), "{:.3f}"), f(c.get("cr"), "{:.1f}"),
+             f(c.get("kb_per_sample"), "{:.3f}"), human_count(c.get("edge_macs")), human_count(c.get("cloud_macs"))]
+            for (s, q, comp, noise), c in sorted(cells.items(), key=lambda kv: tuple(str(x) for x in kv[0]))]
+    return header, body
+
+
+def recover_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
+    """How much of the input a linear decoder recovers from the split's features (PSNR, dB)."""
+    body = [[str(r["extra"].get("split")), str(r["extra"].get("features")), f"{r['value']:.2f}",
+             f"{r['extra'].get('baseline_psnr_db', float('nan')):.2f}"]
+            for r in rows if r["metric"] == "split.recover_psnr_db" and r["value"] is not None]
+    return ["split", "features", "recovered PSNR dB (linear decoder)", "mean-image PSNR dB (baseline)"], body
