@@ -801,6 +801,11 @@ def cmd_split(args: argparse.Namespace) -> int:
     from quantbench.split.latency import best_split, estimate_latency, parse_profile
     from quantbench.split.splitter import num_split_points
 
+    from quantbench.split.codec import CODECS, available_codecs
+
+    if args.codec not in available_codecs():
+        why = "not installed here" if args.codec in CODECS else "unknown"
+        raise QuantbenchError(f"split: codec {args.codec!r} {why}; available: {', '.join(available_codecs())}")
     comp = _csv_names(args.companding) or ("none",)
     for c in comp:
         if c not in ("none", "mulaw"):

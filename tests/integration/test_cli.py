@@ -21,7 +21,8 @@ def _run_args(tmp_path, *extra: str) -> list[str]:
     return ["--data", SYN, "--model", "lenet", "--epochs", "2", "--batch-sizes", "1,4",
             "--store", str(tmp_path / "q.db"), "--out", str(tmp_path / "runs"), "--no-progress",
             "--set", "measure.min_time_s=0.01", "--set", "measure.min_iters=3",
-            "--set", "quantize.methods=[w8a8:mse, w4a8:adaround]", "--set", "quantize.adaround_iters=50", *extra]
+            "--set", "quantize.methods=[w8a8:mse, w4a8:adaround]", "--set", "quantize.adaround_iters=50",
+            "--set", "quantize.qat=[w4a4]", "--set", "quantize.qat_epochs=1", *extra]
 
 
 def test_run_writes_report_store_and_json(tmp_path, capsys):
@@ -34,8 +35,12 @@ def test_run_writes_report_store_and_json(tmp_path, capsys):
     assert "data:image/png;base64," in html and "training_curves" in html and "latency_vs_batch" in html
     metrics = {r["metric"] for r in rec["results"]}
     methods = {r["method"] for r in rec["results"]}
-    assert methods == {"fp32", "w8a8-mse", "w4a8-adaround"}
+    assert methods == {"fp32", "w8a8-mse", "w4a8-adaround", "w4a4-mse-start", "w4a4-qat"}
     assert {r["metric"] for r in rec["results"] if r["method"] == "w4a8-adaround"} >= {"top1", "top1_drop", "size_bytes"}
+    # QAT rows: accuracy beside its PTQ start, training time per epoch beside this run's FP32 training
+    assert {r["metric"] for r in rec["results"] if r["method"] == "w4a4-qat"} >= {
+        "top1", "top1_drop", "size_bytes", "train_time_s", "epoch_time_s", "qat_vs_fp32_epoch_time"}
+    assert "accuracy_vs_size" in html
     assert {"top1", "top5", "params", "size_bytes", "macs", "flops", "latency_median_ms", "throughput_ips",
             "train_time_s", "epoch.train_loss"} <= metrics
     with ResultStore(tmp_path / "q.db") as store:

@@ -1,0 +1,61 @@
+"""``quantbench split`` end to end on a small ResNet and synthetic images, and its bad-input errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from quantbench.cli import main
+from quantbench.store import ResultStore
+
+SYN = "synthetic:n=160,shape=3x32x32,classes=10,seed=0"
+
+
+def _args(tmp_path, *extra):
+    return ["split", "--model", "resnet20", "--data", SYN, "--train-fraction", "0.5", "--calib-size", "40",
+            "--store", str(tmp_path / "s.db"), "--out", str(tmp_path / "out"), "--no-progress", *extra]
+
+
+def test_split_records_sizes_and_report(tmp_path, capsys):
+    assert main([*_args(tmp_path, "--splits", "1,5", "--qbins", "4,8", "--companding", "none,mulaw",
+                        "--noise-train", "1", "--noise-qbins", "4"), "--json"]) == 0
+    recs = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    keys = {"split", "qbins", "companding", "noise", "top1", "bpp", "cr", "edge_macs", "cloud_macs"}
+    assert all(keys <= set(r) for r in recs)
+    plain = [r for r in recs if r["noise"] == "none"]
+    assert sorted((r["split"], r["qbins"], r["companding"]) for r in plain) == sorted(
+        (s, q, c) for s in (1, 5) for q in (4, 8) for c in ("none", "mulaw"))
+    assert {r["noise"] for r in recs} == {"none", "noise", "no-noise"}
+    assert {(r["split"], r["qbins"]) for r in recs if r["noise"] == "noise"} == {(1, 4), (5, 4)}
+    for r in recs:
+        n = r["n_images"]
+        assert r["total_bits"] == 8 * (r["coded_bytes"] + r["side_bytes"]) and r["side_bytes"] == 8 * n
+        assert r["bpp"] == pytest.approx(r["total_bits"] / (n * 32 * 32))
+        assert r["cr"] == pytest.approx(24 * n * 32 * 32 / r["total_bits"])
+        assert r["edge_macs"] + r["cloud_macs"] == 40_551_040
+    q4 = {(r["split"], r["companding"]): r["bpp"] for r in plain if r["qbins"] == 4}
+    q8 = {(r["split"], r["companding"]): r["bpp"] for r in plain if r["qbins"] == 8}
+    assert all(q4[k] < q8[k] for k in q4)  # fewer levels, fewer bits
+    with ResultStore(tmp_path / "s.db") as store:
+        (run,) = store.runs()
+        metrics = {r["metric"] for r in store.query(run_id=run["run_id"])}
+    assert {"split.top1", "split.bpp", "split.latency_s", "split.best", "split.recover_psnr_db"} <= metrics
+    html = (tmp_path / "out" / "report.html").read_text()
+    for needle in ("Split computing", "split_accuracy", "split_bpp", "split_latency", "anonymization_split1",
+                   "linear decoder"):
+        assert needle in html, needle
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--splits", "12"], "can be split after block 0..9"),
+    (["--qbins", "1"], "qbins must be an integer in 2..256"),
+    (["--companding", "alaw"], "--companding 'alaw' unknown"),
+    (["--bandwidths", "0"], "--bandwidths must be > 0"),
+    (["--edge", "toaster"], "device profile 'toaster'"),
+    (["--codec", "magic"], "magic"),
+])
+def test_bad_input_exits_2(tmp_path, capsys, extra, needle):
+    assert main(_args(tmp_path, *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err, err
