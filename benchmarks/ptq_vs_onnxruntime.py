@@ -12,17 +12,36 @@ Same model, same 500 calibration images, same 4,500 evaluation images, one run:
   and with both at 128 its KL search has a single candidate (the full range), so ORT "Entropy"
   gives exactly the MinMax scales here. ORT also quantizes the logits (Q/DQ after the last Gemm);
   ours keep them float;
-* OURS: ``prepare(parse_scheme("w8a8", per_channel=True, act_observer=...))`` + ``calibrate``,
-  minmax weight observer, activation observers minmax / percentile (99.99) / mse / entropy;
-  evaluated in torch as a simulated (fake-quantized) model.
+* OURS, two kinds of entries:
+
+  - ``ours-<observer>``: ``prepare(parse_scheme("w8a8", per_channel=True, act_observer=...))`` +
+    ``calibrate``, minmax weight observer, activation observers minmax / percentile (99.99) /
+    mse / entropy;
+  - ``ours-algo:<algo>``: the public one-call API, ``quantize_ptq(model, PTQConfig("w8a8", algo,
+    per_channel=True), calib)`` with any registered PTQ algorithm (``mse``: MSE ranges for
+    weights and activations; ``bc-mse``: plus bias correction; ``adaround``/``adaround-bc``:
+    AdaRound weight rounding, ``--adaround-iters`` steps per layer; ``cle-*``: cross-layer
+    equalization first), on the same calibration images;
+
+  evaluated in torch as a simulated (fake-quantized) model. ``--ours-in-ort`` also exports each
+  of them as a QDQ ONNX file with OUR scales (``export_qdq_onnx``) and scores it in ONNX
+  Runtime (``<method>@ort``), which separates "our ranges" from "simulation vs integer kernels".
 
 Every top-1 drop is paired against FP32 torch on the same images (Newcombe 95% CI, exact
-McNemar p). Note: "best ours vs best ORT" picks each side's best on the evaluation images
-themselves, so it is an optimistic pick for both sides alike; the paired CI of the two bests
-says whether the gap is more than noise.
+McNemar p). Two verdicts compare ours with ORT, each with the paired CI of the two picks:
+
+* "best on the evaluation images": each side's best top-1 on the evaluation images themselves,
+  an optimistic pick for both sides, and more so for the side with more candidates (every
+  extra ``ours-*`` entry is one more draw of the same noise);
+* "defaults": no selection at all - ``PTQConfig``'s default algorithm (``ours-algo:mse``) vs
+  ``quantize_static``'s default calibrate_method (``ort-minmax``), when both are in the list.
+
+The table also shows each model's top-1 on the 500 calibration images. It is not used to pick:
+AdaRound and bias correction are fitted on those very images, so it flatters them.
 
 Usage:
-    .venv/bin/python benchmarks/ptq_vs_onnxruntime.py [--out results.json] [--methods ...]
+    .venv/bin/python benchmarks/ptq_vs_onnxruntime.py [--threads 2] [--out results.json]
+        [--methods ort-minmax,ours-mse,ours-algo:adaround-bc,...] [--adaround-iters 300] [--ours-in-ort]
 """
 
 from __future__ import annotations
@@ -47,7 +66,11 @@ DEFAULT_WEIGHTS = SHARED / "weights" / "resnet20-12fca82f.th"
 DEFAULT_DATA = SHARED / "datasets" / "cifar10-jpeg" / "dev"
 ORT_METHODS = ("minmax", "entropy", "percentile")
 OURS_METHODS = ("minmax", "percentile", "mse", "entropy")
-DEFAULT_METHODS = [f"ort-{m}" for m in ORT_METHODS] + [f"ours-{m}" for m in OURS_METHODS]
+OURS_ALGOS = ("mse", "bc-mse", "adaround-bc")  # quantize_ptq algorithms run by default (docs/benchmarks/ptq.md)
+DEFAULT_PAIR = ("ours-algo:mse", "ort-minmax")  # PTQConfig's default algo, quantize_static's default method
+DEFAULT_METHODS = ([f"ort-{m}" for m in ORT_METHODS] + [f"ours-{m}" for m in OURS_METHODS]
+                   + [f"ours-algo:{a}" for a in OURS_ALGOS])
+ALGO_PREFIX = "ours-algo:"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -62,10 +85,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--calib-fraction", type=float, default=None, help="calibration fraction instead of --n-calib")
     p.add_argument("--seed", type=int, default=0, help="split seed")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help="comma list of ort-{minmax,entropy,percentile} and ours-<observer>; FP32 always runs")
+                   help="comma list of ort-{minmax,entropy,percentile}, ours-<observer> and "
+                        "ours-algo:<PTQ algorithm>; FP32 always runs")
     p.add_argument("--batch", type=int, default=250, help="images per evaluation run call")
     p.add_argument("--calib-batch", type=int, default=100, help="images per calibration batch (both sides)")
     p.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads")
+    p.add_argument("--adaround-iters", type=int, default=300,
+                   help="AdaRound steps per layer for ours-algo:adaround* (the library default is 1000)")
+    p.add_argument("--ours-in-ort", action="store_true",
+                   help="also run every ours-* model as a QDQ ONNX file with our scales in ONNX Runtime")
     p.add_argument("--work-dir", type=Path, default=None, help="keep the ONNX files here (default: a temp dir)")
     p.add_argument("--out", type=Path, default=None, help="write the records as JSON to this file")
     return p.parse_args(argv)
@@ -139,6 +167,24 @@ def qdq_summary(path: Path) -> dict[str, int]:
 # ----------------------------------------------------------------------------- run
 
 
+def parse_methods(text: str) -> tuple[list[str], list[str]]:
+    """The method list and the entries that name no known method."""
+    from quantbench.quant.observers import OBSERVERS
+    from quantbench.quant.ptq import ALGOS
+
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in methods if not ((m.startswith("ort-") and m[4:] in ORT_METHODS)
+                                      or (m.startswith(ALGO_PREFIX) and m[len(ALGO_PREFIX):] in ALGOS)
+                                      or (m.startswith("ours-") and not m.startswith(ALGO_PREFIX)
+                                          and m[5:] in OBSERVERS))]
+    return methods, bad
+
+
+def best(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The row with the best top-1 on the evaluation images; ties: lower loss, then list order."""
+    return max(rows, key=lambda r: (r["result"].top1, -r["result"].loss))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
@@ -157,14 +203,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ptq_vs_onnxruntime: needs onnx and onnxruntime ({exc}); pip install 'quantbench[onnx]'",
               file=sys.stderr)
         return 1
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    from quantbench.quant.observers import OBSERVERS
-
-    bad = [m for m in methods if not ((m.startswith("ort-") and m[4:] in ORT_METHODS)
-                                      or (m.startswith("ours-") and m[5:] in OBSERVERS))]
+    methods, bad = parse_methods(args.methods)
     if bad:
-        print(f"ptq_vs_onnxruntime: unknown method(s) {bad}; use ort-{{{','.join(ORT_METHODS)}}} "
-              f"or ours-{{{','.join(OBSERVERS.names())}}}", file=sys.stderr)
+        from quantbench.quant.observers import OBSERVERS
+        from quantbench.quant.ptq import ALGOS
+
+        print(f"ptq_vs_onnxruntime: unknown method(s) {bad}; use ort-{{{','.join(ORT_METHODS)}}}, "
+              f"ours-{{{','.join(OBSERVERS.names())}}} or {ALGO_PREFIX}{{{','.join(ALGOS.names())}}}",
+              file=sys.stderr)
+        return 2
+    if args.adaround_iters < 1:
+        print("ptq_vs_onnxruntime: --adaround-iters must be >= 1", file=sys.stderr)
         return 2
 
     from quantbench.data import open_dataset, split_dataset
@@ -173,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     from quantbench.measure.environment import environment
     from quantbench.models import build_model, load_checkpoint
     from quantbench.quant.prepare import calibrate, prepare
+    from quantbench.quant.ptq import PTQConfig, quantize_ptq
     from quantbench.quant.spec import parse_scheme
 
     torch.set_num_threads(args.threads)
@@ -186,25 +236,28 @@ def main(argv: list[str] | None = None) -> int:
     test_x, test_y = parts["test"].tensors()
     t_data = time.perf_counter() - t0
     print(f"data: {spec} ({args.normalize}), {len(calib_x)} calibration / {len(test_x)} evaluation images, "
-          f"seed {args.seed}, loaded in {t_data:.1f} s")
+          f"seed {args.seed}, loaded in {t_data:.1f} s; load average {load_start}")
     model = load_checkpoint(build_model(args.model), args.weights).eval()
     test = (test_x, test_y)
+    calib = (calib_x, calib_y)
     records: list[dict[str, Any]] = []
 
-    def record(method: str, engine: str, res: Any, calib_s: float | None, eval_s: float, **extra: Any) -> None:
-        records.append({"method": method, "engine": engine, "result": res, "calib_s": calib_s,
-                        "eval_s": eval_s, **extra})
-        print(f"  {method:<18} top-1 {res.top1:6.2f}%   (calib {calib_s or 0:6.1f} s, eval {eval_s:5.1f} s)",
-              flush=True)
+    def record(method: str, engine: str, res: Any, calib_res: Any, calib_s: float | None, eval_s: float,
+               **extra: Any) -> None:
+        records.append({"method": method, "engine": engine, "result": res, "calib_result": calib_res,
+                        "calib_s": calib_s, "eval_s": eval_s, **extra})
+        print(f"  {method:<24} top-1 {res.top1:6.2f}%  on calib {calib_res.top1:6.2f}%   "
+              f"(calib {calib_s or 0:6.1f} s, eval {eval_s:5.1f} s)", flush=True)
 
-    def timed_eval(m: nn.Module) -> tuple[Any, float]:
+    def timed_eval(m: nn.Module) -> tuple[Any, Any, float]:
         t = time.perf_counter()
         res = evaluate(m, test, batch_size=args.batch, topk=(1, 5))
-        return res, time.perf_counter() - t
+        dt = time.perf_counter() - t
+        return res, evaluate(m, calib, batch_size=args.batch, topk=(1, 5)), dt
 
     # FP32 references.
-    res, dt = timed_eval(model)
-    record("fp32-torch", "torch", res, None, dt)
+    res, cres, dt = timed_eval(model)
+    record("fp32-torch", "torch", res, cres, None, dt)
     fp32 = res
     tmp = None
     if args.work_dir is None:
@@ -216,9 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fp32_path = export_fp32_onnx(model, work / "fp32.onnx", tuple(ds.input_shape))
         ort_fp32 = OrtModule(fp32_path, args.threads)
-        res, dt = timed_eval(ort_fp32)
+        res, cres, dt = timed_eval(ort_fp32)
         disagree = int(np.count_nonzero(res.correct != fp32.correct))
-        record("fp32-onnxruntime", "onnxruntime", res, None, dt, disagreements_vs_torch=disagree)
+        record("fp32-onnxruntime", "onnxruntime", res, cres, None, dt, disagreements_vs_torch=disagree)
         if disagree:
             print(f"  WARNING: FP32 ONNX Runtime and torch differ on {disagree} images", flush=True)
         input_name = ort_fp32.input_name
@@ -233,26 +286,47 @@ def main(argv: list[str] | None = None) -> int:
                 qpath = ort_quantize(pre_path, work / f"{method}.onnx", calib_x, method[4:], input_name,
                                      args.calib_batch)
                 calib_s = time.perf_counter() - t
-                res, dt = timed_eval(OrtModule(qpath, args.threads))
-                record(method, "onnxruntime", res, calib_s, dt, calibrate_method=method[4:],
+                res, cres, dt = timed_eval(OrtModule(qpath, args.threads))
+                record(method, "onnxruntime", res, cres, calib_s, dt, calibrate_method=method[4:],
                        pre_process_s=t_pre, qdq=qdq_summary(qpath))
+                continue
+            t = time.perf_counter()
+            if method.startswith(ALGO_PREFIX):
+                algo = method[len(ALGO_PREFIX):]
+                cfg = PTQConfig("w8a8", algo, per_channel=True, calib_size=len(calib_x),
+                                calib_batch_size=args.calib_batch, adaround_iters=args.adaround_iters)
+                qm = quantize_ptq(model, cfg, calib)
+                a = cfg.algorithm()
+                extra = {"algo": algo, "label": cfg.label(), "weight_observer": a.weight_observer,
+                         "act_observer": a.act_observer, "equalize": a.equalize, "adaround": a.adaround,
+                         "bias_correction": a.bias_correction,
+                         "adaround_iters": args.adaround_iters if a.adaround else None}
             else:
                 obs = method[5:]
-                t = time.perf_counter()
                 plan = parse_scheme("w8a8", per_channel=True, weight_observer="minmax", act_observer=obs)
-                qm = calibrate(prepare(model, plan), (calib_x, calib_y), batch_size=args.calib_batch)
-                calib_s = time.perf_counter() - t
-                res, dt = timed_eval(qm)
-                record(method, "torch (simulated)", res, calib_s, dt, act_observer=obs, scheme="w8a8",
-                       weight_observer="minmax", per_channel=True)
+                qm = calibrate(prepare(model, plan), calib, batch_size=args.calib_batch)
+                extra = {"act_observer": obs, "weight_observer": "minmax"}
+            calib_s = time.perf_counter() - t
+            res, cres, dt = timed_eval(qm)
+            record(method, "torch (simulated)", res, cres, calib_s, dt, scheme="w8a8", per_channel=True, **extra)
+            if args.ours_in_ort:
+                from quantbench.engines.export_qdq import export_qdq_onnx
+
+                t = time.perf_counter()
+                qpath = export_qdq_onnx(qm, work / f"{method.replace(':', '_')}_qdq.onnx", tuple(ds.input_shape))
+                export_s = time.perf_counter() - t
+                res_o, cres_o, dt = timed_eval(OrtModule(qpath, args.threads))
+                sim_vs_ort = int(np.count_nonzero(res_o.correct != res.correct))
+                record(f"{method}@ort", "onnxruntime (our QDQ)", res_o, cres_o, None, dt, export_s=export_s,
+                       disagreements_vs_simulated=sim_vs_ort, qdq=qdq_summary(qpath), **extra)
     finally:
         if tmp is not None:
             tmp.cleanup()
 
     # Table: every drop paired against FP32 torch on the same images.
     print()
-    head = (f"{'method':<18} {'engine':<18} {'top-1 % [95% CI]':<22} {'drop vs FP32, points [paired 95% CI]':<38}"
-            f" {'McNemar p':>9} {'calib s':>8} {'eval s':>7}")
+    head = (f"{'method':<24} {'engine':<21} {'top-1 % [95% CI]':<22} {'drop vs FP32, points [paired 95% CI]':<37}"
+            f" {'McNemar p':>9} {'calib-set top-1':>15} {'calib s':>8} {'eval s':>7}")
     print(head)
     print("-" * len(head))
     for r in records:
@@ -262,24 +336,38 @@ def main(argv: list[str] | None = None) -> int:
         ci = f"{res.top1:6.2f} [{res.ci[1][0]:.2f}, {res.ci[1][1]:.2f}]"
         drop = (f"{d.diff_points:+6.2f} [{d.ci_low:+.2f}, {d.ci_high:+.2f}]" if res is not fp32
                 else "(reference)")
-        calib = f"{r['calib_s']:8.1f}" if r["calib_s"] is not None else f"{'-':>8}"
+        calib_time = f"{r['calib_s']:8.1f}" if r["calib_s"] is not None else f"{'-':>8}"
         p = f"{d.p_value:9.3g}" if res is not fp32 else f"{'-':>9}"
-        print(f"{r['method']:<18} {r['engine']:<18} {ci:<22} {drop:<38} {p} {calib} {r['eval_s']:7.1f}")
+        print(f"{r['method']:<24} {r['engine']:<21} {ci:<22} {drop:<37} {p} "
+              f"{r['calib_result'].top1:15.2f} {calib_time} {r['eval_s']:7.1f}")
 
-    ours = [r for r in records if r["method"].startswith("ours-")]
+    groups = {
+        "ours (simulated)": [r for r in records if r["engine"] == "torch (simulated)"],
+        "ours (our QDQ in ONNX Runtime)": [r for r in records if r["engine"] == "onnxruntime (our QDQ)"],
+    }
     ort_q = [r for r in records if r["method"].startswith("ort-")]
-    verdict: dict[str, Any] | None = None
-    if ours and ort_q:
-        best_ours = max(ours, key=lambda r: r["result"].top1)
-        best_ort = max(ort_q, key=lambda r: r["result"].top1)
-        d = paired_difference(best_ort["result"].correct, best_ours["result"].correct)
-        ok = best_ours["result"].top1 >= best_ort["result"].top1
-        verdict = {"best_ours": best_ours["method"], "best_ort": best_ort["method"],
-                   "ours_ge_ort": ok, "ours_minus_ort": d.as_dict()}
-        print(f"\nours - ORT (best of each, paired): {d.diff_points:+.2f} points, 95% CI "
-              f"[{d.ci_low:+.2f}, {d.ci_high:+.2f}], McNemar p = {d.p_value:.3g}")
-        print(f"best ours {best_ours['method']} {best_ours['result'].top1:.2f}% vs best ORT "
-              f"{best_ort['method']} {best_ort['result'].top1:.2f}%: ours >= ORT: {ok}")
+    verdicts: dict[str, Any] = {}
+    for group, ours in groups.items():
+        if not ours or not ort_q:
+            continue
+        print(f"\n{group} vs ONNX Runtime quantize_static, paired on the {len(test_x)} evaluation images:")
+        suffix = "@ort" if group.startswith("ours (our QDQ") else ""
+        by_name = {r["method"]: r for r in records}
+        picks = {"eval": ("best on the evaluation images (optimistic pick, both sides)", best(ours), best(ort_q))}
+        if DEFAULT_PAIR[0] + suffix in by_name and DEFAULT_PAIR[1] in by_name:
+            picks["defaults"] = ("defaults, no selection", by_name[DEFAULT_PAIR[0] + suffix],
+                                 by_name[DEFAULT_PAIR[1]])
+        for key, (what, pick_ours, pick_ort) in picks.items():
+            d = paired_difference(pick_ort["result"].correct, pick_ours["result"].correct)
+            ok = pick_ours["result"].top1 >= pick_ort["result"].top1
+            verdicts[f"{group} / {key}"] = {
+                "group": group, "selection": key, "ours": pick_ours["method"], "ort": pick_ort["method"],
+                "ours_top1": pick_ours["result"].top1, "ort_top1": pick_ort["result"].top1,
+                "ours_ge_ort": ok, "ours_minus_ort": d.as_dict()}
+            print(f"  {what}: {pick_ours['method']} {pick_ours['result'].top1:.2f}% vs {pick_ort['method']} "
+                  f"{pick_ort['result'].top1:.2f}%: ours - ORT {d.diff_points:+.2f} points, 95% CI "
+                  f"[{d.ci_low:+.2f}, {d.ci_high:+.2f}], McNemar p = {d.p_value:.3g} "
+                  f"({d.n_b_only} images only ours right, {d.n_a_only} only ORT); ours >= ORT: {ok}")
     total = time.perf_counter() - t_start
     load = [round(v, 2) for v in os.getloadavg()]
     print(f"total run time {total:.1f} s ({args.threads} threads, onnxruntime {onnxruntime.__version__}, "
@@ -291,11 +379,13 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "ptq_vs_onnxruntime",
             "model": args.model, "weights": str(args.weights), "data": spec, "normalize": args.normalize,
             "seed": args.seed, "n_calib": len(calib_x), "n_test": len(test_x), "threads": args.threads,
-            "eval_batch": args.batch, "calib_batch": args.calib_batch, "total_s": total,
+            "eval_batch": args.batch, "calib_batch": args.calib_batch, "adaround_iters": args.adaround_iters,
+            "methods": methods, "total_s": total,
             "load_average_start": load_start, "load_average_end": load,
-            "records": [{**{k: v for k, v in r.items() if k not in ("result", "drop")},
-                         **r["result"].as_dict(), "drop_vs_fp32": r["drop"].as_dict()} for r in records],
-            "verdict": verdict,
+            "records": [{**{k: v for k, v in r.items() if k not in ("result", "calib_result", "drop")},
+                         **r["result"].as_dict(), "calib_set": r["calib_result"].as_dict(),
+                         "drop_vs_fp32": r["drop"].as_dict()} for r in records],
+            "verdicts": verdicts,
             "environment": environment(),
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -87,7 +87,7 @@ _ZLIB_LEVEL = 9
 _ZSTD_LEVEL = 19
 # Adaptive models: the prior is alpha = 2**-k pseudo-counts per symbol, k chosen by the encoder from
 # these candidates (small alpha for sparse alphabets, ~0.5 for dense ones), and stored in one byte.
-_ALPHA_EXPONENTS = (0, 1, 2, 3, 4, 5, 6)
+_ALPHA_EXPONENTS = tuple(range(11))
 _MIN_BLOCK = 2  # first adaptation blocks; they grow by 1/4 of the symbols seen so far
 _MAX_BLOCKS = 1024  # the block cap scales with the tensor so a huge tensor is ~1024 blocks, not millions
 
