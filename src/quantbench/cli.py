@@ -796,12 +796,11 @@ def cmd_split(args: argparse.Namespace) -> int:
     from quantbench import config as C
     from quantbench.experiments.records import RowKey
     from quantbench.experiments.runner import prepare_model, recorded_run
+    from quantbench.split.codec import CODECS, available_codecs
     from quantbench.split.experiment import anonymization, grid_png, noise_finetune, run_split, split_costs
     from quantbench.split.features import FeatureQuantizer
     from quantbench.split.latency import best_split, estimate_latency, parse_profile
     from quantbench.split.splitter import num_split_points
-
-    from quantbench.split.codec import CODECS, available_codecs
 
     if args.codec not in available_codecs():
         why = "not installed here" if args.codec in CODECS else "unknown"
