@@ -32,3 +32,24 @@ def shared_dir() -> Path:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def absent_engine():
+    """An engine registered for one test whose package is never installed (for "not installed" errors)."""
+    from quantbench.engines.base import ENGINES, Engine
+
+    class Absent(Engine):
+        name = "absent-engine"
+        variants = ("fp32",)
+        package = "quantbench_no_such_package"
+
+        def load(self, model, variant, *, threads, workdir):  # pragma: no cover - never available
+            raise AssertionError
+
+    ENGINES.register("absent-engine", description="test: never installed")(Absent)
+    try:
+        yield "absent-engine"
+    finally:
+        ENGINES._items.pop("absent-engine", None)
+        ENGINES._meta.pop("absent-engine", None)

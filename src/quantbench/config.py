@@ -202,6 +202,20 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return {k: plain(v) for k, v in dataclasses.asdict(cfg).items()}
 
 
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; every failure is one line naming the file (``what`` says which kind)."""
+    p = Path(path)
+    try:
+        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise QuantbenchError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise QuantbenchError(f"{path}: not valid YAML ({' '.join(str(exc).split())[:200]})") from None
+    if not isinstance(doc, dict):
+        raise QuantbenchError(f"{path}: a {what} must be a mapping, got {type(doc).__name__}")
+    return doc
+
+
 def load(path: str | Path) -> ExperimentConfig:
     """Read a YAML experiment file; a missing or malformed file names itself in the error."""
     p = Path(path)

@@ -97,17 +97,10 @@ class SweepOutcome:
 
 def load_sweep(path: str | Path) -> Sweep:
     """Read and validate a sweep file (errors name the file and the key)."""
-    import yaml
+    from quantbench.config import read_yaml_mapping
 
     p = Path(path)
-    try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise QuantbenchError(f"{path}: cannot read sweep file ({exc.strerror or exc})") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise QuantbenchError(f"{path}: not valid YAML ({' '.join(str(exc).split())[:200]})") from None
-    if not isinstance(doc, dict):
-        raise QuantbenchError(f"{path}: expected a mapping with kind, base and grid")
+    doc = read_yaml_mapping(p, "sweep file")
     unknown = sorted(set(doc) - _TOP_KEYS)
     if unknown:
         raise QuantbenchError(f"{path}: unknown key {unknown[0]!r}; expected: {', '.join(sorted(_TOP_KEYS))}")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from quantbench.cli import main
-from quantbench.engines.base import ENGINES, Engine
+from quantbench.engines.base import ENGINES
 from quantbench.store import ResultStore
 
 FAST = ["--threads", "1", "--min-time", "0", "--no-progress"]
@@ -56,25 +56,6 @@ def test_bench_text_output_and_quantized_artifact(tmp_path, capsys):
     lines = [ln.split() for ln in out.splitlines() if ln.startswith(("torch ", "onnxruntime "))]
     assert [ln[:3] for ln in lines] == [["torch", "fp32", "1"], ["onnxruntime", "int8", "1"]]
     assert lines[1][-2] != "–"  # isolated by default: peak RSS per engine is measured
-
-
-class _Absent(Engine):
-    name = "absent-engine"
-    variants = ("fp32",)
-    package = "quantbench_no_such_package"
-
-    def load(self, model, variant, *, threads, workdir):  # pragma: no cover - never available
-        raise AssertionError
-
-
-@pytest.fixture
-def absent_engine():
-    ENGINES.register("absent-engine", description="test: never installed")(_Absent)
-    try:
-        yield "absent-engine"
-    finally:
-        ENGINES._items.pop("absent-engine", None)
-        ENGINES._meta.pop("absent-engine", None)
 
 
 @pytest.mark.parametrize("extra, needle", [

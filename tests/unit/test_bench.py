@@ -6,7 +6,6 @@ import math
 
 import pytest
 
-from quantbench.engines.base import ENGINES, Engine
 from quantbench.errors import QuantbenchError
 from quantbench.experiments.bench import BenchSpec, bench_rows, load_study, plan_jobs, run_bench
 from quantbench.measure.macs import count_macs
@@ -46,25 +45,6 @@ def test_plan_all_covers_every_installed_engine_variant():
 def test_plan_rejects_bad_names(engines, variants, needle):
     with pytest.raises(QuantbenchError, match=needle):
         plan_jobs(engines, variants)
-
-
-class _Absent(Engine):
-    name = "absent-engine"
-    variants = ("fp32",)
-    package = "quantbench_no_such_package"
-
-    def load(self, model, variant, *, threads, workdir):  # pragma: no cover - never available
-        raise AssertionError
-
-
-@pytest.fixture
-def absent_engine():
-    ENGINES.register("absent-engine", description="test: never installed")(_Absent)
-    try:
-        yield "absent-engine"
-    finally:
-        ENGINES._items.pop("absent-engine", None)
-        ENGINES._meta.pop("absent-engine", None)
 
 
 def test_engine_not_installed_is_an_error_when_named_and_skipped_under_all(absent_engine):

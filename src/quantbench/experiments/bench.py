@@ -553,17 +553,10 @@ def load_study(path: str | Path, **overrides: Any) -> tuple[str, list[BenchSpec]
     Raises:
         QuantbenchError: unreadable file, unknown key (named with the file), bad value.
     """
-    import yaml
+    from quantbench.config import read_yaml_mapping
 
     p = Path(path)
-    try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise QuantbenchError(f"{path}: cannot read study file ({exc.strerror or exc})") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise QuantbenchError(f"{path}: not valid YAML ({' '.join(str(exc).split())[:200]})") from None
-    if not isinstance(doc, dict):
-        raise QuantbenchError(f"{path}: expected a mapping with a 'models' list, got {type(doc).__name__}")
+    doc = read_yaml_mapping(p, "study file")
     unknown = sorted(set(doc) - _STUDY_KEYS)
     if unknown:
         raise QuantbenchError(f"{path}: unknown key {unknown[0]!r}; expected: {', '.join(sorted(_STUDY_KEYS))}")

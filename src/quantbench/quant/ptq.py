@@ -99,6 +99,10 @@ class PTQConfig:
         if self.scheme in ("dynamic", "fp32"):
             return self.scheme
         parts = [self.scheme, self.algo]
+        base, used = ALGOS.get(self.algo), self.algorithm()
+        for flag, tag in (("equalize", "cle"), ("bias_correction", "bc")):
+            if getattr(used, flag) != getattr(base, flag):  # an override: the label must say so
+                parts.append(tag if getattr(used, flag) else f"no{tag}")
         if not self.per_channel:
             parts.append("pt")
         if self.companding != "none":
