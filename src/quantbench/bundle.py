@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -25,12 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from quantbench.bundle_runner import BUNDLE_FORMAT, RESULTS_FORMAT, sha256
 from quantbench.errors import QuantbenchError
 
 __all__ = ["DEVICE_PROFILES", "build_bundle", "import_results"]
 
-BUNDLE_FORMAT = "quantbench-bundle-v1"
-RESULTS_FORMAT = "quantbench-device-results-v1"
 
 DEVICE_PROFILES = {  # GMAC/s (= GFLOPS / 2) that the latency estimate divides MACs by
     "raspberry-pi-4b": 9.69 / 2,
@@ -38,14 +36,6 @@ DEVICE_PROFILES = {  # GMAC/s (= GFLOPS / 2) that the latency estimate divides M
     "nvidia-a100": 19500 / 2,
 }
 """Published FP32 rates (GFLOPS, FLOPs = 2 x MACs) converted to GMAC/s; pass ``--profile-gmacs`` for others."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def build_bundle(model_name: str, *, checkpoint: str | None = None, schemes: tuple[str, ...] = ("fp32", "dynamic",
@@ -122,16 +112,16 @@ def build_bundle(model_name: str, *, checkpoint: str | None = None, schemes: tup
             expected = sess.run(None, {sess.get_inputs()[0].name: samples.numpy().astype(np.float32)})[0]
             exp_path = out / f"expected_{scheme}.npy"
             np.save(exp_path, expected.astype(np.float32))
-            entries.append({"scheme": scheme, "file": dest.name, "sha256": _sha256(dest), "bytes": dest.stat().st_size,
+            entries.append({"scheme": scheme, "file": dest.name, "sha256": sha256(dest), "bytes": dest.stat().st_size,
                             "macs": int(macs), "flops": 2 * int(macs), "expected": exp_path.name,
-                            "expected_sha256": _sha256(exp_path),
+                            "expected_sha256": sha256(exp_path),
                             "quantized_with": (f"{scheme}-{algo}, calibrated on {len(calib_x)} "
                                                f"{'images of ' + calib if calib else 'seeded random images'}"
                                                if qm is not None else None)})
     manifest = {"format": BUNDLE_FORMAT, "model": model_name, "checkpoint": Path(checkpoint).name if checkpoint
                 else None, "input_shape": list(shape), "batch_sizes": list(batch_sizes),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "quantbench": __version__,
-                "samples": {"file": "samples.npy", "sha256": _sha256(out / "samples.npy"), "count": len(samples)},
+                "samples": {"file": "samples.npy", "sha256": sha256(out / "samples.npy"), "count": len(samples)},
                 "convention": "MACs per image of conv/linear layers; FLOPs = 2 x MACs",
                 "models": entries}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

@@ -452,6 +452,15 @@ def _finetune_splits(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, dict
     return ds, calib, train, test, split
 
 
+def _add_output_args(p: argparse.ArgumentParser, out_help: str, json_help: str | None = None) -> None:
+    """The flags of every verb that records a run: --out, --store, --no-progress, --json."""
+    p.add_argument("--out", metavar="DIR", help=out_help)
+    p.add_argument("--runs-dir", default="runs", help=argparse.SUPPRESS)
+    p.add_argument("--store", default="runs/quantbench.db", metavar="DB")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help=json_help)
+
+
 def _add_finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--checkpoint", metavar="FILE")
@@ -463,11 +472,7 @@ def _add_finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--normalize", default="auto")
     p.add_argument("--resize", type=int, metavar="S")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", metavar="DIR", help="folder for models and report (default runs/<run-id>)")
-    p.add_argument("--runs-dir", default="runs", help=argparse.SUPPRESS)
-    p.add_argument("--store", default="runs/quantbench.db", metavar="DB")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--json", action="store_true")
+    _add_output_args(p, "folder for models and report (default runs/<run-id>)")
 
 
 def _mixed_budget(args: argparse.Namespace) -> dict[str, Any]:
@@ -956,11 +961,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normalize", default="auto")
     p.add_argument("--resize", type=int, metavar="S")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", metavar="DIR", help="folder for the quantized model and report (default runs/<run-id>)")
-    p.add_argument("--runs-dir", default="runs", help=argparse.SUPPRESS)
-    p.add_argument("--store", default="runs/quantbench.db", metavar="DB")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--json", action="store_true")
+    _add_output_args(p, "folder for the quantized model and report (default runs/<run-id>)")
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("qat", help="quantization-aware training from a checkpoint: PTQ start vs QAT vs FP32")
@@ -1010,11 +1011,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-time", type=float, metavar="S", help="timed seconds per cell (default 1.0)")
     p.add_argument("--no-isolate", action="store_true",
                    help="run every engine in this process (faster; no per-engine peak RSS)")
-    p.add_argument("--out", metavar="DIR", help="folder for the report (default runs/<run-id>)")
-    p.add_argument("--runs-dir", default="runs", help=argparse.SUPPRESS)
-    p.add_argument("--store", default="runs/quantbench.db", metavar="DB")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--json", action="store_true", help="last stdout line: JSON list of records")
+    _add_output_args(p, "folder for the report (default runs/<run-id>)", "last stdout line: JSON list of records")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("split", help="split computing: cut after block N, quantize + entropy-code features")

@@ -29,7 +29,8 @@ def test_bench_json_store_and_report(tmp_path, capsys):
     for r in recs:
         assert {"engine", "variant", "batch", "median_ms", "p90_ms", "throughput_ips", "gmacs_per_s",
                 "fraction_of_peak", "speedup_vs_fp32", "speedup_vs_torch_fp32", "macs_batch"} <= set(r)
-        assert 0 < r["median_ms"] <= r["p90_ms"]
+        ordered = 0 < r["median_ms"] <= r["p90_ms"]  # order statistics of the same samples, not a speed
+        assert ordered
         assert r["fraction_of_peak"] > 0  # the CLI measures this machine's peaks
     with ResultStore(tmp_path / "b.db") as store:
         (run,) = store.runs()

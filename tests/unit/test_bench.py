@@ -75,7 +75,8 @@ def test_records_have_consistent_derived_ratios(lenet_bench):
     assert set(cells) == {(e, v, b) for e, v in [("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]
                           for b in (1, 4)}
     for (engine, _variant, b), r in cells.items():
-        assert r["median_ms"] <= r["p90_ms"]
+        ordered = r["median_ms"] <= r["p90_ms"]  # order statistics of the same samples, not a speed
+        assert ordered
         assert r["macs_batch"] == res.per_image_macs * b
         assert math.isclose(r["gmacs_per_s"], r["macs_batch"] / (r["median_ms"] / 1e3) / 1e9)
         assert math.isclose(r["throughput_ips"], b / (r["median_ms"] / 1e3))

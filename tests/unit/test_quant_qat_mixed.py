@@ -17,7 +17,7 @@ from quantbench.errors import QuantbenchError
 from quantbench.experiments.qat import search_mixed
 from quantbench.quant.fake import FakeQuant, fake_quantize, pact_fake_quantize
 from quantbench.quant.mixed import LayerBits, bit_sensitivity, mixed_plan, solve_bits, weight_bytes
-from quantbench.quant.prepare import calibrate, prepare
+from quantbench.quant.prepare import prepare
 from quantbench.quant.ptq import PTQConfig, quantize_ptq
 from quantbench.quant.qat import QATConfig, make_trainable, quantize_qat
 from quantbench.quant.save import load_quantized, save_quantized
@@ -236,8 +236,3 @@ def test_plan_overrides_are_stored_as_differences_and_old_full_form_still_loads(
     assert QuantPlan.from_dict(d) == mixed
     full = {**d, "overrides": {"conv": LayerSpec(w4, plan.default.act).as_dict()}}
     assert QuantPlan.from_dict(full).overrides["conv"] == LayerSpec(w4, plan.default.act)
-
-
-def test_calibrated_prepare_is_unchanged_by_qat_imports():
-    qm = calibrate(prepare(_net(), parse_scheme("w8a8")), _data(32)[0])
-    assert all(not fq.learnable for _, fq in qm.act_quantizers())

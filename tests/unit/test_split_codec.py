@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 import zlib
 
 import numpy as np
@@ -179,14 +178,12 @@ def test_zstd_missing_is_a_clean_error_or_roundtrips() -> None:
 
 
 @pytest.mark.parametrize("codec", RANGE)
-def test_encode_speed_is_vectorised(codec: str) -> None:
+def test_large_tensor_round_trips_and_compresses(codec: str) -> None:
+    # speed is measured in benchmarks/split_codec.py (as a ratio to zlib), not asserted here
     x = _channel_skewed((64, 64, 8, 8), 16)
-    C.encode(x[:1], 16, codec)  # warm-up (imports)
-    t = time.perf_counter()
     blob = C.encode(x, 16, codec)
-    elapsed = time.perf_counter() - t
-    assert elapsed < 1.0, f"{codec}: {elapsed:.2f} s for 262144 symbols"  # measured 0.01-0.04 s
     assert len(blob) < x.size  # < 8 bits per symbol, i.e. it compressed
+    assert np.array_equal(C.decode(blob), x)
 
 
 # ---------------------------------------------------------------------------------------------- arithmetic

@@ -129,13 +129,7 @@ def write_sweep_report(store_path: str | Path, sweep_id: str, out_dir: str | Pat
             raise QuantbenchError(f"{store_path}: no finished cell of a sweep named {sweep_id!r}")
         runs = [store.run(c["run_id"]) for c in cells.values()]
         rows = [r for c in cells.values() for r in store.query(run_id=c["run_id"])]
-    models = sorted({str(r["config"].get("model", {}).get("name")) for r in runs})
-    datas = sorted({str(r["config"].get("data", {}).get("spec")) for r in runs})
-    first = runs[0]
-    meta = {"run_id": sweep_id, "name": f"sweep {sweep_id} ({len(runs)} cells)", "kind": "sweep",
-            "status": "finished", "created": first["created"], "environment": first["environment"],
-            "config": {"model": {"name": ", ".join(models)}, "data": {"spec": ", ".join(datas)}}}
-    return render_rows(meta, rows, out_dir)
+    return render_rows(_combined(runs, sweep_id, f"sweep {sweep_id} ({len(runs)} cells)", "sweep"), rows, out_dir)
 
 
 def write_devices_report(store_path: str | Path, model: str, out_dir: str | Path) -> tuple[Path, Path]:
@@ -146,11 +140,17 @@ def write_devices_report(store_path: str | Path, model: str, out_dir: str | Path
             raise QuantbenchError(f"{store_path}: no device results imported for model {model!r}")
         rows = [row for r in runs for row in store.query(run_id=r["run_id"])]
     devices = sorted({str(r["config"].get("device")) for r in runs})
-    meta = {"run_id": f"devices-{model}", "name": f"{model} on {len(devices)} device(s): {', '.join(devices)}",
-            "kind": "devices", "status": "finished", "created": runs[-1]["created"],
+    title = f"{model} on {len(devices)} device(s): {', '.join(devices)}"
+    return render_rows(_combined(runs, f"devices-{model}", title, "devices"), rows, out_dir)
+
+
+def _combined(runs: list[dict[str, Any]], run_id: str, name: str, kind: str) -> dict[str, Any]:
+    """A run-like header for a report over several stored runs (their models and data listed)."""
+    models = sorted({str(r["config"].get("model", {}).get("name")) for r in runs})
+    datas = sorted({str(r["config"].get("data", {}).get("spec")) for r in runs})
+    return {"run_id": run_id, "name": name, "kind": kind, "status": "finished", "created": runs[-1]["created"],
             "environment": runs[-1]["environment"],
-            "config": {"model": {"name": model}, "data": runs[-1]["config"].get("data", {})}}
-    return render_rows(meta, rows, out_dir)
+            "config": {"model": {"name": ", ".join(models)}, "data": {"spec": ", ".join(datas)}}}
 
 
 def render_rows(run: dict[str, Any], rows: list[dict[str, Any]], out_dir: str | Path) -> tuple[Path, Path]:
