@@ -269,12 +269,6 @@ def _quantized_model(spec: BenchSpec, model: nn.Module, shape: tuple[int, int, i
 # ----------------------------------------------------------------------------- one job (maybe in a child)
 
 
-def _peak_rss() -> int | None:
-    from quantbench.measure.latency import peak_rss_bytes
-
-    return peak_rss_bytes()
-
-
 def bench_job(job: dict[str, Any]) -> dict[str, Any]:
     """Deploy one (engine, variant) and time every batch size; returns plain data (picklable).
 
@@ -283,7 +277,7 @@ def bench_job(job: dict[str, Any]) -> dict[str, Any]:
     Errors come back as ``{"error": "..."}``: one broken engine must not lose the others.
     """
     from quantbench.engines.base import Deployable, load_session
-    from quantbench.measure.latency import measure_latency
+    from quantbench.measure.latency import measure_latency, peak_rss_bytes
 
     try:
         torch.set_num_threads(job["threads"])
@@ -301,7 +295,7 @@ def bench_job(job: dict[str, Any]) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="quantbench-bench-") as tmp:
             session = load_session(job["engine"], dep, job["variant"], threads=job["threads"], workdir=tmp)
             info = {k: v for k, v in session.info.items() if isinstance(v, (str, int, float, bool, type(None)))}
-            rss_loaded = _peak_rss()
+            rss_loaded = peak_rss_bytes()
             lats, events = [], []
             for b in job["batch_sizes"]:
                 lat = measure_latency(session.runner(b), batch_size=b, threads=job["threads"], warmup=job["warmup"],
@@ -312,7 +306,7 @@ def bench_job(job: dict[str, Any]) -> dict[str, Any]:
                 events.append(float(sorted(ev[-n:])[len(ev[-n:]) // 2]) if ev and len(ev) >= n else None)
             del session
         return {"engine": job["engine"], "variant": job["variant"], "info": info, "latencies": lats, "events": events,
-                "peak_rss_bytes": _peak_rss() if job["isolated"] else None,
+                "peak_rss_bytes": peak_rss_bytes() if job["isolated"] else None,
                 "rss_after_load_bytes": rss_loaded if job["isolated"] else None}
     except QuantbenchError as exc:
         return {"engine": job["engine"], "variant": job["variant"], "error": str(exc)}

@@ -92,12 +92,12 @@ class FeatureQuantizer:
 
     # ------------------------------------------------------------------ quantize / dequantize
     def quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(symbols as uint8/int16 in 0..qbins-1, per-sample ``(lo, hi)`` float32 side info of shape (N, 2))."""
+        """(symbols as uint8 in 0..qbins-1, per-sample ``(lo, hi)`` float32 side info of shape (N, 2))."""
         lo, hi = self._range(z)
         t = ((z.detach() - lo) / (hi - lo)).clamp(0.0, 1.0)
         sym = torch.round(self._compress(t) * (self.qbins - 1))
         side = torch.stack([lo.reshape(-1), hi.reshape(-1)], 1).to(torch.float32)
-        return sym.to(torch.uint8 if self.qbins <= 256 else torch.int16), side
+        return sym.to(torch.uint8), side  # qbins <= 256: one byte per symbol
 
     def dequantize(self, sym: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
         """The cloud side's reconstruction from symbols and side info."""
