@@ -51,6 +51,7 @@ __all__ = [
     "Deployable",
     "Engine",
     "Session",
+    "SessionModule",
     "cpu_flags",
     "engine_status",
     "evaluate_session",
@@ -340,7 +341,7 @@ def engine_status() -> list[dict[str, Any]]:
     return rows
 
 
-class _SessionModule(nn.Module):
+class SessionModule(nn.Module):
     """Adapts a Session to the ``nn.Module`` interface :func:`evaluate` expects."""
 
     def __init__(self, session: Session) -> None:
@@ -364,7 +365,7 @@ def evaluate_session(session: Session, data: Any, **kwargs: Any) -> Any:
     """
     from quantbench.measure.accuracy import evaluate
 
-    return evaluate(_SessionModule(session), data, **kwargs)
+    return evaluate(SessionModule(session), data, **kwargs)
 
 
 _BUILTIN = ("onnxruntime", "openvino", "torch", "torch_int8", "torch_cuda")
