@@ -6,12 +6,13 @@ package (onnxruntime, openvino) until it is used.
 Example:
     >>> from quantbench.engines import ENGINES, Deployable, load_session
     >>> sorted(ENGINES.names())
-    ['onnxruntime', 'openvino', 'torch', 'torch-cuda', 'torch-int8']
+    ['onnxruntime', 'onnxruntime-cuda', 'openvino', 'torch', 'torch-compile', 'torch-cuda', 'torch-cuda-compile', 'torch-int8']
 """
 
 from quantbench.engines import (  # noqa: F401
     onnxruntime_engine,
     openvino_engine,
+    torch_compile_engine,
     torch_cuda_engine,
     torch_engine,
     torch_int8_engine,

@@ -12,6 +12,13 @@
 
 Sessions use ``intra_op_num_threads=threads`` (0 = ORT's default when None), one inter-op
 thread, sequential execution and all graph optimizations.
+
+``onnxruntime-cuda`` runs the same fp32 and int8 files on the CUDAExecutionProvider where the
+installed onnxruntime has it (the ``onnxruntime-gpu`` wheel on a CUDA machine); elsewhere it is
+listed as unavailable with the reason. A session that ORT would silently place on the CPU is
+refused instead. Its runner binds a device-resident input and output once (IOBinding), so the
+timed call is the GPU inference, not host-device copies; ``run_with_iobinding`` returns after the
+CUDA stream has finished.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from quantbench.engines.base import ENGINES, Deployable, Engine, Session, file_i
 from quantbench.engines.onnx_export import INPUT_NAME, export_fp32_onnx
 from quantbench.errors import QuantbenchError
 
-__all__ = ["OnnxRuntimeEngine", "OrtSession", "optimized_op_counts", "session_options"]
+__all__ = ["OnnxRuntimeCudaEngine", "OnnxRuntimeEngine", "OrtSession", "optimized_op_counts", "session_options"]
 
 _PRECISION = {
     "fp32": "fp32",
@@ -83,22 +90,28 @@ def optimized_op_counts(
     return dict(counts)
 
 
+CUDA_PROVIDER = "CUDAExecutionProvider"
+
+
 class OrtSession(Session):
-    """An ``onnxruntime.InferenceSession`` on the CPU provider."""
+    """An ``onnxruntime.InferenceSession`` on the CPU provider (or, ``provider=CUDA_PROVIDER``, the GPU)."""
 
     def __init__(
-        self, path: Path, input_shape: tuple[int, int, int], threads: int | None, variant: str
-    ) -> None:
+        self, path: Path, input_shape: tuple[int, int, int], threads: int | None, variant: str,
+        provider: str = "CPUExecutionProvider",
+    ) -> None:  # fmt: skip
         import onnxruntime as ort
 
+        providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
         try:
-            self.session = ort.InferenceSession(
-                str(path), session_options(threads), providers=["CPUExecutionProvider"]
-            )
+            self.session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
         except Exception as exc:  # ORT's own errors (invalid graph, unsupported op)
             raise QuantbenchError(f"onnxruntime could not load {path}: {type(exc).__name__}: {exc}") from exc
+        if self.session.get_providers()[0] != provider:
+            raise QuantbenchError(f"onnxruntime placed {path} on {self.session.get_providers()[0]}, not {provider}")
+        self.provider = provider
         info = {
-            "engine": "onnxruntime",
+            "engine": "onnxruntime" if provider == "CPUExecutionProvider" else "onnxruntime-cuda",
             "version": ort.__version__,
             "provider": self.session.get_providers()[0],
             "precision": _PRECISION[variant],
@@ -112,8 +125,16 @@ class OrtSession(Session):
         return np.asarray(self.session.run(None, {INPUT_NAME: x})[0], dtype=np.float32)
 
     def runner(self, batch_size: int) -> Callable[[], object]:
-        feeds = {INPUT_NAME: self.example_batch(batch_size)}
         sess = self.session
+        if self.provider == CUDA_PROVIDER:
+            import onnxruntime as ort
+
+            binding = sess.io_binding()
+            self._keep.append(ort.OrtValue.ortvalue_from_numpy(self.example_batch(batch_size), "cuda", 0))
+            binding.bind_ortvalue_input(INPUT_NAME, self._keep[-1])
+            binding.bind_output(sess.get_outputs()[0].name, "cuda", 0)
+            return lambda: sess.run_with_iobinding(binding)
+        feeds = {INPUT_NAME: self.example_batch(batch_size)}
         return lambda: sess.run(None, feeds)
 
 
@@ -176,3 +197,27 @@ def _quantize_dynamic(fp32: Path, out: Path) -> Path:
     finally:
         logger.setLevel(level)
     return out
+
+
+@ENGINES.register("onnxruntime-cuda", description="ONNX Runtime CUDAExecutionProvider (onnxruntime-gpu): fp32, int8 QDQ")
+class OnnxRuntimeCudaEngine(OnnxRuntimeEngine):
+    """ONNX Runtime on the CUDA execution provider, where the installed build has it."""
+
+    name = "onnxruntime-cuda"
+    variants = ("fp32", "int8")
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        ok, reason = super().available()
+        if not ok:
+            return ok, reason
+        import onnxruntime as ort
+
+        if CUDA_PROVIDER not in ort.get_available_providers():
+            return False, (f"onnxruntime {ort.__version__} has no {CUDA_PROVIDER} (providers: "
+                           f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu on a CUDA machine")
+        return True, ""
+
+    def load(self, model: Deployable, variant: str, *, threads: int | None, workdir: Path) -> Session:
+        path = build_onnx(model, variant, workdir)
+        return OrtSession(path, model.input_shape, threads, variant, provider=CUDA_PROVIDER)

@@ -8,11 +8,17 @@ copied to the GPU once, outside the timed call (host-to-device copies are a depl
 not model compute). ``fp32`` disables TF32 explicitly (PyTorch enables it for cuDNN convolutions
 by default), ``tf32`` enables it for matmul and convolutions. On a CPU-only machine the engine is
 listed as unavailable with the reason.
+
+``torch-cuda-compile`` is the same at every precision with the module compiled by
+:func:`~quantbench.engines.torch_compile_engine.compile_module` (Inductor, static shapes, frozen
+weights): the runner compiles for its batch size before it is timed, and the compile time is
+kept in ``info["compile_s"]``.
 """
 
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +28,7 @@ import torch
 
 from quantbench.engines.base import ENGINES, Deployable, Engine, Session, file_info
 
-__all__ = ["TorchCudaEngine", "TorchCudaSession"]
+__all__ = ["TorchCudaCompileEngine", "TorchCudaEngine", "TorchCudaSession"]
 
 _DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -41,20 +47,33 @@ def _tf32(enabled: bool) -> Iterator[None]:
 class TorchCudaSession(Session):
     """An eager module on ``cuda:0`` at one precision."""
 
-    def __init__(self, module: torch.nn.Module, variant: str, input_shape: tuple[int, int, int], path: Path) -> None:
-        self.module = module.eval()
+    def __init__(self, module: torch.nn.Module, variant: str, input_shape: tuple[int, int, int], path: Path,
+                 compiled: bool = False) -> None:
+        from quantbench.engines.torch_compile_engine import compile_module
+
+        self.module = compile_module(module) if compiled else module.eval()
         self.variant = variant
         self.dtype = _DTYPES[variant]
         self.device = torch.device("cuda", 0)
         self.event_ms: list[float] = []
-        info = {"engine": "torch-cuda", "version": torch.__version__, "provider": torch.cuda.get_device_name(0),
+        self._compiled_for: set[int] | None = set() if compiled else None
+        info = {"engine": "torch-cuda-compile" if compiled else "torch-cuda", "version": torch.__version__,
+                "provider": torch.cuda.get_device_name(0) + (", inductor, freezing" if compiled else ""),
                 "precision": variant + (" (TF32 off)" if variant == "fp32" else ""),
                 "cuda": torch.version.cuda, **file_info(path)}
+        if compiled:
+            info["compile_s"] = {}
         super().__init__(input_shape, info)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        first = self._compiled_for is not None and len(x) not in self._compiled_for
+        t = time.perf_counter()
         with _tf32(self.variant == "tf32"), torch.inference_mode():
             out = self.module(x)
+        if first:  # this call compiled the graph for this batch size (not inference: recorded, never timed)
+            torch.cuda.synchronize()
+            self._compiled_for.add(len(x))
+            self.info["compile_s"][int(len(x))] = round(time.perf_counter() - t, 3)
         return out[0] if isinstance(out, (tuple, list)) else out
 
     def run(self, x: np.ndarray) -> np.ndarray:
@@ -65,6 +84,8 @@ class TorchCudaSession(Session):
 
     def runner(self, batch_size: int) -> Callable[[], object]:
         x = torch.from_numpy(self.example_batch(batch_size)).to(self.device, self.dtype)
+        if self._compiled_for is not None:
+            self._forward(x)  # compile for this batch size before anything is timed
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         self.event_ms = []
 
@@ -86,6 +107,7 @@ class TorchCudaEngine(Engine):
     name = "torch-cuda"
     variants = ("fp32", "tf32", "fp16", "bf16")
     package = "torch"
+    compiled = False
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
@@ -110,6 +132,15 @@ class TorchCudaEngine(Engine):
 
     def load(self, model: Deployable, variant: str, *, threads: int | None, workdir: Path) -> Session:
         module = copy.deepcopy(model.float_model).eval().to(torch.device("cuda", 0), _DTYPES[variant])
-        path = Path(workdir) / f"{model.name}_cuda_{variant}.pt"
+        path = Path(workdir) / f"{model.name}_{self.name}_{variant}.pt"
         torch.save({k: v.cpu() for k, v in module.state_dict().items()}, path)
-        return TorchCudaSession(module, variant, model.input_shape, path)
+        return TorchCudaSession(module, variant, model.input_shape, path, compiled=self.compiled)
+
+
+@ENGINES.register("torch-cuda-compile",
+                  description="PyTorch torch.compile (Inductor, frozen weights) on an NVIDIA GPU: fp32, tf32, fp16, bf16")
+class TorchCudaCompileEngine(TorchCudaEngine):
+    """``torch.compile`` on the first CUDA device (same precisions and CUDA-event timing as torch-cuda)."""
+
+    name = "torch-cuda-compile"
+    compiled = True
