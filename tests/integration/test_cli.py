@@ -40,15 +40,21 @@ def test_run_writes_report_store_and_json(tmp_path, capsys):
     # QAT rows: accuracy beside its PTQ start, training time per epoch beside this run's FP32 training
     assert {r["metric"] for r in rec["results"] if r["method"] == "w4a4-qat"} >= {
         "top1", "top1_drop", "size_bytes", "train_time_s", "epoch_time_s", "qat_vs_fp32_epoch_time"}
-    assert "accuracy_vs_size" in html
+    assert "accuracy_vs_size" in html and "accuracy_vs_latency" in html
+    train_rows = [r for r in rec["results"] if r["metric"] == "train_top1"]
+    assert {r["method"] for r in train_rows} >= {"fp32", "w8a8-mse"}
     assert {"top1", "top5", "params", "size_bytes", "macs", "flops", "latency_median_ms", "throughput_ips",
             "train_time_s", "epoch.train_loss"} <= metrics
     with ResultStore(tmp_path / "q.db") as store:
         run = store.run(rec["run_id"])
         assert run["status"] == "finished" and run["config"]["train"]["epochs"] == 2
         assert "cpu_model" in run["environment"]
-        lat = store.query(run_id=rec["run_id"], metric="latency_median_ms")
+        lat = store.query(run_id=rec["run_id"], metric="latency_median_ms", engine="torch")
         assert sorted(r["batch"] for r in lat) == [1, 4]
+        int8 = store.query(run_id=rec["run_id"], metric="latency_median_ms", engine="torch-int8")
+        assert {r["method"] for r in int8} >= {"w8a8-mse"}  # quantized variants timed where they deploy
+        assert {r["batch"] for r in int8} == {1, 4}
+        lat += int8
         p90_not_below_median = [r["extra"]["p90_ms"] >= r["value"] for r in lat]  # structure, not speed
         assert all(p90_not_below_median)
     saved = json.loads((run_dir / "results.json").read_text())

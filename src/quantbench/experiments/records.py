@@ -29,6 +29,9 @@ from typing import Any
 
 from quantbench.store import Result
 
+TRAIN_PREFIX = "train_"
+"""Metric prefix of accuracy measured on training images (``train_top1``; ``top1`` is always test)."""
+
 
 @dataclass(frozen=True)
 class RowKey:
@@ -43,13 +46,17 @@ class RowKey:
         return Result(self.model, self.data, self.method, self.engine, metric, value, unit, batch, extra)
 
 
-def accuracy_rows(key: RowKey, ev: Any, split: str) -> list[Result]:
-    """Rows for an :class:`~quantbench.measure.accuracy.EvalResult`."""
+def accuracy_rows(key: RowKey, ev: Any, split: str, prefix: str = "") -> list[Result]:
+    """Rows for an :class:`~quantbench.measure.accuracy.EvalResult`.
+
+    ``prefix`` names metrics measured on other images than the evaluation split
+    (``train_top1`` ...), so a query for ``top1`` always means evaluation accuracy.
+    """
     rows = []
     for k, acc in sorted(ev.topk.items()):
         lo, hi = ev.ci[k]
-        rows.append(key.row(f"top{k}", acc, "%", ci_low=lo, ci_high=hi, n_images=ev.n_images, split=split))
-    rows.append(key.row("loss", ev.loss, "nats", n_images=ev.n_images, split=split))
+        rows.append(key.row(f"{prefix}top{k}", acc, "%", ci_low=lo, ci_high=hi, n_images=ev.n_images, split=split))
+    rows.append(key.row(f"{prefix}loss", ev.loss, "nats", n_images=ev.n_images, split=split))
     return rows
 
 

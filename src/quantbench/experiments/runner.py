@@ -28,7 +28,14 @@ from quantbench.config import DataConfig, ExperimentConfig, MeasureConfig, Model
 from quantbench.data import open_dataset, split_dataset
 from quantbench.errors import QuantbenchError
 from quantbench.experiments.ptq import parse_method, run_ptq
-from quantbench.experiments.records import RowKey, accuracy_rows, cost_rows, history_rows, latency_rows
+from quantbench.experiments.records import (
+    TRAIN_PREFIX,
+    RowKey,
+    accuracy_rows,
+    cost_rows,
+    history_rows,
+    latency_rows,
+)
 from quantbench.measure.accuracy import EvalResult, evaluate
 from quantbench.measure.environment import environment
 from quantbench.measure.latency import latency_vs_batch, torch_runner
@@ -174,8 +181,9 @@ def _run_stages(cfg: ExperimentConfig, stage: Stage, out_dir: Path, progress: bo
         stage.outcome.histories["fp32"] = history
         stage.commit(history_rows(key, history))
     test = splits.get("test") or ds
+    train_eval = train_eval_subset(splits, test)
     ev = evaluate_split(model, test, cfg.measure, progress, "eval fp32")
-    stage.commit(accuracy_rows(key, ev, "test"))
+    stage.commit(accuracy_rows(key, ev, "test") + train_accuracy_rows(key, model, train_eval, cfg.measure))
     log("measure: params, size, MACs" + (", latency vs batch " + ",".join(map(str, cfg.measure.batch_sizes))
                                           if latency else ""))
     stage.commit(measure_costs(key, model, ds.input_shape, cfg.measure, out_dir / "model_fp32.pt", latency=latency))
@@ -194,13 +202,17 @@ def _run_stages(cfg: ExperimentConfig, stage: Stage, out_dir: Path, progress: bo
                       model_kwargs=model_kwargs, input_shape=ds.input_shape, topk=cfg.measure.topk,
                       eval_batch_size=cfg.measure.eval_batch_size,
                       sensitivity_images=cfg.quantize.sensitivity_images, progress=progress)
-        stage.commit(out.rows)
-    _qat_stage(cfg, stage, out_dir, progress, log, model, splits, calib, test, key, ev, model_kwargs, ds.input_shape)
+        vkey = dataclasses.replace(key, method=out.record["method"])
+        stage.commit(out.rows + train_accuracy_rows(vkey, out.model, train_eval, cfg.measure)
+                     + (int8_latency_rows(vkey, model, out.model, ds.input_shape, cfg.measure, log) if latency else []))
+    _qat_stage(cfg, stage, out_dir, progress, log, model, splits, calib, test, key, ev, model_kwargs, ds.input_shape,
+               train_eval, latency)
 
 
 def _qat_stage(cfg: ExperimentConfig, stage: Stage, out_dir: Path, progress: bool, log: Callable[[str], None],
                model: nn.Module, splits: Splits, calib: Any, test: Any, key: RowKey, ev: EvalResult,
-               model_kwargs: dict[str, Any], input_shape: tuple[int, int, int]) -> None:
+               model_kwargs: dict[str, Any], input_shape: tuple[int, int, int], train_eval: Any = None,
+               latency: bool = False) -> None:
     """QAT rows: fine-tune each ``quantize.qat`` scheme from its MSE PTQ start on the train split.
 
     The PTQ start is recorded too (label ``<scheme>-mse-start``), so every QAT row has its
@@ -226,7 +238,60 @@ def _qat_stage(cfg: ExperimentConfig, stage: Stage, out_dir: Path, progress: boo
                       model_kwargs=model_kwargs, input_shape=input_shape, topk=cfg.measure.topk,
                       eval_batch_size=cfg.measure.eval_batch_size, progress=progress, fp32_epoch_s=fp32_epoch_s,
                       time_fp32=fp32_epoch_s is None, start_label=f"{scheme}-mse-start")
-        stage.commit(out.rows)
+        rows = list(out.rows)
+        for part in (out.ptq, out.qat):
+            vkey = dataclasses.replace(key, method=part.record["method"])
+            rows += train_accuracy_rows(vkey, part.model, train_eval, cfg.measure)
+            if latency:
+                rows += int8_latency_rows(vkey, model, part.model, input_shape, cfg.measure, log)
+        stage.commit(rows)
+
+
+def train_eval_subset(splits: Splits, test: Any) -> Any | None:
+    """A fixed part of the training split for train-vs-test accuracy: its first ``len(test)`` images.
+
+    The split's items are in a seeded random order, so this is a seeded random sample, the
+    same for every variant of the run; capping it at the test size keeps the extra cost at
+    one more test-sized evaluation per variant. None when there is no training split.
+    """
+    train = splits.get("train")
+    if train is None or len(train) == 0:
+        return None
+    from quantbench.data.splits import DatasetView
+
+    return DatasetView(train, list(range(min(len(train), len(test)))), name="train")
+
+
+def train_accuracy_rows(key: RowKey, model: nn.Module | None, train_eval: Any, m: MeasureConfig) -> list[Result]:
+    """Top-1/top-k and loss of ``model`` on the training subset (``train_top1``, ``train_loss`` ...)."""
+    if train_eval is None or model is None:
+        return []
+    with torch.inference_mode():
+        ev = evaluate(model, train_eval, topk=(1, m.topk), batch_size=m.eval_batch_size, progress=False)
+    return accuracy_rows(key, ev, "train", prefix=TRAIN_PREFIX)
+
+
+def int8_latency_rows(key: RowKey, float_model: nn.Module, qm: Any, input_shape: tuple[int, int, int],
+                      m: MeasureConfig, log: Callable[[str], None]) -> list[Result]:
+    """Latency vs batch of a quantized variant deployed with its own scales on PyTorch's int8 CPU kernels.
+
+    Rows carry ``engine="torch-int8"`` and the variant's label, so the report can join them with
+    the variant's accuracy (accuracy vs latency). Variants the engine cannot lower (e.g. 4-bit
+    weights, dynamic activations) get no rows and one log line saying why: simulated fake-quant
+    timings would be no deployment speed at all.
+    """
+    from quantbench.engines.base import Deployable, load_session
+
+    try:
+        sess = load_session("torch-int8", Deployable(float_model, qm, input_shape, name=key.method), "int8",
+                            threads=m.threads)
+        lats = latency_vs_batch(sess.runner, m.batch_sizes, threads=m.threads, warmup=m.warmup, min_iters=m.min_iters,
+                                min_time_s=m.min_time_s)
+    except (QuantbenchError, NotImplementedError, RuntimeError) as exc:
+        log(f"latency: {key.method} not timed on torch-int8 ({str(exc).splitlines()[0][:160]})")
+        return []
+    ikey = dataclasses.replace(key, engine="torch-int8")
+    return [row for lat in lats for row in latency_rows(ikey, lat)]
 
 
 def evaluate_split(model: nn.Module, data: Any, m: MeasureConfig, progress: bool, desc: str) -> EvalResult:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from quantbench.report.tables import histories, variant_key
+from quantbench.report.tables import histories, human_count, variant_key, without_train_eval
 
 Row = dict[str, Any]
 
@@ -192,27 +192,276 @@ def size_bars(rows: Sequence[Row]) -> Figure | None:
                   "with scales and zero-points included).")
 
 
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the non-dominated points when x is a cost (lower is better) and y a score (higher is better).
+
+    A point is dominated when another one is at least as good on both axes and strictly better
+    on one; exact duplicates of a front point are on the front too. The result is ordered by x.
+
+    Example:
+        >>> pareto_front([(1.0, 50.0), (2.0, 60.0), (3.0, 55.0), (2.0, 40.0)])
+        [0, 1]
+    """
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front: list[int] = []
+    best = float("-inf")
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+        elif front and tuple(points[i]) == tuple(points[front[-1]]):
+            front.append(i)
+    return front
+
+
+def _join_key(r: Row) -> tuple[Any, ...]:
+    """Rows about the same variant: same run (when known), model, method and engine."""
+    return (r.get("run_id"), *variant_key(r))
+
+
+def _point_labels(keys: Sequence[tuple[Any, ...]]) -> list[str]:
+    """``method / engine``, prefixed by the model when several models share the figure."""
+    several = len({k[1] for k in keys}) > 1
+    return [(f"{k[1]} " if several else "") + _label(k[1:]) for k in keys]
+
+
+def _clusters(xs: Sequence[float], ys: Sequence[float], logx: bool, tol: float = 0.04) -> list[list[int]]:
+    """Points that would print on top of each other (within ``tol`` of the axes' span on both axes)."""
+    import math
+
+    fx = [math.log10(x) if logx and x > 0 else x for x in xs]
+    spans = [(max(v) - min(v)) or 1.0 for v in (fx, ys)]
+    groups: list[list[int]] = []
+    for i in sorted(range(len(xs)), key=lambda i: (fx[i], -ys[i])):
+        for g in groups:
+            j = g[0]
+            if abs(fx[i] - fx[j]) <= tol * spans[0] and abs(ys[i] - ys[j]) <= tol * spans[1]:
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+    return groups
+
+
+def _annotate(ax: Any, xs: Sequence[float], ys: Sequence[float], labels: Sequence[str], logx: bool,
+              strong: set[int] | None = None) -> None:
+    """Number every point (one "1,2,3" per cluster of overlapping points) and list the numbers beside the axes."""
+    for g in _clusters(xs, ys, logx):
+        ax.annotate(",".join(str(i + 1) for i in g), (xs[g[0]], ys[g[0]]), textcoords="offset points",
+                    xytext=(5, -3), fontsize=7, va="top")
+    key = "\n".join(f"{i + 1}  {lab}" + ("" if strong is None or i not in strong else "  *")
+                     for i, lab in enumerate(labels))
+    if strong is not None:
+        key += "\n\n* on the Pareto front"
+    ax.text(1.03, 1.0, key, transform=ax.transAxes, va="top", ha="left", fontsize=7, family="monospace")
+
+
+def _plain_log_ticks(ax: Any) -> None:
+    """Log x ticks printed as plain numbers (20, 30, 100), not 2 x 10^1; minor labels only within ~a decade."""
+    import math
+
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    fmt = FuncFormatter(lambda v, _pos: f"{v:g}")
+    lo, hi = ax.get_xlim()
+    ax.xaxis.set_major_formatter(fmt)
+    ax.xaxis.set_minor_formatter(fmt if lo > 0 and math.log10(hi / lo) <= 1.3 else NullFormatter())
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+
+
+def _pareto_axes(ax: Any, xs: Sequence[float], ys: Sequence[float], labels: Sequence[str],
+                 yerr: Sequence[tuple[float, float]] | None = None) -> list[int]:
+    """Scatter every point (log x), highlight and connect the Pareto front (step line), label each cluster."""
+    front = pareto_front(list(zip(xs, ys, strict=True)))
+    on = set(front)
+    for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        e = [[yerr[i][0]], [yerr[i][1]]] if yerr else None
+        ax.errorbar(x, y, yerr=e, marker="o" if i in on else "x", ms=7 if i in on else 6, capsize=2, elinewidth=0.8,
+                    ecolor="#C44E5266" if i in on else "#8C8C8C55", color="#C44E52" if i in on else "#8C8C8C",
+                    zorder=3 if i in on else 2)
+    ax.step([xs[i] for i in front], [ys[i] for i in front], where="post", color="#C44E52", lw=1.5, zorder=1,
+            label="Pareto front (non-dominated)")
+    ax.plot([], [], "x", color="#8C8C8C", label="dominated")
+    ax.set_xscale("log")
+    _annotate(ax, xs, ys, labels, True, on)
+    _plain_log_ticks(ax)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3, which="both")
+    return front
+
+
+def _ci(r: Row) -> tuple[float, float]:
+    e = r["extra"]
+    return (r["value"] - e.get("ci_low", r["value"]), e.get("ci_high", r["value"]) - r["value"])
+
+
 def accuracy_vs_size(rows: Sequence[Row]) -> Figure | None:
-    """Top-1 against bytes on disk per variant: the accuracy/size trade-off (Pareto view)."""
-    acc = {variant_key(r): r for r in rows if r["metric"] == "top1" and r["value"] is not None}
-    size = {variant_key(r): r["value"] for r in rows if r["metric"] == "size_bytes" and r["value"]}
+    """Top-1 against bytes on disk per variant, with the accuracy/size Pareto front highlighted."""
+    acc = {_join_key(r): r for r in rows if r["metric"] == "top1" and r["value"] is not None}
+    size = {_join_key(r): r["value"] for r in rows if r["metric"] == "size_bytes" and r["value"]}
     keys = [k for k in acc if k in size]
     if len(keys) < 2:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for k in keys:
-        r = acc[k]
-        e = r["extra"]
-        ax.errorbar(size[k] / 1e3, r["value"], yerr=[[r["value"] - e.get("ci_low", r["value"])],
-                                                    [e.get("ci_high", r["value"]) - r["value"]]],
-                    marker="o", capsize=3, label=_label(k))
-    ax.set(xscale="log", xlabel="size on disk (kB, 1 kB = 1000 B)", ylabel="top-1 (%)", title="accuracy vs size")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    fig, ax = plt.subplots(figsize=(8.5, 4.2))
+    front = _pareto_axes(ax, [size[k] / 1e3 for k in keys], [acc[k]["value"] for k in keys], _point_labels(keys),
+                         [_ci(acc[k]) for k in keys])
+    ax.set(xlabel="size on disk (kB, 1 kB = 1000 B)", ylabel="top-1 (%)",
+           title="accuracy vs size (Pareto front)")
+    n = acc[keys[0]]["extra"].get("n_images", "?")
+    names = ", ".join(_point_labels([keys[i] for i in front]))
     return Figure("accuracy_vs_size", _png(fig),
-                  "Top-1 (%, 95% CI) on the same evaluation images against the bytes of each saved model file "
-                  "(packed integers for quantized models). Up and to the left is better.")
+                  f"Top-1 (%, 95% CI) on the same {n} test images against the bytes of each saved model file "
+                  "(packed integers with scales for quantized models). The red step line joins the "
+                  f"non-dominated variants (no other variant is both smaller and at least as accurate): {names}. "
+                  "Up and to the left is better.")
+
+
+def accuracy_vs_latency(rows: Sequence[Row]) -> Figure | None:
+    """Top-1 against measured median latency at one stated batch size, with the Pareto front.
+
+    Accuracy and latency rows are joined on the same run, model and method (variant label); the
+    accuracy of the same engine when measured, else the variant's PyTorch (simulation) accuracy,
+    which the engine-parity contract keeps within tolerance of the deployed one. The batch
+    is the one measured for the most joined variants, the smallest on ties (batch 1 when every
+    variant has it).
+    """
+    tops = [r for r in rows if r["metric"] == "top1" and r["value"] is not None]
+    by_variant = {_join_key(r)[:3]: r for r in sorted(tops, key=lambda r: r["engine"] == "torch")}
+    acc = {_join_key(r): r for r in tops}
+    lat: dict[tuple[Any, ...], dict[int, Row]] = defaultdict(dict)
+    for r in rows:
+        k = _join_key(r)
+        if r["metric"] == "latency_median_ms" and r["value"] and r["batch"] is not None and (
+                k in acc or k[:3] in by_variant):
+            acc.setdefault(k, by_variant[k[:3]])  # the variant's accuracy (torch simulation) for its deployment
+            lat[k][r["batch"]] = r
+    if len(lat) < 2:
+        return None
+    cover: dict[int, int] = defaultdict(int)
+    for v in lat.values():
+        for b in v:
+            cover[b] += 1
+    batch = min(cover, key=lambda b: (-cover[b], b))  # the batch measured for most variants, smallest on ties
+    keys = [k for k in lat if batch in lat[k]]
+    if len(keys) < 2:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8.5, 4.2))
+    front = _pareto_axes(ax, [lat[k][batch]["value"] for k in keys], [acc[k]["value"] for k in keys],
+                         _point_labels(keys), [_ci(acc[k]) for k in keys])
+    ax.set(xlabel=f"median latency of one batch of {batch} (ms)", ylabel="top-1 (%)",
+           title=f"accuracy vs latency, batch {batch} (Pareto front)")
+    threads = sorted({str(lat[k][batch]["extra"].get("threads", "?")) for k in keys})
+    engines = sorted({k[3] for k in keys})
+    n = acc[keys[0]]["extra"].get("n_images", "?")
+    names = ", ".join(_point_labels([keys[i] for i in front]))
+    return Figure("accuracy_vs_latency", _png(fig),
+                  f"Top-1 (%, 95% CI) on the same {n} test images against the median wall-clock latency (ms) of one "
+                  f"batch of {batch} image(s) on engine(s) {', '.join(engines)}, {'/'.join(threads)} thread(s), "
+                  "after warm-up, on this machine's CPU. Only variants whose accuracy and latency were both "
+                  "measured in the same run are shown; accuracy is the variant's own evaluation (quantized "
+                  "variants in PyTorch simulation of the scales the engine deploys). The red step line joins the "
+                  "non-dominated variants "
+                  f"(no other is both faster and at least as accurate): {names}. Up and to the left is better.")
+
+
+def accuracy_vs_loss(rows: Sequence[Row]) -> Figure | None:
+    """Top-1 against cross-entropy: per epoch of training (trajectory) and per evaluated variant."""
+    hist = histories(rows)
+    traj = {label: m for label, m in hist.items()
+            if ("val_loss" in m and "val_top1" in m) or ("train_loss" in m and "train_top1" in m)}
+    acc = {_join_key(r): r for r in rows if r["metric"] == "top1" and r["value"] is not None}
+    loss = {_join_key(r): r["value"] for r in rows if r["metric"] == "loss" and r["value"] is not None}
+    keys = [k for k in acc if k in loss]
+    if not traj and len(keys) < 2:
+        return None
+    panels = (1 if traj else 0) + (1 if len(keys) >= 2 else 0)
+    plt = _plt()
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels + (2.2 if len(keys) >= 2 else 0), 4.2), squeeze=False)
+    axes = list(axes[0])
+    parts = []
+    if traj:
+        ax = axes.pop(0)
+        for label, m in traj.items():
+            for split, style in (("train", "-"), ("val", "--")):
+                if f"{split}_loss" in m and f"{split}_top1" in m:
+                    lo, ac = dict(m[f"{split}_loss"]), dict(m[f"{split}_top1"])
+                    ep = sorted(set(lo) & set(ac))
+                    line = ax.plot([lo[e] for e in ep], [ac[e] for e in ep], style, marker="o", ms=3,
+                                   label=f"{label} {split}")[0]
+                    for e in (ep[0], ep[-1]):
+                        ax.annotate(f"ep {e}", (lo[e], ac[e]), textcoords="offset points", xytext=(4, -10),
+                                    fontsize=6, color=line.get_color())
+        ax.set(xscale="log", xlabel="cross-entropy (nats)", ylabel="top-1 (%)", title="per training epoch")
+        _plain_log_ticks(ax)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+        parts.append(f"{'left' if panels == 2 else 'here'}: one point per training epoch, training split (solid, measured during the epoch) and "
+                     "validation split (dashed, after the epoch), first and last epochs labelled")
+    if len(keys) >= 2:
+        ax = axes.pop(0)
+        labels = _point_labels(keys)
+        for k in keys:
+            ax.errorbar(loss[k], acc[k]["value"], yerr=[[_ci(acc[k])[0]], [_ci(acc[k])[1]]], marker="o", capsize=2,
+                        elinewidth=0.8)
+        ax.set_xscale("log")
+        _annotate(ax, [loss[k] for k in keys], [acc[k]["value"] for k in keys], labels, True)
+        ax.set( xlabel="cross-entropy on the test images (nats)", ylabel="top-1 (%, 95% CI)",
+               title="per variant (FP32 and quantized)")
+        _plain_log_ticks(ax)
+        ax.grid(alpha=0.3, which="both")
+        n = acc[keys[0]]["extra"].get("n_images", "?")
+        parts.append(f"{'right' if panels == 2 else 'here'}: one point per variant, mean cross-entropy and top-1 on the same "
+                     f"{n} test images")
+    return Figure("accuracy_vs_loss", _png(fig),
+                  "Accuracy vs loss: top-1 (%) against mean cross-entropy (nats, log scale); " + "; ".join(parts)
+                  + ". A variant that loses little top-1 but much loss is less confident, not less accurate.")
+
+
+def parameters(rows: Sequence[Row]) -> Figure | None:
+    """Parameter count per model, and bits stored per parameter for every saved variant."""
+    params = {r["model"]: r["value"] for r in rows if r["metric"] == "params" and r["value"]}
+    size = {variant_key(r): r["value"] for r in rows if r["metric"] == "size_bytes" and r["value"]}
+    bits = {k: 8 * v / params[k[0]] for k, v in size.items() if k[0] in params}
+    if not params:
+        return None
+    panels = (1 if len(params) >= 2 else 0) + (1 if bits else 0)
+    if panels == 0:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, panels, figsize=(max(5.0, 1.0 * len(bits) + 3) * panels * 0.8, 3.8), squeeze=False)
+    axes = list(axes[0])
+    parts = []
+    if len(params) >= 2:
+        ax = axes.pop(0)
+        names = sorted(params, key=params.get)
+        ax.bar(range(len(names)), [params[m] for m in names], color="#8172B2")
+        for i, m in enumerate(names):
+            ax.text(i, params[m], human_count(params[m]), ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+        ax.set(yscale="log", ylabel="parameters (count)", title="parameters per model")
+        ax.grid(axis="y", alpha=0.3)
+        parts.append("parameters (weights and biases, each tensor counted once) per model")
+    if bits:
+        ax = axes.pop(0)
+        ks = list(bits)
+        several = len({k[0] for k in ks}) > 1
+        ax.bar(range(len(ks)), [bits[k] for k in ks], color="#64B5CD")
+        for i, k in enumerate(ks):
+            ax.text(i, bits[k], f"{bits[k]:.1f}", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(ks)), [(f"{k[0]} " if several else "") + _label(k) for k in ks], rotation=20,
+                      ha="right", fontsize=8)
+        one = "" if len(params) > 1 else f" ({next(iter(params))}: {human_count(next(iter(params.values())))} parameters)"
+        ax.set(ylabel="bits on disk per parameter", title="storage per parameter" + one)
+        for ref in (32, 8, 4):
+            ax.axhline(ref, color="#999", lw=0.8, ls=":")
+        ax.grid(axis="y", alpha=0.3)
+        counts = ", ".join(f"{m}: {human_count(v)}" for m, v in sorted(params.items()))
+        parts.append(f"bits on disk per parameter (8 x file bytes / parameter count; {counts} parameters), "
+                     "dotted lines at 32, 8 and 4 bits; the excess is scales, zero-points, FP32 biases and file "
+                     "headers")
+    return Figure("parameters", _png(fig), "Parameters: " + "; ".join(parts) + ".")
 
 
 def sensitivity(rows: Sequence[Row]) -> Figure | None:
@@ -365,6 +614,82 @@ def split_bpp(rows: Sequence[Row]) -> Figure | None:
                   f"of the input images), codec {codec}; 24 bpp = the uncompressed RGB input.")
 
 
+def _comp_name(comp: str) -> str:
+    return "uniform" if comp == "none" else ("mu-law" if comp == "mulaw" else comp)
+
+
+def split_regimes(rows: Sequence[Row]) -> Figure | None:
+    """Top-1 per split cell for each training regime: none, fine-tuned without noise, with noise (at a block)."""
+    pts = _split_cells(rows, "split.top1")
+    cells: dict[tuple[Any, ...], dict[str, float]] = defaultdict(dict)
+    for r in pts:
+        e = r["extra"]
+        cells[(e["split"], e["qbins"], e["companding"])][str(e["noise"])] = r["value"]
+    cells = {k: v for k, v in cells.items() if len(v) > 1}  # only cells with a fine-tuned model beside the original
+    if not cells:
+        return None
+    regimes = sorted({n for v in cells.values() for n in v},
+                     key=lambda n: (n != "none", n != "no-noise", n))
+    names = {"none": "not fine-tuned", "no-noise": "fine-tuned, no noise", "noise": "fine-tuned with noise"}
+    keys = sorted(cells, key=lambda k: tuple(str(x) for x in k))
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.3 * len(keys) * len(regimes) / 2 + 3), 4))
+    width = 0.8 / len(regimes)
+    for j, reg in enumerate(regimes):
+        xs = [i + (j - (len(regimes) - 1) / 2) * width for i, k in enumerate(keys) if reg in cells[k]]
+        vs = [cells[k][reg] for k in keys if reg in cells[k]]
+        ax.bar(xs, vs, width, label=names.get(reg, f"fine-tuned with noise at block {reg.split('@')[-1]}"))
+        for x, v in zip(xs, vs, strict=True):
+            ax.text(x, v, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(keys)), [f"split {s}\nq{q} {_comp_name(c)}" for s, q, c in keys], fontsize=8)
+    ax.set(ylabel="top-1 (%)", ylim=(0, 105), title="training regimes: noise vs no noise")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    n = pts[0]["extra"].get("n_images", "?")
+    return Figure("split_regimes", _png(fig),
+                  f"Top-1 (%) on {n} test images with the features at the split quantized to q levels, for each "
+                  "training regime: the original model, the same fine-tuning without noise, and fine-tuning with "
+                  "additive U(-step/2, step/2) quantization noise at the split (or at the block named), with step "
+                  "the real quantization step of those qbins and range. Same images, same quantizer at test time.")
+
+
+def split_rate_accuracy(rows: Sequence[Row]) -> Figure | None:
+    """Top-1 against coded bits per pixel, one line per split and companding (uniform vs mu-law)."""
+    acc = {(r["extra"]["split"], r["extra"]["qbins"], r["extra"]["companding"]): r["value"]
+           for r in _split_cells(rows, "split.top1") if r["extra"].get("noise", "none") == "none"}
+    bpp = {(r["extra"]["split"], r["extra"]["qbins"], r["extra"]["companding"]): r["value"]
+           for r in _split_cells(rows, "split.bpp") if r["extra"].get("noise", "none") == "none"}
+    keys = [k for k in acc if k in bpp]
+    if len(keys) < 2:
+        return None
+    lines: dict[tuple[Any, str], list[tuple[float, float, int]]] = defaultdict(list)
+    for s, q, c in keys:
+        lines[(s, c)].append((bpp[(s, q, c)], acc[(s, q, c)], q))
+    comps = sorted({c for _, c in lines})
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    colors: dict[Any, str] = {}
+    for (s, c), p in sorted(lines.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+        p.sort()
+        kw = {"color": colors[s]} if s in colors else {}
+        line = ax.plot([a for a, _, _ in p], [b for _, b, _ in p], marker="o" if c == "none" else "s",
+                       linestyle="-" if c == "none" else "--", label=f"split {s} {_comp_name(c)}", **kw)[0]
+        colors.setdefault(s, line.get_color())
+        for a, b, q in p:
+            ax.annotate(f"q{q}", (a, b), textcoords="offset points", xytext=(3, -9), fontsize=6, color=line.get_color())
+    ax.set(xscale="log", xlabel="coded bits per input pixel (side information included)", ylabel="top-1 (%)",
+           title="rate vs accuracy: " + " vs ".join(_comp_name(c) for c in comps))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="lower right")
+    r0 = _split_cells(rows, "split.top1")[0]["extra"]
+    return Figure("split_rate_accuracy", _png(fig),
+                  f"Top-1 (%) on {r0.get('n_images', '?')} test images against the coded feature size in bits per "
+                  f"input pixel (real {r0.get('codec', '?')} bytes plus side information, / (N x H x W)), one point "
+                  "per qbins (labelled), solid = uniform quantizer, dashed = mu-law companded, same colour = same "
+                  "split. Up and to the left is better; a companded line above the uniform one at equal bpp means "
+                  "companding helps there.")
+
+
 def split_latency(rows: Sequence[Row]) -> Figure | None:
     """Estimated end-to-end latency against bandwidth per split (edge + transfer + cloud)."""
     pts = [r for r in _split_cells(rows, "split.latency_s") if r["extra"].get("noise", "none") == "none"]
@@ -394,12 +719,14 @@ def split_latency(rows: Sequence[Row]) -> Figure | None:
                   "split. The lowest line at a bandwidth is the best split there.")
 
 
-ALL_FIGURES = (training_curves, accuracy_bars, size_bars, accuracy_vs_size, sensitivity, latency_vs_batch,
-               macs_vs_batch, speedup_matrix, split_accuracy, split_bpp, split_latency)
+ALL_FIGURES = (training_curves, accuracy_vs_loss, accuracy_bars, size_bars, parameters, accuracy_vs_size,
+               accuracy_vs_latency, sensitivity, latency_vs_batch, macs_vs_batch, speedup_matrix, split_accuracy,
+               split_regimes, split_rate_accuracy, split_bpp, split_latency)
 
 
 def make_figures(rows: Sequence[Row]) -> list[Figure]:
     """Every figure this run's rows support (none when matplotlib is absent)."""
     if not matplotlib_available():
         return []
+    rows = without_train_eval(rows)  # figures show test accuracy; train accuracy is in the results table
     return [f for f in (fn(rows) for fn in ALL_FIGURES) if f is not None]

@@ -80,7 +80,7 @@ def _environment_rows(run: dict[str, Any]) -> list[list[str]]:
 
 
 def _sections(run: dict[str, Any], rows: list[dict[str, Any]]) -> list[tuple[str, tuple[list[str], list[list[str]]]]]:
-    out = [("Results", summary_table(rows))]
+    out = [("Results: FP32 vs quantized", summary_table(rows))]
     tt = training_table(rows)
     if tt[1]:
         out.append(("Training", tt))

@@ -6,11 +6,32 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from quantbench.experiments.records import TRAIN_PREFIX
+
 Row = dict[str, Any]
 
 
 def variant_key(r: Row) -> tuple[str, str, str]:
     return (r["model"], r["method"], r["engine"])
+
+
+def _is_eval_metric(metric: str) -> bool:
+    return metric == "loss" or (metric.startswith("top") and metric[3:].isdigit())
+
+
+def is_train_eval(r: Row) -> bool:
+    """An accuracy/loss row measured on training images (``train_top1``, ``train_top5``, ``train_loss``).
+
+    The runner evaluates every variant on the test split and on a fixed subset of the
+    training split; figures and the headline columns use the test rows only.
+    """
+    m = r["metric"]
+    return m.startswith(TRAIN_PREFIX) and _is_eval_metric(m[len(TRAIN_PREFIX):])
+
+
+def without_train_eval(rows: Sequence[Row]) -> list[Row]:
+    """``rows`` without the training-split accuracy rows (what every test-accuracy view reads)."""
+    return [r for r in rows if not is_train_eval(r)]
 
 
 def _fmt_ci(r: Row | None, digits: int = 2) -> str:
@@ -41,27 +62,44 @@ def human_count(n: float | None) -> str:
 
 
 def summary_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
-    """One line per (model, method, engine): accuracy with CIs, paired drop, params, size, MACs."""
+    """FP32 vs quantized, one line per (model, method, engine): test (and train) top-1/top-k, loss, drop, costs.
+
+    Train columns appear when the run evaluated its variants on training images too.
+    """
     by: dict[tuple[str, str, str], dict[str, Row]] = defaultdict(dict)
+    train: dict[tuple[str, str, str], dict[str, Row]] = defaultdict(dict)
     topk_names: set[str] = set()
     for r in rows:
         if r["metric"].startswith("epoch.") or r["metric"].startswith("latency") or r["metric"] == "throughput_ips":
             continue
         if r["batch"] not in (None, 1):
             continue
+        if is_train_eval(r):
+            train[variant_key(r)][r["metric"][len(TRAIN_PREFIX):]] = r
+            continue
         by[variant_key(r)][r["metric"]] = r
         if r["metric"].startswith("top") and r["metric"][3:].isdigit() and r["metric"] != "top1":
             topk_names.add(r["metric"])
     topk = sorted(topk_names, key=lambda m: int(m[3:]))
-    header = ["model", "method", "engine", "top-1 % [95% CI]"] + [f"top-{m[3:]} %" for m in topk] + [
-        "drop vs FP32, points [95% CI]", "images", "params", "size on disk", "MACs/image"]
+    has_loss = any("loss" in m for m in by.values())
+    has_train = any(train.values())
+    header = (["model", "method", "engine", "top-1 % [95% CI]"] + [f"top-{m[3:]} %" for m in topk]
+              + (["loss (nats)"] if has_loss else [])
+              + (["train top-1 %"] + [f"train top-{m[3:]} %" for m in topk] + ["train images"] if has_train else [])
+              + ["drop vs FP32, points [95% CI]", "images", "params", "size on disk", "MACs/image"])
     body = []
-    for (model, method, engine), m in by.items():
+    for key, m in by.items():
+        model, method, engine = key
         if "top1" not in m and "size_bytes" not in m:
             continue
         n = m.get("top1", {}).get("extra", {}).get("n_images") if "top1" in m else None
+        t = train.get(key, {})
+        tn = t.get("top1", {}).get("extra", {}).get("n_images") if "top1" in t else None
         body.append([model, method, engine, _fmt_ci(m.get("top1"))]
-                    + [_fmt_ci(m.get(t), 2).split(" [")[0] for t in topk]
+                    + [_fmt_ci(m.get(k), 2).split(" [")[0] for k in topk]
+                    + ([_fmt_ci(m.get("loss"), 4)] if has_loss else [])
+                    + ([_fmt_ci(t.get("top1")).split(" [")[0]] + [_fmt_ci(t.get(k)).split(" [")[0] for k in topk]
+                       + [str(tn) if tn else "–"] if has_train else [])
                     + [_fmt_ci(m.get("top1_drop")), str(n) if n else "–",
                        human_count(m["params"]["value"]) if "params" in m else "–",
                        human_bytes(m["size_bytes"]["value"]) if "size_bytes" in m else "–",
