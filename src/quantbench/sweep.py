@@ -17,6 +17,12 @@ A sweep file::
       - {}
       - {first_last: int8}
 
+``latency_batches: [1, 8, 32]`` in a ptq, qat or train cell also times the FP32 model (eager
+PyTorch) and each quantized model deployed with its own scales on ``torch-int8`` at those batch
+sizes (``threads`` sets the thread count), so accuracy, size and speed land in one report. Cells
+that differ in anything a row does not show (``hyper.*``, ``lr``, ...) are labelled with it in the
+report, so they never overwrite each other.
+
 Every cell gets an id: a hash of its kind and complete parameters. A cell's rows, its run row and
 its "done" mark are written by the driver in ONE SQLite transaction
 (:meth:`~quantbench.store.ResultStore.add_cell`), so a sweep killed at any moment - kill -9
@@ -164,7 +170,8 @@ def expand(sweep: Sweep) -> list[Cell]:
 
 # ----------------------------------------------------------------------------- one cell (runs in a worker)
 
-_COMMON = {"model", "checkpoint", "data", "normalize", "resize", "seed", "hyper", "num_classes"}
+_COMMON = {"model", "checkpoint", "data", "normalize", "resize", "seed", "hyper", "num_classes", "latency_batches",
+           "threads"}
 _CELL_PARAMS: dict[str, set[str]] = {
     "ptq": _COMMON | {"calib_size", "scheme", "algo", "per_channel", "first_last", "companding", "adaround_iters",
                       "epochs", "lr", "eval_size"},
@@ -200,18 +207,39 @@ def _pretrain(model: Any, train: Any, p: dict[str, Any], epochs_key: str = "epoc
                                                batch_size=int(p.get("batch_size", 64)), seed=int(p.get("seed", 0))))
 
 
-def _fp32_rows(key: Any, model: Any, ds: Any, test: Any, out_dir: Path) -> tuple[Any, list[Any]]:
-    from quantbench.experiments.records import accuracy_rows, cost_rows
+def _measure(p: dict[str, Any]) -> Any:
+    """The cell's latency protocol: ``latency_batches`` (none: no timing) and ``threads``."""
+    from quantbench.config import MeasureConfig
+
+    batches = tuple(int(b) for b in (p.get("latency_batches") or ()))
+    return MeasureConfig(batch_sizes=batches or (1,), threads=p.get("threads")), bool(batches)
+
+
+def _fp32_rows(key: Any, model: Any, ds: Any, test: Any, out_dir: Path, p: dict[str, Any]) -> tuple[Any, list[Any]]:
+    """FP32 accuracy, parameters, size, MACs and (with ``latency_batches``) eager latency vs batch."""
+    from quantbench.experiments.records import accuracy_rows
+    from quantbench.experiments.runner import measure_costs
     from quantbench.measure.accuracy import evaluate
-    from quantbench.measure.macs import count_macs
-    from quantbench.measure.params import count_parameters
-    from quantbench.measure.size import save_fp32
 
     ev = evaluate(model, test, topk=(1, 5))
-    size = save_fp32(model, out_dir / "model_fp32.pt")
-    return ev, accuracy_rows(key, ev, "test") + cost_rows(key, params=count_parameters(model), size_bytes=size,
-                                                          size_file="model_fp32.pt",
-                                                          macs=count_macs(model, ds.input_shape))
+    m, timed = _measure(p)
+    return ev, accuracy_rows(key, ev, "test") + measure_costs(key, model, ds.input_shape, m, out_dir / "model_fp32.pt",
+                                                              latency=timed)
+
+
+def _int8_latency(p: dict[str, Any], key: Any, model: Any, variants: list[tuple[str, Any]],
+                  input_shape: tuple[int, int, int]) -> list[Any]:
+    """Latency vs batch of each quantized (method, model) deployed on torch-int8 with its own scales."""
+    import dataclasses
+
+    from quantbench.experiments.runner import int8_latency_rows
+
+    m, timed = _measure(p)
+    if not timed:
+        return []
+    return [row for method, qm in variants
+            for row in int8_latency_rows(dataclasses.replace(key, method=method), model, qm, input_shape, m,
+                                         lambda msg: None)]
 
 
 def _cell_ptq(p: dict[str, Any], out_dir: Path) -> list[Any]:
@@ -229,7 +257,7 @@ def _cell_ptq(p: dict[str, Any], out_dir: Path) -> list[Any]:
         rows += history_rows(key, hist)
     model.eval()
     test = parts["test"]
-    ev, fp_rows = _fp32_rows(key, model, ds, test, out_dir)
+    ev, fp_rows = _fp32_rows(key, model, ds, test, out_dir, p)
     rows += fp_rows
     calib = parts["calib"]
     cfg = PTQConfig(scheme=p.get("scheme", "w8a8"), algo=p.get("algo", "mse"), per_channel=p.get("per_channel", True),
@@ -239,7 +267,7 @@ def _cell_ptq(p: dict[str, Any], out_dir: Path) -> list[Any]:
     model_kwargs = {"num_classes": ds.num_classes, "in_channels": ds.input_shape[0], **(p.get("hyper") or {})}
     out = run_ptq(model, cfg, calib, test, key, ev, out_dir, model_name=p["model"], model_kwargs=model_kwargs,
                   input_shape=ds.input_shape)
-    return rows + out.rows
+    return rows + out.rows + _int8_latency(p, key, model, [(out.record["method"], out.model)], ds.input_shape)
 
 
 def _cell_train(p: dict[str, Any], out_dir: Path) -> list[Any]:
@@ -249,7 +277,7 @@ def _cell_train(p: dict[str, Any], out_dir: Path) -> list[Any]:
     key = RowKey(p["model"], p.get("data", "digits"))
     hist = _pretrain(model, parts["train"], {**p, "epochs": p.get("epochs", 5)})
     model.eval()
-    _, rows = _fp32_rows(key, model, ds, parts["test"], out_dir)
+    _, rows = _fp32_rows(key, model, ds, parts["test"], out_dir, p)
     return history_rows(key, hist) + rows
 
 
@@ -267,7 +295,7 @@ def _cell_qat(p: dict[str, Any], out_dir: Path) -> list[Any]:
     if hist is not None:
         rows += history_rows(key, hist)
     model.eval()
-    ev, fp_rows = _fp32_rows(key, model, ds, parts["test"], out_dir)
+    ev, fp_rows = _fp32_rows(key, model, ds, parts["test"], out_dir, p)
     from quantbench.data import subset
 
     calib = subset(parts["train"], min(int(p.get("calib_size", 256)), len(parts["train"])), seed=int(p.get("seed", 0)))
@@ -293,7 +321,8 @@ def _cell_qat(p: dict[str, Any], out_dir: Path) -> list[Any]:
                   model_kwargs=model_kwargs, input_shape=ds.input_shape, plan=plan,
                   fp32_epoch_s=hist.wall_s / len(hist.epochs) if hist is not None and hist.epochs else None,
                   fp32_finetune=bool(p.get("fp32_finetune", False)))
-    return rows + fp_rows + out.rows
+    quantized = [(part.record["method"], part.model) for part in (out.ptq, out.qat)]
+    return rows + fp_rows + out.rows + _int8_latency(p, key, model, quantized, ds.input_shape)
 
 
 def _cell_bench(p: dict[str, Any], out_dir: Path) -> list[Any]:

@@ -128,8 +128,42 @@ def write_sweep_report(store_path: str | Path, sweep_id: str, out_dir: str | Pat
         if not cells:
             raise QuantbenchError(f"{store_path}: no finished cell of a sweep named {sweep_id!r}")
         runs = [store.run(c["run_id"]) for c in cells.values()]
-        rows = [r for c in cells.values() for r in store.query(run_id=c["run_id"])]
+        labels = cell_labels([c["params"] for c in cells.values()])
+        rows = [{**r, "model": f"{r['model']} {label}".rstrip()}
+                for c, label in zip(cells.values(), labels, strict=True) for r in store.query(run_id=c["run_id"])]
     return render_rows(_combined(runs, sweep_id, f"sweep {sweep_id} ({len(runs)} cells)", "sweep"), rows, out_dir)
+
+
+# Cell parameters every row already shows: the model name, the method label (scheme, algorithm), the
+# engine and the batch size.
+_SHOWN_BY_ROWS = frozenset({"model", "scheme", "algo", "engines", "variants", "batch_sizes"})
+
+
+def cell_labels(params: list[dict[str, Any]]) -> list[str]:
+    """Per cell, ``[key=value, ...]`` of the parameters that differ between cells and no row shows.
+
+    Without it, two cells of the same model and method (PhiNet with ``hyper.divisor`` 1 and 8, a
+    model at two learning rates) would share every row key and the report would keep one of them.
+
+    Example:
+        >>> cell_labels([{"model": "phinet", "hyper": {"divisor": 1}}, {"model": "phinet", "hyper": {"divisor": 8}}])
+        ['[hyper.divisor=1]', '[hyper.divisor=8]']
+    """
+    flat = [_flatten(p) for p in params]
+    keys = sorted({k for p in flat for k in p} - _SHOWN_BY_ROWS)
+    varying = [k for k in keys if len({repr(p.get(k)) for p in flat}) > 1]
+    return [("[" + ", ".join(f"{k}={p.get(k)}" for k in varying) + "]") if varying else "" for p in flat]
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"hyper": {"divisor": 8}}`` -> ``{"hyper.divisor": 8}`` (the dotted form sweep files use)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def write_devices_report(store_path: str | Path, model: str, out_dir: str | Path) -> tuple[Path, Path]:
