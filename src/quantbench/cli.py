@@ -834,22 +834,26 @@ def cmd_split(args: argparse.Namespace) -> int:
               "data": {"spec": args.data, "split": split_desc, "normalize": args.normalize},
               "split": {"splits": args.splits, "qbins": args.qbins, "companding": comp, "range": args.range,
                         "codec": args.codec, "noise_train": args.noise_train, "noise_qbins": args.noise_qbins,
+                        "finetune_part": args.finetune_part, "bn_stats": args.bn_stats, "lr": args.lr,
                         "edge": edge.as_dict(), "cloud": cloud.as_dict(), "bandwidths_mbps": args.bandwidths}}
     records: list[dict[str, Any]] = []
 
     def body(stage: Any, out_dir: Path) -> None:
         models: dict[tuple[int, int, str], dict[str, Any]] = {}
+        plain_at: dict[int, Any] = {}  # no-noise fine-tuning does not depend on qbins or companding
+        regime = {"epochs": args.noise_train, "lr": args.lr, "seed": args.seed, "part": args.finetune_part,
+                  "freeze_bn": args.bn_stats == "frozen"}
         if args.noise_train > 0:
             for s in args.splits:
                 for q in args.noise_qbins:
                     for c in comp:
                         at = s if noise_at is None else noise_at
-                        noisy, hist = noise_finetune(model, train_xy, noise_at=at, qbins=q, companding=c,
-                                                     epochs=args.noise_train, lr=args.lr, seed=args.seed)
-                        plain, hist2 = noise_finetune(model, train_xy, noise_at=at, qbins=q, companding=c,
-                                                      epochs=args.noise_train, lr=args.lr, noise=False, seed=args.seed)
+                        noisy, _ = noise_finetune(model, train_xy, noise_at=at, qbins=q, companding=c, **regime)
+                        if at not in plain_at:
+                            plain_at[at] = noise_finetune(model, train_xy, noise_at=at, qbins=q, companding=c,
+                                                          noise=False, **regime)[0]
                         label = "noise" if at == s else f"noise@{at}"
-                        models[(s, q, c)] = {label: noisy, "no-noise": plain}
+                        models[(s, q, c)] = {label: noisy, "no-noise": plain_at[at]}
         recs = run_split(model, calib_xy, test_xy, splits=list(args.splits), qbins=list(args.qbins),
                          companding=list(comp), range_mode=args.range, codec=args.codec, models=models,
                          log=None if args.no_progress else (lambda m: print(m, file=sys.stderr)))
@@ -1026,6 +1030,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tune with quantization noise at the split (and without, for comparison)")
     p.add_argument("--noise-qbins", type=_csv_ints, default=(4,), metavar="Q", help="qbins for noise training")
     p.add_argument("--noise-at", type=int, metavar="N", help="inject noise after block N instead of at the split")
+    p.add_argument("--finetune-part", choices=["cloud", "all"], default="cloud",
+                   help="noise/no-noise fine-tuning trains the cloud part only (edge frozen; default) or all")
+    p.add_argument("--bn-stats", choices=["frozen", "update"], default="frozen",
+                   help="BatchNorm running statistics during fine-tuning: kept (default) or re-estimated")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--eval-size", type=int, metavar="N", help="evaluate on the first N evaluation images")
     p.add_argument("--edge", default="raspberry-pi-4b", help="edge device profile (or NAME=GFLOPS)")

@@ -55,6 +55,8 @@ def test_split_records_sizes_and_report(tmp_path, capsys):
     (["--bandwidths", "0"], "--bandwidths must be > 0"),
     (["--edge", "toaster"], "device profile 'toaster'"),
     (["--codec", "magic"], "magic"),
+    (["--finetune-part", "edge"], "--finetune-part: invalid choice: 'edge'"),
+    (["--bn-stats", "maybe"], "--bn-stats: invalid choice: 'maybe'"),
 ])
 def test_bad_input_exits_2(tmp_path, capsys, extra, needle):
     assert main(_args(tmp_path, *extra)) == 2

@@ -27,7 +27,7 @@ from quantbench.errors import QuantbenchError
 from quantbench.split.features import FeatureQuantizer
 from quantbench.split.splitter import split_model
 
-__all__ = ["anonymization", "noise_finetune", "run_split", "split_costs"]
+__all__ = ["FINETUNE_PARTS", "anonymization", "noise_finetune", "run_split", "split_costs"]
 
 
 def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch: int = 256) -> torch.Tensor:
@@ -108,37 +108,84 @@ def run_split(model: nn.Module, calib: tuple[torch.Tensor, torch.Tensor], test: 
     return records
 
 
-class _NoisyNet(nn.Module):
-    """edge -> (quantization noise at block ``noise_at`` while training) -> cloud."""
+FINETUNE_PARTS = ("cloud", "all")
 
-    def __init__(self, model: nn.Module, noise_at: int, fq: FeatureQuantizer) -> None:
+
+def _freeze_bn_stats(module: nn.Module) -> None:
+    """BatchNorm layers in eval mode: normalise with the running statistics and leave them untouched."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+class _NoisyNet(nn.Module):
+    """edge -> (quantization noise at block ``noise_at`` while training) -> cloud.
+
+    ``edge=None``: the input already is the edge's features (the edge is frozen, computed once).
+    ``freeze_bn``: BatchNorm keeps its running statistics while training (see :func:`noise_finetune`).
+    """
+
+    def __init__(self, edge: nn.Module | None, cloud: nn.Module, fq: FeatureQuantizer | None,
+                 freeze_bn: bool = True) -> None:
         super().__init__()
-        self.model = model
-        sp = split_model(model, noise_at)
-        self.edge, self.cloud, self.fq = sp.edge, sp.cloud, fq
+        self.edge, self.cloud, self.fq, self.freeze_bn = edge, cloud, fq, freeze_bn
+
+    def train(self, mode: bool = True) -> _NoisyNet:
+        super().train(mode)
+        if mode and self.freeze_bn:
+            _freeze_bn_stats(self)
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.edge(x)
-        if self.training:
+        z = x if self.edge is None else self.edge(x)
+        if self.training and self.fq is not None:
             z = self.fq.noise(z)
         return self.cloud(z)
 
 
 def noise_finetune(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], *, noise_at: int, qbins: int,
                    companding: str = "none", epochs: int = 2, lr: float = 1e-4, noise: bool = True,
-                   seed: int = 0) -> tuple[nn.Module, Any]:
+                   seed: int = 0, part: str = "cloud", freeze_bn: bool = True,
+                   batch_size: int = 64) -> tuple[nn.Module, Any]:
     """Fine-tune a copy with the split's quantization noise (or, ``noise=False``, identically without it).
 
+    The regime (the same for noise and no-noise, so that only the noise differs):
+
+    * ``part="cloud"`` (default): only the cloud part (after block ``noise_at``) is trained; the
+      edge is frozen - the deployed device keeps its model - and its features are computed once, in
+      eval mode, which also makes each epoch much cheaper. ``part="all"``: edge and cloud trained.
+    * ``freeze_bn=True`` (default): BatchNorm normalises with its running statistics and does not
+      update them. A few thousand fine-tuning images (and, with noise, features whose statistics
+      differ from the real quantizer's output) would otherwise re-estimate statistics that were
+      measured on the full training set.
+
+    AdamW, cosine decay from ``lr``, no weight decay, no augmentation (:func:`quantbench.train.fit`).
     ``noise_at`` may differ from the split evaluated later (training-regime comparisons, e.g. noise
     at block 1, evaluated at block 2 of the same stage). Returns (model, history).
+
+    Example:
+        >>> m, hist = noise_finetune(model, (x, y), noise_at=5, qbins=4, companding="mulaw")  # doctest: +SKIP
     """
     from quantbench.config import TrainConfig
     from quantbench.train import fit
 
-    m = copy.deepcopy(model)
-    net = _NoisyNet(m, noise_at, FeatureQuantizer(qbins, companding=companding)) if noise else m
-    hist = fit(net, train, None, TrainConfig(epochs=epochs, lr=lr, optimizer="adamw", weight_decay=0.0, seed=seed,
-                                              batch_size=64))
+    if part not in FINETUNE_PARTS:
+        raise QuantbenchError(f"noise fine-tuning: part {part!r} unknown; expected cloud or all")
+    m = copy.deepcopy(model).eval()
+    sp = split_model(m, noise_at)  # shares m's modules: training them trains m
+    fq = FeatureQuantizer(qbins, companding=companding) if noise else None
+    x, y = train
+    if part == "cloud":
+        for p in sp.edge.parameters():
+            p.requires_grad_(False)
+        x = _batched(sp.edge.eval(), x)  # frozen edge in eval mode: its features once
+        net = _NoisyNet(None, sp.cloud, fq, freeze_bn)
+    else:
+        net = _NoisyNet(sp.edge, sp.cloud, fq, freeze_bn)
+    cfg = TrainConfig(epochs=epochs, lr=lr, optimizer="adamw", weight_decay=0.0, seed=seed, batch_size=batch_size)
+    hist = fit(net, (x, y), None, cfg)
+    for p in m.parameters():
+        p.requires_grad_(True)
     return m.eval(), hist
 
 

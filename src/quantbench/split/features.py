@@ -11,9 +11,12 @@
   calibration features (nothing per sample).
 
 The step ``delta`` of the chosen range and qbins is what noise-aware training injects
-(:meth:`noise`): ``U(-delta/2, delta/2)`` in the (companded) quantization domain, i.e. exactly the
-error the real quantizer makes - the known weakness it fixes is a noise width unrelated to the
-real step.
+(:meth:`noise`): ``U(-delta/2, delta/2)`` in the (companded) quantization domain - the known weakness
+it fixes is a noise width unrelated to the real step. Only where the real quantizer's error is NOT
+like that does the noise differ: the two end half-bins (``y < delta/2`` and ``y > 1 - delta/2``, which
+hold each sample's min and max and, after a ReLU, the many exact zeros) are rounded onto the end
+levels by the real quantizer, so they receive exactly that error instead of clamped noise (clamped
+noise turns every zero into a positive value, a bias test-time quantization never has).
 
 Example:
     >>> fq = FeatureQuantizer(qbins=4, companding="mulaw")
@@ -111,18 +114,37 @@ class FeatureQuantizer:
         return self.dequantize(*self.quantize(z)).to(z.dtype)
 
     def noise(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``z`` plus the quantizer's own error model: U(-delta/2, delta/2) in the quantization domain.
+        """``z`` plus the quantizer's own error model, additive in the (companded) quantization domain.
 
-        Gradients flow to ``z`` (the noise is additive); the range of each sample (or the calibrated
-        one) sets ``delta = 1 / (qbins - 1)`` of the (companded) unit interval.
+        With ``y`` the value scaled by the range (and companded) and ``delta = 1 / (qbins - 1)``:
+
+        * interior, ``delta/2 <= y <= 1 - delta/2``: ``y + U(-delta/2, delta/2)`` (no clamping needed,
+          it stays in [0, 1]);
+        * end half-bins, ``y < delta/2`` or ``y > 1 - delta/2``: the real quantizer's own error, i.e.
+          the value lands on the end level exactly as :meth:`quantize` puts it (no noise at all where
+          ``y`` IS an end: each sample's min - the post-ReLU zeros - and max).
+
+        The error term is detached, so the gradient to ``z`` is the identity (through the scaling
+        and companding) everywhere inside the range; the range itself (per sample, or calibrated)
+        is treated as a constant, as it is side information.
+
+        Example:
+            >>> fq = FeatureQuantizer(qbins=4)
+            >>> z = torch.tensor([[0.0, 0.1, 0.5, 1.0]], requires_grad=True)
+            >>> fq.noise(z)[0, [0, 1, 3]].tolist()  # ends and the bottom half-bin: real quantization
+            [0.0, 0.0, 1.0]
         """
         lo, hi = self._range(z)
-        span = (hi - lo).detach()
-        t = ((z - lo.detach()) / span).clamp(0.0, 1.0)
-        y = self._compress(t)
-        u = torch.rand(z.shape, generator=generator, dtype=z.dtype, device=z.device) - 0.5
-        y = (y + u / (self.qbins - 1)).clamp(0.0, 1.0)
-        return lo.detach() + self._expand(y) * span
+        lo, span = lo.detach(), (hi - lo).detach()
+        y = self._compress(((z - lo) / span).clamp(0.0, 1.0))
+        delta = 1.0 / (self.qbins - 1)
+        yd = y.detach()
+        sym = torch.round(yd * (self.qbins - 1))  # the symbols quantize() would send
+        real_err = sym / (self.qbins - 1) - yd
+        u = (torch.rand(z.shape, generator=generator, dtype=z.dtype, device=z.device) - 0.5) * delta
+        end = (sym == 0) | (sym == self.qbins - 1)
+        y_noisy = y + torch.where(end, real_err, u)
+        return lo + self._expand(y_noisy) * span
 
     def side_bytes(self, n_samples: int) -> int:
         """Per-sample side information (two float32 per sample in ``sample`` mode, none when calibrated)."""
