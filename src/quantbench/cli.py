@@ -1019,6 +1019,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("split", help="split computing: cut after block N, quantize + entropy-code features")
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML file of these options, keys named like the flags (splits: [1, 3, 5], noise_train: 2); "
+                        "flags on the command line override it (e.g. examples/split_resnet20.yaml)")
     _add_finetune_args(p)
     p.add_argument("--splits", type=_csv_ints, default=(1, 3, 5), metavar="N1,N2", help="split after these blocks")
     p.add_argument("--qbins", type=_csv_ints, default=(4, 6, 8), metavar="Q1,Q2", help="feature levels, 2..256")
@@ -1122,10 +1125,72 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+OPTION_FILE_VERBS = ("split",)
+"""Verbs whose ``--config FILE`` is a YAML file of their own flags (``run`` and ``bench`` read richer files)."""
+
+
+def _subparser(parser: argparse.ArgumentParser, verb: str) -> argparse.ArgumentParser:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[verb]
+
+
+def option_file_flags(path: str, sub: argparse.ArgumentParser) -> list[str]:
+    """The flags a YAML options file stands for: ``splits: [1, 3]`` -> ``--splits 1,3``.
+
+    Keys are the verb's long option names (``-`` or ``_``); lists become comma lists; ``true``
+    turns a switch on. The flags then go through argparse like typed ones, so a file is
+    validated exactly as the command line is.
+
+    Raises:
+        QuantbenchError: unreadable file, an unknown key (named with the file), or a value that is
+            no number, string, list or (for a switch) boolean.
+    """
+    from quantbench.config import read_yaml_mapping
+
+    doc = read_yaml_mapping(path, "options file")
+    by_dest = {a.dest: a for a in sub._actions if a.option_strings and a.dest not in ("help", "config")}
+    flags: list[str] = []
+    for key, value in doc.items():
+        action = by_dest.get(str(key).replace("-", "_"))
+        if action is None:
+            raise QuantbenchError(f"{path}: unknown key {key!r}; expected one of: {', '.join(sorted(by_dest))}")
+        opt = max(action.option_strings, key=len)
+        if action.nargs == 0:  # a switch
+            if not isinstance(value, bool):
+                raise QuantbenchError(f"{path}: {key!r} is a switch; expected true or false, got {value!r}")
+            flags += [opt] if value else []
+            continue
+        if isinstance(value, list) and value and all(isinstance(v, int | float | str) and not isinstance(v, bool)
+                                                     for v in value):
+            value = ",".join(str(v) for v in value)
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise QuantbenchError(f"{path}: {key!r} must be a number, a string or a non-empty list, got {value!r}")
+        flags += [opt, str(value)]
+    return flags
+
+
+def expand_option_file(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """``split --config F ...`` -> ``split <F's flags> ...``: the file first, so typed flags win."""
+    if not argv or argv[0] not in OPTION_FILE_VERBS:
+        return argv
+    rest = argv[1:]
+    for i, a in enumerate(rest):
+        if a == "--config" and i + 1 < len(rest):
+            path, rest = rest[i + 1], rest[:i] + rest[i + 2:]
+            break
+        if a.startswith("--config="):
+            path, rest = a.split("=", 1)[1], rest[:i] + rest[i + 1:]
+            break
+    else:
+        return argv
+    return [argv[0], *option_file_flags(path, _subparser(parser, argv[0])), *rest]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
     try:
-        args = build_parser().parse_args(list(argv) if argv is not None else None)
+        parser = build_parser()
+        args = parser.parse_args(expand_option_file(list(argv) if argv is not None else sys.argv[1:], parser))
         return int(args.func(args) or 0)
     except QuantbenchError as exc:
         print(f"quantbench: error: {exc}", file=sys.stderr)

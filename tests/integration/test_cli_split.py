@@ -62,3 +62,27 @@ def test_bad_input_exits_2(tmp_path, capsys, extra, needle):
     assert main(_args(tmp_path, *extra)) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err, err
+
+
+def test_options_file_gives_the_flags_and_typed_flags_override_it(tmp_path, capsys):
+    cfg = tmp_path / "split.yaml"
+    cfg.write_text(f"model: resnet20\ndata: '{SYN}'\ntrain_fraction: 0.5\ncalib_size: 40\nsplits: [1, 3]\n"
+                   "qbins: [4]\ncompanding: [none]\nno_progress: true\n")
+    assert main(["split", "--config", str(cfg), "--splits", "5", "--store", str(tmp_path / "s.db"),
+                 "--out", str(tmp_path / "out"), "--json"]) == 0
+    recs = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [(r["split"], r["qbins"], r["companding"]) for r in recs] == [(5, 4, "none")]
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("model: resnet20\nsplitz: [1]\n", "unknown key 'splitz'"),
+    ("model: resnet20\nqbins: {a: 1}\n", "'qbins' must be a number, a string or a non-empty list"),
+    ("model: resnet20\nno_progress: 1\n", "'no_progress' is a switch"),
+    ("- just a list\n", "must be a mapping"),
+])
+def test_bad_options_file_exits_2_naming_file_and_key(tmp_path, capsys, text, needle):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    assert main(["split", "--config", str(cfg), "--data", SYN]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(cfg) in err and needle in err, err

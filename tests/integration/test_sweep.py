@@ -183,8 +183,14 @@ def test_every_example_file_parses(path):
     if "kind" in doc:
         cells = expand(load_sweep(path))
         assert cells and all("model" in c.params for c in cells)
-    else:  # a bench study (quantbench bench --config)
+    elif "models" in doc:  # a bench study (quantbench bench --config)
         from quantbench.experiments.bench import load_study
 
         _, specs = load_study(path)
         assert specs
+    else:  # an options file of the split verb (quantbench split --config)
+        from quantbench.cli import build_parser, expand_option_file
+
+        parser = build_parser()
+        args = parser.parse_args(expand_option_file(["split", "--config", str(path)], parser))
+        assert args.func.__name__ == "cmd_split" and args.model == doc["model"]
