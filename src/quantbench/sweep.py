@@ -196,15 +196,51 @@ def _data_and_model(p: dict[str, Any], roles: dict[str, float]) -> tuple[Any, An
     return ds, parts, model
 
 
-def _pretrain(model: Any, train: Any, p: dict[str, Any], epochs_key: str = "epochs") -> Any:
+def _pretrain(model: Any, train: Any, p: dict[str, Any], out_dir: Path, roles: dict[str, float],
+              epochs_key: str = "epochs") -> Any:
+    """Train the FP32 model of a cell from scratch - once per sweep for identical training settings.
+
+    Cells that differ only in what happens AFTER training (scheme, algorithm, calibration size,
+    latency batches ...) share one trained model: the first cell saves its weights and history to
+    ``<out_root>/_pretrained/<key>.pt`` (atomically), later ones load them (``weights_only``). The key
+    hashes everything that shapes the training: model, hyper-parameters, checkpoint (path, size,
+    mtime), data spec and preprocessing, split roles, seed, epochs, learning rate, batch size and the
+    quantbench version. The stored history is the original run's, training time included. The torch
+    RNG is reseeded afterwards, so what follows does not depend on whether training ran here.
+    """
+    import os
+
+    import torch
+
+    from quantbench import __version__
     from quantbench.config import TrainConfig
     from quantbench.train import fit
+    from quantbench.train.loop import History
 
     epochs = int(p.get(epochs_key, 0) or 0)
     if epochs <= 0:
         return None
-    return fit(model, train, None, TrainConfig(epochs=epochs, lr=float(p.get("lr", 0.05)),
-                                               batch_size=int(p.get("batch_size", 64)), seed=int(p.get("seed", 0))))
+    cfg = TrainConfig(epochs=epochs, lr=float(p.get("lr", 0.05)), batch_size=int(p.get("batch_size", 64)),
+                      seed=int(p.get("seed", 0)))
+    ckpt = p.get("checkpoint")
+    stat = Path(ckpt).stat() if ckpt and Path(ckpt).is_file() else None
+    what = {k: p.get(k) for k in ("model", "hyper", "num_classes", "data", "normalize", "resize", "seed")}
+    what.update(checkpoint=[ckpt, stat.st_size, stat.st_mtime_ns] if stat else ckpt, roles=roles, epochs=epochs,
+                lr=cfg.lr, batch_size=cfg.batch_size, version=__version__)
+    key = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = out_dir.parent / "_pretrained" / f"{key}.pt"
+    if path.is_file():
+        blob = torch.load(path, weights_only=True)
+        model.load_state_dict(blob["state_dict"])
+        hist = History(**json.loads(blob["history"]))
+    else:
+        hist = fit(model, train, None, cfg)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+        torch.save({"state_dict": model.state_dict(), "history": json.dumps(hist.as_dict(), default=str)}, tmp)
+        os.replace(tmp, path)  # concurrent workers: the last complete file wins, never a partial one
+    torch.manual_seed(cfg.seed + 1)
+    return hist
 
 
 def _measure(p: dict[str, Any]) -> Any:
@@ -252,7 +288,7 @@ def _cell_ptq(p: dict[str, Any], out_dir: Path) -> list[Any]:
     ds, parts, model = _data_and_model(p, roles)
     key = RowKey(p["model"], p.get("data", "digits"))
     rows: list[Any] = []
-    hist = _pretrain(model, parts.get("train"), p)
+    hist = _pretrain(model, parts.get("train"), p, out_dir, roles)
     if hist is not None:
         rows += history_rows(key, hist)
     model.eval()
@@ -273,9 +309,10 @@ def _cell_ptq(p: dict[str, Any], out_dir: Path) -> list[Any]:
 def _cell_train(p: dict[str, Any], out_dir: Path) -> list[Any]:
     from quantbench.experiments.records import RowKey, history_rows
 
-    ds, parts, model = _data_and_model(p, {"train": 0.8, "test": 0.2})
+    roles = {"train": 0.8, "test": 0.2}
+    ds, parts, model = _data_and_model(p, roles)
     key = RowKey(p["model"], p.get("data", "digits"))
-    hist = _pretrain(model, parts["train"], {**p, "epochs": p.get("epochs", 5)})
+    hist = _pretrain(model, parts["train"], {**p, "epochs": p.get("epochs", 5)}, out_dir, roles)
     model.eval()
     _, rows = _fp32_rows(key, model, ds, parts["test"], out_dir, p)
     return history_rows(key, hist) + rows
@@ -288,10 +325,11 @@ def _cell_qat(p: dict[str, Any], out_dir: Path) -> list[Any]:
     from quantbench.quant.qat import QATConfig
 
     frac = float(p.get("train_fraction", 0.8))
-    ds, parts, model = _data_and_model(p, {"train": frac, "test": 1.0 - frac})
+    roles = {"train": frac, "test": 1.0 - frac}
+    ds, parts, model = _data_and_model(p, roles)
     key = RowKey(p["model"], p.get("data", "digits"))
     rows: list[Any] = []
-    hist = _pretrain(model, parts["train"], p, "pretrain_epochs")
+    hist = _pretrain(model, parts["train"], p, out_dir, roles, "pretrain_epochs")
     if hist is not None:
         rows += history_rows(key, hist)
     model.eval()

@@ -154,6 +154,25 @@ def test_cells_differing_in_hyper_parameters_stay_distinct_and_latency_is_measur
         assert f"| lenet [lr={lr}] | fp32 | torch |" in md and f"| lenet [lr={lr}] | w8a8-mse | torch |" in md
 
 
+def test_cells_with_the_same_training_share_one_trained_model(tmp_path):
+    f = _write(tmp_path, "share", "  scheme: [w8a8, w4a8]\n")
+    db = tmp_path / "s.db"
+    run_sweep(load_sweep(f), store_path=str(db), progress=False, threads=1, log=lambda m: None)
+    cached = list((tmp_path / "out" / "share" / "_pretrained").glob("*.pt"))
+    assert len(cached) == 1  # two cells, one training
+    fp32 = []
+    with ResultStore(db) as store:
+        for c in store.sweep_cells("share").values():
+            rows = store.query(run_id=c["run_id"], method="fp32")
+            fp32.append({(r["metric"], str(r["extra"].get("epoch"))): r["value"] for r in rows
+                         if r["metric"].startswith("epoch.") or r["metric"] in ("top1", "loss", "train_time_s")})
+    assert fp32[0] == fp32[1] and ("train_time_s", "None") in fp32[0]  # same model, same history rows
+    # a different training setting trains anew
+    g = _write(tmp_path, "share", "  scheme: [w8a8]\n", extra=", lr: 0.01")
+    run_sweep(load_sweep(g), store_path=str(db), progress=False, threads=1, log=lambda m: None)
+    assert len(list((tmp_path / "out" / "share" / "_pretrained").glob("*.pt"))) == 2
+
+
 def test_pool_executor_matches_inprocess(tmp_path):
     f = _write(tmp_path, "pool", "  scheme: [w8a8, w4a8]\n")
     run_sweep(load_sweep(f), store_path=str(tmp_path / "a.db"), progress=False, threads=1, log=lambda m: None)
