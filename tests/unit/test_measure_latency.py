@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,3 +170,31 @@ def test_peak_rss_is_positive_bytes() -> None:
         pytest.skip("resource.getrusage not available")
     assert isinstance(rss, int)
     assert rss > 10 * 1024 * 1024  # a Python process with torch loaded uses far more than 10 MB
+
+
+def test_other_cpu_share_arithmetic_and_clamping() -> None:
+    from quantbench.measure.latency import other_cpu_share
+
+    assert other_cpu_share(10.0, 12.0, 0.5, 1.0, cores=2) == pytest.approx(0.75)  # 1.5 s of others over 2 core-s
+    assert other_cpu_share(10.0, 10.1, 0.5, 1.0, cores=2) == 0.0  # own time above total busy (tick rounding)
+    assert other_cpu_share(10.0, 20.0, 0.0, 1.0, cores=2) == 1.0
+    assert other_cpu_share(None, 12.0, 0.5, 1.0) is None
+    assert other_cpu_share(10.0, 12.0, 0.5, 0.0) is None
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs /proc/stat (Linux)")
+def test_a_busy_neighbour_shows_in_other_cpu_share() -> None:
+    import subprocess
+    import sys
+    import time
+
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time() + 30\nwhile time.time() < t: pass"])
+    try:
+        time.sleep(0.3)  # let it start spinning
+        r = measure_latency(lambda: time.sleep(0.01), batch_size=1, warmup=0, min_iters=1, min_time_s=0.6)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    # this process sleeps; the spinner alone keeps one core busy: others' share is well above a quiet machine's 0
+    assert r.other_cpu_share is not None and r.other_cpu_share > 0.25
+    assert r.as_dict()["other_cpu_share"] == r.other_cpu_share

@@ -183,3 +183,19 @@ def test_latency_of_a_deployed_variant_joins_its_simulated_accuracy(tmp_path):
     fig = accuracy_vs_latency(rows)
     assert fig is not None and "torch, torch-int8" in fig.caption and "w8a8 / torch-int8, fp32 / torch." in fig.caption
     assert "w4a8" not in fig.caption  # no latency for it: not on the plot
+
+
+def test_latencies_timed_on_a_busy_machine_get_a_warning_and_a_column(tmp_path):
+    from quantbench.report.tables import busy_machine_lines, latency_table
+
+    quiet = Result("net", "d", "fp32", "torch", "latency_median_ms", 2.0, "ms", 1,
+                   {"threads": 2, "p90_ms": 2.1, "other_cpu_share": 0.02})
+    busy = Result("net", "d", "w8a8", "torch-int8", "latency_median_ms", 900.0, "ms", 1,
+                  {"threads": 2, "p90_ms": 1800.0, "other_cpu_share": 0.55})
+    rows = _rows(tmp_path, [quiet, busy])
+    (line,) = busy_machine_lines(rows)
+    assert line.startswith("1 of 2 latencies") and "up to 55%" in line
+    assert busy_machine_lines(_rows(tmp_path, [quiet], db="q.db")) == []
+    header, body = latency_table(rows)
+    col = header.index("others' CPU % while timing")
+    assert sorted(r[col] for r in body) == ["2", "55"]

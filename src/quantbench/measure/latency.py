@@ -10,11 +10,18 @@ What is reported: the **median** of per-call wall times (robust to the scheduler
 make batch-1 timings on a small machine vary by up to 30%), the 90th percentile (tail), mean,
 min, standard deviation, all samples, and throughput = batch / median. Timings are
 wall-clock (``time.perf_counter``), per batch, in milliseconds.
+
+Also recorded: ``other_cpu_share``, the share of the machine's CPU time that OTHER processes used
+while the timed calls ran (busy time from ``/proc/stat`` minus this process's own CPU time, over
+wall time x logical cores). On a small shared machine a neighbour's job can make a median 10-100x
+slower; this number lets a report say which latencies were taken on a busy machine instead of
+presenting them as the model's speed. ``None`` where ``/proc/stat`` does not exist.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -52,6 +59,8 @@ class LatencyResult:
         batch_size: images per call.
         throughput_ips: images per second, ``batch_size / median``.
         samples_ms: every timed call, in order, milliseconds.
+        other_cpu_share: share (0..1) of all cores' time used by other processes while timing,
+            or None where it cannot be read (no ``/proc/stat``).
     """
 
     median_ms: float
@@ -65,6 +74,7 @@ class LatencyResult:
     batch_size: int
     throughput_ips: float
     samples_ms: list[float] = field(default_factory=list, repr=False)
+    other_cpu_share: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly dict of all fields (a non-finite throughput becomes ``None``).
@@ -81,7 +91,38 @@ class LatencyResult:
         return d
 
 
-def _summarize(samples_s: list[float], *, warmup: int, threads: int, batch_size: int) -> LatencyResult:
+BUSY_SHARE = 0.2
+"""Above this ``other_cpu_share`` a latency is reported as measured on a busy machine."""
+
+
+def _busy_seconds() -> float | None:
+    """CPU seconds all cores spent busy since boot (``/proc/stat``), or None where unavailable."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal (guest is inside user)
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def other_cpu_share(busy0: float | None, busy1: float | None, own_s: float, wall_s: float,
+                    cores: int | None = None) -> float | None:
+    """Share of the machine's CPU time used by other processes: (busy - own) / (wall x cores), in [0, 1].
+
+    Example:
+        >>> round(other_cpu_share(100.0, 101.5, 0.5, 1.0, cores=2), 3)
+        0.5
+    """
+    if busy0 is None or busy1 is None or wall_s <= 0:
+        return None
+    cores = cores or os.cpu_count() or 1
+    return min(1.0, max(0.0, (busy1 - busy0 - own_s) / (wall_s * cores)))
+
+
+def _summarize(samples_s: list[float], *, warmup: int, threads: int, batch_size: int,
+               other_share: float | None = None) -> LatencyResult:
     ms = np.asarray(samples_s, dtype=np.float64) * 1000.0
     median = float(np.median(ms))
     return LatencyResult(
@@ -96,6 +137,7 @@ def _summarize(samples_s: list[float], *, warmup: int, threads: int, batch_size:
         batch_size=batch_size,
         throughput_ips=batch_size / (median / 1000.0) if median > 0 else float("inf"),
         samples_ms=ms.tolist(),
+        other_cpu_share=other_share,
     )
 
 
@@ -171,18 +213,20 @@ def measure_latency(
         gc.collect()
         gc.disable()
         timed = 0.0
+        busy0, own0, wall0 = _busy_seconds(), time.process_time(), time.perf_counter()
         while len(samples) < max_iters and (len(samples) < min_iters or timed < min_time_s):
             t0 = clock()
             fn()
             dt = clock() - t0
             samples.append(dt)
             timed += dt
+        share = other_cpu_share(busy0, _busy_seconds(), time.process_time() - own0, time.perf_counter() - wall0)
     finally:
         if gc_was_enabled:
             gc.enable()
         if torch.get_num_threads() != previous_threads:
             torch.set_num_threads(previous_threads)
-    return _summarize(samples, warmup=warmup, threads=used_threads, batch_size=batch_size)
+    return _summarize(samples, warmup=warmup, threads=used_threads, batch_size=batch_size, other_share=share)
 
 
 def latency_vs_batch(

@@ -18,6 +18,7 @@ from quantbench.report.figures import Figure, make_figures, matplotlib_available
 from quantbench.report.tables import (
     bench_records,
     bench_table,
+    busy_machine_lines,
     device_table,
     latency_table,
     peaks_table,
@@ -81,6 +82,9 @@ def _environment_rows(run: dict[str, Any]) -> list[list[str]]:
 
 def _sections(run: dict[str, Any], rows: list[dict[str, Any]]) -> list[tuple[str, tuple[list[str], list[list[str]]]]]:
     out = [("Results: FP32 vs quantized", summary_table(rows))]
+    busy = busy_machine_lines(rows)
+    if busy:
+        out.insert(0, ("Measurement warning", (["read this before the latencies"], [[line] for line in busy])))
     tt = training_table(rows)
     if tt[1]:
         out.append(("Training", tt))

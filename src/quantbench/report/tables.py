@@ -113,18 +113,39 @@ def latency_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
     for r in rows:
         if r["metric"] in ("latency_median_ms", "latency_p90_ms", "throughput_ips"):
             by[(*variant_key(r), r["batch"])][r["metric"]] = r
-    header = ["model", "method", "engine", "batch", "median ms", "p90 ms", "images/s", "threads", "iterations"]
+    header = ["model", "method", "engine", "batch", "median ms", "p90 ms", "images/s", "threads", "iterations",
+              "others' CPU % while timing"]
     body = []
     for (model, method, engine, batch), m in sorted(by.items(), key=lambda kv: tuple(str(x) for x in kv[0][:3]) + (kv[0][3],)):
         med = m.get("latency_median_ms")
         extra = med["extra"] if med else {}
+        share = extra.get("other_cpu_share")
         body.append([model, method, engine, str(batch),
                      f"{med['value']:.3f}" if med else "–",
                      f"{m['latency_p90_ms']['value']:.3f}" if "latency_p90_ms" in m
                      else (f"{extra['p90_ms']:.3f}" if "p90_ms" in extra else "–"),
                      f"{m['throughput_ips']['value']:.1f}" if "throughput_ips" in m else "–",
-                     str(extra.get("threads", "–")), str(extra.get("iterations", "–"))])
+                     str(extra.get("threads", "–")), str(extra.get("iterations", "–")),
+                     f"{100 * share:.0f}" if share is not None else "–"])
     return header, body
+
+
+def busy_machine_lines(rows: Sequence[Row], threshold: float = 0.2) -> list[str]:
+    """Plain-words warnings for latencies timed while other processes used over ``threshold`` of the CPU.
+
+    Example:
+        >>> busy_machine_lines([{"metric": "latency_median_ms", "extra": {"other_cpu_share": 0.5}}])[0][:40]
+        '1 of 1 latencies were timed while other '
+    """
+    lat = [r for r in rows if r["metric"] == "latency_median_ms"]
+    shares = [r["extra"].get("other_cpu_share") for r in lat]
+    busy = [x for x in shares if x is not None and x > threshold]
+    if not busy:
+        return []
+    return [f"{len(busy)} of {len(lat)} latencies were timed while other processes used more than "
+            f"{100 * threshold:.0f}% of this machine's CPU (up to {100 * max(busy):.0f}%; column \"others' CPU %\"). "
+            "Those numbers measure the contention as much as the model: read them as upper bounds and rerun "
+            "on a quiet machine before comparing engines or schemes."]
 
 
 def training_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
@@ -203,6 +224,7 @@ def bench_records(rows: Sequence[Row]) -> list[dict[str, Any]]:
             c[name] = r["value"]
             if r["metric"] == "latency_median_ms":
                 c["threads"] = r["extra"].get("threads")
+                c["other_cpu_share"] = r["extra"].get("other_cpu_share")
     out = []
     for (model, engine, variant, _b), c in sorted(cells.items()):
         for m in ("median_ms", "p90_ms", "throughput_ips", "gmacs_per_s", "fraction_of_peak", "speedup_vs_fp32",
@@ -251,7 +273,7 @@ def speed_findings(records: Sequence[dict[str, Any]]) -> list[str]:
 def bench_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
     """Engine benchmark: latency, throughput, GMAC/s, fraction of peak, speed-ups, peak RSS per cell."""
     header = ["model", "engine", "variant", "batch", "median ms", "p90 ms", "images/s", "GMAC/s", "% of peak",
-              "x same-engine fp32", "x torch fp32", "peak RSS", "threads"]
+              "x same-engine fp32", "x torch fp32", "peak RSS", "threads", "others' CPU %"]
 
     def f(v: float | None, fmt: str) -> str:
         return "–" if v is None else fmt.format(v)
@@ -259,7 +281,8 @@ def bench_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
     body = [[c["model"], c["engine"], c["variant"], str(c["batch"]), f(c["median_ms"], "{:.3f}"),
              f(c["p90_ms"], "{:.3f}"), f(c["throughput_ips"], "{:.1f}"), f(c["gmacs_per_s"], "{:.1f}"),
              f(c["fraction_of_peak"] and 100 * c["fraction_of_peak"], "{:.0f}%"), f(c["speedup_vs_fp32"], "{:.2f}"),
-             f(c["speedup_vs_torch_fp32"], "{:.2f}"), human_bytes(c["peak_rss_bytes"]), str(c.get("threads", "–"))]
+             f(c["speedup_vs_torch_fp32"], "{:.2f}"), human_bytes(c["peak_rss_bytes"]), str(c.get("threads", "–")),
+             f(c.get("other_cpu_share") and 100 * c["other_cpu_share"], "{:.0f}")]
             for c in bench_records(rows)]
     return header, body
 
