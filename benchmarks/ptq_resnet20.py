@@ -31,7 +31,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -41,10 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import DEFAULT_DATA, DEFAULT_WEIGHTS, missing_reference, write_json
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-DEFAULT_WEIGHTS = SHARED / "weights" / "resnet20-12fca82f.th"
-DEFAULT_DATA = SHARED / "datasets" / "cifar10-jpeg" / "dev"
 GROUPS = ("w8a8", "w4a8", "w4a4", "w2a8")
 TARGETS = {  # name: (row key, largest allowed drop in points)
     "W8A8 per-channel PTQ (mse) drop <= 0.3": ("w8a8-mse", 0.3),
@@ -106,11 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
     load_start = [round(v, 2) for v in os.getloadavg()]
-    missing = [f"{what} {path}" for what, path in (("weights", args.weights), ("data", args.data))
-               if not path.exists()]
-    if missing:
-        print(f"ptq_resnet20: not found: {'; '.join(missing)}\n"
-              f"  (the defaults expect the shared folder at {SHARED}; pass --weights/--data)", file=sys.stderr)
+    if missing_reference("ptq_resnet20", args.weights, args.data):
         return 1
     groups = [g.strip() for g in args.groups.split(",") if g.strip()]
     bad = [g for g in groups if g not in GROUPS]
@@ -247,9 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             "targets": verdicts, "total_s": total, "load_average_start": load_start, "load_average_end": load,
             "environment": environment(),
         }
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-        print(f"wrote {args.out}")
+        write_json(args.out, doc)
     return 0
 
 

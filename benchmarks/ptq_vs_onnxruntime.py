@@ -55,7 +55,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -66,11 +65,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from common import DEFAULT_DATA, DEFAULT_WEIGHTS, missing_reference, write_json
 from torch import nn
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-DEFAULT_WEIGHTS = SHARED / "weights" / "resnet20-12fca82f.th"
-DEFAULT_DATA = SHARED / "datasets" / "cifar10-jpeg" / "dev"
 ORT_METHODS = ("minmax", "entropy", "percentile")
 OURS_METHODS = ("minmax", "percentile", "mse", "entropy")
 OURS_ALGOS = ("mse", "bc-mse", "adaround-bc")  # quantize_ptq algorithms run by default (docs/benchmarks/ptq.md)
@@ -159,11 +156,7 @@ def best(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def check_inputs(args: argparse.Namespace) -> tuple[int, list[str]]:
     """(exit code or 0, methods): missing files and unknown methods are refused before any work."""
-    missing = [f"{what} {path}" for what, path in (("weights", args.weights), ("data", args.data))
-               if not path.exists()]
-    if missing:
-        print(f"ptq_vs_onnxruntime: not found: {'; '.join(missing)}\n"
-              f"  (the defaults expect the shared folder at {SHARED}; pass --weights/--data)", file=sys.stderr)
+    if missing_reference("ptq_vs_onnxruntime", args.weights, args.data):
         return 1, []
     try:
         import onnx  # noqa: F401
@@ -469,9 +462,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(times are wall clock and shift with other work on the machine)")
     if args.out is not None:
         doc.update(total_s=total, load_average_start=load_start, load_average_end=load, environment=environment())
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-        print(f"wrote {args.out}")
+        write_json(args.out, doc)
     return 0
 
 

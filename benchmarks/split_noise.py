@@ -35,7 +35,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -44,10 +43,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from common import DEFAULT_DATA, DEFAULT_WEIGHTS, missing_reference, write_json
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-DEFAULT_WEIGHTS = SHARED / "weights" / "resnet20-12fca82f.th"
-DEFAULT_DATA = SHARED / "datasets" / "cifar10-jpeg" / "dev"
 LAYOUTS = {"none": "uniform", "mulaw": "mu-law"}
 
 
@@ -100,11 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
     load_start = [round(v, 2) for v in os.getloadavg()]
-    missing = [f"{what} {path}" for what, path in (("weights", args.weights), ("data", args.data))
-               if not path.exists()]
-    if missing:
-        print(f"split_noise: not found: {'; '.join(missing)}\n"
-              f"  (the defaults expect the shared folder at {SHARED}; pass --weights/--data)", file=sys.stderr)
+    if missing_reference("split_noise", args.weights, args.data):
         return 1
     try:
         splits = [int(v) for v in args.splits.split(",") if v.strip()]
@@ -193,9 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                "normalize": args.normalize, "n_train": len(train[1]), "n_test": len(y), "regime": regime,
                "qbins": args.qbins, "fp32": _acc(fp32), "cells": cells, "verdicts": verdicts, "total_s": total,
                "environment": environment()}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-        print(f"wrote {args.out}")
+        write_json(args.out, doc)
     return 0
 
 

@@ -13,6 +13,8 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _load(name: str):
+    if str(BENCH) not in sys.path:  # the scripts import their shared helpers as ``common``
+        sys.path.insert(0, str(BENCH))
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
@@ -41,3 +43,11 @@ def test_ptq_vs_onnxruntime_refuses_missing_data_and_unknown_methods(tmp_path, c
     assert "unknown method(s) ['ort-kl']" in capsys.readouterr().err
     assert ptq.main(["--weights", str(weights), "--data", str(tmp_path), "--folds", "1"]) == 2
     assert "--folds must be >= 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["ptq_resnet20", "ptq_vs_onnxruntime", "split_noise"])
+def test_real_data_benchmarks_exit_1_naming_what_is_missing(name, tmp_path, capsys):
+    bench = _load(name)
+    assert bench.main(["--weights", str(tmp_path / "none.th"), "--data", str(tmp_path / "nodata")]) == 1
+    err = capsys.readouterr().err
+    assert f"{name}: not found: weights" in err and "nodata" in err
