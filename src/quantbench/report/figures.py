@@ -679,6 +679,7 @@ def split_rate_accuracy(rows: Sequence[Row]) -> Figure | None:
             ax.annotate(f"q{q}", (a, b), textcoords="offset points", xytext=(3, -9), fontsize=6, color=line.get_color())
     ax.set(xscale="log", xlabel="coded bits per input pixel (side information included)", ylabel="top-1 (%)",
            title="rate vs accuracy: " + " vs ".join(_comp_name(c) for c in comps))
+    _plain_log_ticks(ax)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="lower right")
     r0 = _split_cells(rows, "split.top1")[0]["extra"]
