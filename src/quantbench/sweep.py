@@ -17,6 +17,8 @@ A sweep file::
       - {}
       - {first_last: int8}
 
+``topk: 3`` sets the top-k reported beside top-1 (default 5); ptq and qat cells that train also
+report ``train_top1``/``train_topk`` on a fixed part of their training split.
 ``latency_batches: [1, 8, 32]`` in a ptq, qat or train cell also times the FP32 model (eager
 PyTorch) and each quantized model deployed with its own scales on ``torch-int8`` at those batch
 sizes (``threads`` sets the thread count), so accuracy, size and speed land in one report. Cells
@@ -171,7 +173,7 @@ def expand(sweep: Sweep) -> list[Cell]:
 # ----------------------------------------------------------------------------- one cell (runs in a worker)
 
 _COMMON = {"model", "checkpoint", "data", "normalize", "resize", "seed", "hyper", "num_classes", "latency_batches",
-           "threads"}
+           "threads", "topk"}
 _CELL_PARAMS: dict[str, set[str]] = {
     "ptq": _COMMON | {"calib_size", "scheme", "algo", "per_channel", "first_last", "companding", "adaround_iters",
                       "epochs", "lr", "eval_size"},
@@ -248,19 +250,31 @@ def _measure(p: dict[str, Any]) -> Any:
     from quantbench.config import MeasureConfig
 
     batches = tuple(int(b) for b in (p.get("latency_batches") or ()))
-    return MeasureConfig(batch_sizes=batches or (1,), threads=p.get("threads")), bool(batches)
+    return MeasureConfig(batch_sizes=batches or (1,), threads=p.get("threads"), topk=int(p.get("topk", 5))), bool(batches)
 
 
-def _fp32_rows(key: Any, model: Any, ds: Any, test: Any, out_dir: Path, p: dict[str, Any]) -> tuple[Any, list[Any]]:
-    """FP32 accuracy, parameters, size, MACs and (with ``latency_batches``) eager latency vs batch."""
+def _fp32_rows(key: Any, model: Any, ds: Any, test: Any, out_dir: Path, p: dict[str, Any],
+               train_eval: Any = None) -> tuple[Any, list[Any]]:
+    """FP32 accuracy (test, and ``train_*`` on ``train_eval``), parameters, size, MACs, eager latency."""
     from quantbench.experiments.records import accuracy_rows
-    from quantbench.experiments.runner import measure_costs
+    from quantbench.experiments.runner import measure_costs, train_accuracy_rows
     from quantbench.measure.accuracy import evaluate
 
-    ev = evaluate(model, test, topk=(1, 5))
     m, timed = _measure(p)
-    return ev, accuracy_rows(key, ev, "test") + measure_costs(key, model, ds.input_shape, m, out_dir / "model_fp32.pt",
-                                                              latency=timed)
+    ev = evaluate(model, test, topk=(1, m.topk))
+    return ev, (accuracy_rows(key, ev, "test") + train_accuracy_rows(key, model, train_eval, m)
+                + measure_costs(key, model, ds.input_shape, m, out_dir / "model_fp32.pt", latency=timed))
+
+
+def _train_accuracy(p: dict[str, Any], key: Any, variants: list[tuple[str, Any]], train_eval: Any) -> list[Any]:
+    """``train_top1``/``train_topk``/``train_loss`` of each quantized (method, model) on the training images."""
+    import dataclasses
+
+    from quantbench.experiments.runner import train_accuracy_rows
+
+    m, _ = _measure(p)
+    return [row for method, qm in variants
+            for row in train_accuracy_rows(dataclasses.replace(key, method=method), qm, train_eval, m)]
 
 
 def _int8_latency(p: dict[str, Any], key: Any, model: Any, variants: list[tuple[str, Any]],
@@ -281,6 +295,7 @@ def _int8_latency(p: dict[str, Any], key: Any, model: Any, variants: list[tuple[
 def _cell_ptq(p: dict[str, Any], out_dir: Path) -> list[Any]:
     from quantbench.experiments.ptq import run_ptq
     from quantbench.experiments.records import RowKey, history_rows
+    from quantbench.experiments.runner import train_eval_subset
     from quantbench.quant.ptq import PTQConfig
 
     epochs = int(p.get("epochs", 0) or 0)
@@ -293,7 +308,8 @@ def _cell_ptq(p: dict[str, Any], out_dir: Path) -> list[Any]:
         rows += history_rows(key, hist)
     model.eval()
     test = parts["test"]
-    ev, fp_rows = _fp32_rows(key, model, ds, test, out_dir, p)
+    train_eval = train_eval_subset(parts, test)
+    ev, fp_rows = _fp32_rows(key, model, ds, test, out_dir, p, train_eval)
     rows += fp_rows
     calib = parts["calib"]
     cfg = PTQConfig(scheme=p.get("scheme", "w8a8"), algo=p.get("algo", "mse"), per_channel=p.get("per_channel", True),
@@ -302,8 +318,10 @@ def _cell_ptq(p: dict[str, Any], out_dir: Path) -> list[Any]:
                     adaround_iters=int(p.get("adaround_iters", 200)))
     model_kwargs = {"num_classes": ds.num_classes, "in_channels": ds.input_shape[0], **(p.get("hyper") or {})}
     out = run_ptq(model, cfg, calib, test, key, ev, out_dir, model_name=p["model"], model_kwargs=model_kwargs,
-                  input_shape=ds.input_shape)
-    return rows + out.rows + _int8_latency(p, key, model, [(out.record["method"], out.model)], ds.input_shape)
+                  input_shape=ds.input_shape, topk=int(p.get("topk", 5)))
+    quantized = [(out.record["method"], out.model)]
+    return (rows + out.rows + _train_accuracy(p, key, quantized, train_eval)
+            + _int8_latency(p, key, model, quantized, ds.input_shape))
 
 
 def _cell_train(p: dict[str, Any], out_dir: Path) -> list[Any]:
@@ -333,8 +351,11 @@ def _cell_qat(p: dict[str, Any], out_dir: Path) -> list[Any]:
     if hist is not None:
         rows += history_rows(key, hist)
     model.eval()
-    ev, fp_rows = _fp32_rows(key, model, ds, parts["test"], out_dir, p)
     from quantbench.data import subset
+    from quantbench.experiments.runner import train_eval_subset
+
+    train_eval = train_eval_subset(parts, parts["test"])
+    ev, fp_rows = _fp32_rows(key, model, ds, parts["test"], out_dir, p, train_eval)
 
     calib = subset(parts["train"], min(int(p.get("calib_size", 256)), len(parts["train"])), seed=int(p.get("seed", 0)))
     cfg = QATConfig(scheme=p.get("scheme", "w4a4"), init=p.get("init", "mse"), act_grad=p.get("act_grad", "lsq"),
@@ -358,9 +379,10 @@ def _cell_qat(p: dict[str, Any], out_dir: Path) -> list[Any]:
     out = run_qat(model, cfg, calib, parts["train"], parts["test"], key, ev, out_dir, model_name=p["model"],
                   model_kwargs=model_kwargs, input_shape=ds.input_shape, plan=plan,
                   fp32_epoch_s=hist.wall_s / len(hist.epochs) if hist is not None and hist.epochs else None,
-                  fp32_finetune=bool(p.get("fp32_finetune", False)))
+                  fp32_finetune=bool(p.get("fp32_finetune", False)), topk=int(p.get("topk", 5)))
     quantized = [(part.record["method"], part.model) for part in (out.ptq, out.qat)]
-    return rows + fp_rows + out.rows + _int8_latency(p, key, model, quantized, ds.input_shape)
+    return (rows + fp_rows + out.rows + _train_accuracy(p, key, quantized, train_eval)
+            + _int8_latency(p, key, model, quantized, ds.input_shape))
 
 
 def _cell_bench(p: dict[str, Any], out_dir: Path) -> list[Any]:

@@ -138,7 +138,7 @@ def test_sweep_cli_dry_run_report_and_rerun_skips(tmp_path, capsys):
 def test_cells_differing_in_hyper_parameters_stay_distinct_and_latency_is_measured(tmp_path, capsys):
     f = tmp_path / "hyp.yaml"
     f.write_text(f"name: hyp\nkind: ptq\nout_dir: {tmp_path / 'out'}\n"
-                 f"base: {{model: lenet, data: '{SYN}', epochs: 1, calib_size: 24, latency_batches: [1, 2]}}\n"
+                 f"base: {{model: lenet, data: '{SYN}', epochs: 1, calib_size: 24, latency_batches: [1, 2], topk: 3}}\n"
                  "cells:\n  - {lr: 0.05}\n  - {lr: 0.01}\n")
     db = tmp_path / "h.db"
     run_sweep(load_sweep(f), store_path=str(db), progress=False, threads=1, log=lambda m: None)
@@ -148,6 +148,9 @@ def test_cells_differing_in_hyper_parameters_stay_distinct_and_latency_is_measur
             assert {(r["method"], r["engine"], r["batch"]) for r in lat} == {
                 ("fp32", "torch", 1), ("fp32", "torch", 2), ("w8a8-mse", "torch-int8", 1),
                 ("w8a8-mse", "torch-int8", 2)}
+            metrics = {(r["method"], r["metric"]) for r in store.query(run_id=c["run_id"])}
+            assert {("fp32", "train_top1"), ("w8a8-mse", "train_top1"), ("w8a8-mse", "top3"),
+                    ("w8a8-mse", "train_top3")} <= metrics  # train and test, top-k as asked
     assert main(["report", "hyp", "--store", str(db), "--out", str(tmp_path / "rep")]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
     for lr in ("0.05", "0.01"):  # both cells keep their own rows, named by what differs
