@@ -152,11 +152,17 @@ def cell_labels(params: list[dict[str, Any]]) -> list[str]:
     Example:
         >>> cell_labels([{"model": "phinet", "hyper": {"divisor": 1}}, {"model": "phinet", "hyper": {"divisor": 8}}])
         ['[hyper.divisor=1]', '[hyper.divisor=8]']
+        >>> cell_labels([{"scheme": "w8a8"}, {"scheme": "w4a8", "plan": "mixed:170"}])
+        ['', '[plan=mixed:170]']
     """
     flat = [_flatten(p) for p in params]
     keys = sorted({k for p in flat for k in p} - _SHOWN_BY_ROWS)
     varying = [k for k in keys if len({repr(p.get(k)) for p in flat}) > 1]
-    return [("[" + ", ".join(f"{k}={p.get(k)}" for k in varying) + "]") if varying else "" for p in flat]
+    labels = []
+    for p in flat:
+        shown = [f"{k}={p[k]}" for k in varying if p.get(k) is not None]  # unset: the default, not named
+        labels.append("[" + ", ".join(shown) + "]" if shown else "")
+    return labels
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
