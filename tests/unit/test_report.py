@@ -199,3 +199,16 @@ def test_latencies_timed_on_a_busy_machine_get_a_warning_and_a_column(tmp_path):
     header, body = latency_table(rows)
     col = header.index("others' CPU % while timing")
     assert sorted(r[col] for r in body) == ["2", "55"]
+
+
+def test_the_busy_machine_warning_and_the_results_come_before_the_figures(tmp_path):
+    busy = Result("net", "d", "fp32", "torch", "latency_median_ms", 900.0, "ms", 1,
+                  {"threads": 2, "p90_ms": 1800.0, "other_cpu_share": 0.55})
+    with ResultStore(tmp_path / "w.db") as store:
+        run_id = store.start_run("run", config={}, environment={})
+        store.add_results(run_id, [*_acc("fp32", 95.0, 0.2, 400_000), *_acc("w8a8", 94.0, 0.3, 100_000), busy])
+    html_path, md_path = write_report(tmp_path / "w.db", run_id, tmp_path / "out")
+    for text in (md_path.read_text(), html_path.read_text()):
+        order = [text.index(h) for h in ("Measurement warning", "Results: FP32 vs quantized", "Figures",
+                                         "Latency and throughput")]
+        assert order == sorted(order)

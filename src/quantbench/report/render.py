@@ -222,6 +222,11 @@ def render_rows(run: dict[str, Any], rows: list[dict[str, Any]], out_dir: str | 
     return html_path, md_path
 
 
+def _head_count(sections: list) -> int:
+    """How many sections come before the figures: any warning, then the results table."""
+    return next((i + 1 for i, (name, _) in enumerate(sections) if name.startswith("Results")), 1)
+
+
 def _figure_note() -> str:
     return "" if matplotlib_available() else "Figures omitted: matplotlib is not installed (pip install quantbench[report])."
 
@@ -232,8 +237,9 @@ def _render_html(title: str, run: dict[str, Any], sections: list, figures: list[
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
              f"<p>Model <code>{html.escape(str(cfg.get('model', {}).get('name')))}</code> on data "
              f"<code>{html.escape(str(cfg.get('data', {}).get('spec')))}</code>.</p>"]
-    name, table = sections[0]
-    parts.append(f"<h2>{name}</h2>" + _html_table(*table))
+    head = _head_count(sections)
+    for name, table in sections[:head]:
+        parts.append(f"<h2>{name}</h2>" + _html_table(*table))
     parts.append("<h2>Figures</h2>")
     if not figures:
         parts.append(f"<p>{html.escape(_figure_note() or 'No figures for this run.')}</p>")
@@ -241,7 +247,7 @@ def _render_html(title: str, run: dict[str, Any], sections: list, figures: list[
         b64 = base64.b64encode(f.png).decode("ascii")
         parts.append(f"<figure id='{f.name}'><img alt='{html.escape(f.name)}' src='data:image/png;base64,{b64}'>"
                      f"<figcaption>{html.escape(f.caption)}</figcaption></figure>")
-    for name, table in sections[1:]:
+    for name, table in sections[head:]:
         parts.append(f"<h2>{name}</h2>" + _html_table(*table))
     parts.append("<h2>Definitions</h2><dl>" + "".join(
         f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in DEFINITIONS) + "</dl>")
@@ -251,13 +257,15 @@ def _render_html(title: str, run: dict[str, Any], sections: list, figures: list[
 
 def _render_md(title: str, run: dict[str, Any], sections: list, figures: list[Figure]) -> str:
     lines = [f"# {title}", ""]
-    name, table = sections[0]
-    lines += [f"## {name}", "", _md_table(*table), "", "## Figures", ""]
+    head = _head_count(sections)
+    for name, table in sections[:head]:
+        lines += [f"## {name}", "", _md_table(*table), ""]
+    lines += ["## Figures", ""]
     if not figures:
         lines += [_figure_note() or "No figures for this run.", ""]
     for f in figures:
         lines += [f"![{f.name}](figures/{f.name}.png)", "", f"*{f.caption}*", ""]
-    for name, table in sections[1:]:
+    for name, table in sections[head:]:
         lines += [f"## {name}", "", _md_table(*table), ""]
     lines += ["## Definitions", ""] + [f"- **{k}**: {v}" for k, v in DEFINITIONS] + [""]
     return "\n".join(lines)
