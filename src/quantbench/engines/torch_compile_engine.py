@@ -19,7 +19,6 @@ which uses :func:`compile_module` on the CUDA module.
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,8 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from quantbench.engines.base import ENGINES, Deployable, Engine, Session, file_info, torch_threads
-from quantbench.engines.torch_engine import bf16_supported
+from quantbench.engines.base import ENGINES, Session, file_info, torch_threads
+from quantbench.engines.torch_engine import TorchEngine
 
 __all__ = ["TorchCompileEngine", "TorchCompileSession", "compile_module", "compiler_available"]
 
@@ -83,12 +82,11 @@ class TorchCompileSession(Session):
 
 
 @ENGINES.register("torch-compile", description="PyTorch torch.compile (Inductor, frozen weights) CPU: fp32, bf16")
-class TorchCompileEngine(Engine):
-    """``torch.compile`` on the CPU."""
+class TorchCompileEngine(TorchEngine):
+    """``torch.compile`` on the CPU: the eager engine's variants and deployment, compiled."""
 
     name = "torch-compile"
-    variants = ("fp32", "bf16")
-    package = "torch"
+    session_class = TorchCompileSession
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
@@ -96,18 +94,5 @@ class TorchCompileEngine(Engine):
 
     @classmethod
     def supports(cls, variant: str) -> tuple[bool, str]:
-        ok, reason = super().supports(variant)
-        if not ok:
-            return ok, reason
         ok, reason = cls.available()
-        if ok and variant == "bf16":
-            return bf16_supported()
-        return ok, reason
-
-    def load(self, model: Deployable, variant: str, *, threads: int | None, workdir: Path) -> Session:
-        dtype = torch.bfloat16 if variant == "bf16" else torch.float32
-        module = copy.deepcopy(model.float_model).eval().cpu().to(dtype)
-        path = Path(workdir) / f"{model.name}_compile_{variant}.pt"
-        torch.save(module.state_dict(), path)  # what is deployed: the weights at that precision
-        precision = "bf16 weights and activations" if variant == "bf16" else "fp32"
-        return TorchCompileSession(module, dtype, model.input_shape, threads, path, precision)
+        return super().supports(variant) if ok else (ok, reason)

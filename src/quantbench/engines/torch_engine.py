@@ -94,11 +94,13 @@ class TorchEngine(Engine):
             return bf16_supported()
         return ok, reason
 
+    session_class: type[Session] = TorchSession
+
     def load(self, model: Deployable, variant: str, *, threads: int | None, workdir: Path) -> Session:
         module = copy.deepcopy(model.float_model).eval().cpu()
         dtype = torch.bfloat16 if variant == "bf16" else torch.float32
         module = module.to(dtype)
-        path = Path(workdir) / f"{model.name}_{variant}.pt"
+        path = Path(workdir) / f"{model.name}_{self.name}_{variant}.pt"
         torch.save(module.state_dict(), path)  # what this engine deploys: the weights at that precision
         precision = "bf16 weights and activations (module.to(bfloat16))" if variant == "bf16" else "fp32"
-        return TorchSession(module, dtype, model.input_shape, threads, path, precision)
+        return self.session_class(module, dtype, model.input_shape, threads, path, precision)
