@@ -6,6 +6,7 @@ this module as ``common``.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -14,6 +15,17 @@ from typing import Any
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DEFAULT_WEIGHTS = SHARED / "weights" / "resnet20-12fca82f.th"
 DEFAULT_DATA = SHARED / "datasets" / "cifar10-jpeg" / "dev"
+
+
+def reference_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A parser with the options every real-data benchmark takes: model, weights, data, normalisation."""
+    p = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="resnet20", help="zoo model name")
+    p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="checkpoint file")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="image folder (class subfolders)")
+    p.add_argument("--normalize", default="imagenet", help="normalisation preset")
+    return p
 
 
 def missing_reference(prog: str, weights: Path, data: Path) -> bool:

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import DEFAULT_DATA, DEFAULT_WEIGHTS, missing_reference, write_json
+from common import missing_reference, reference_parser, write_json
 
 GROUPS = ("w8a8", "w4a8", "w4a4", "w2a8")
 TARGETS = {  # name: (row key, largest allowed drop in points)
@@ -77,12 +77,7 @@ ROWS = (
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="resnet20", help="zoo model name")
-    p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="checkpoint file")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="image folder (class subfolders)")
-    p.add_argument("--normalize", default="imagenet", help="normalisation preset")
+    p = reference_parser(__doc__)
     p.add_argument("--n-calib", type=int, default=500, help="calibration images (the rest: evaluation)")
     p.add_argument("--seed", type=int, default=0, help="split seed")
     p.add_argument("--groups", default=",".join(GROUPS), help=f"comma list of: {', '.join(GROUPS)}")

@@ -65,7 +65,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import DEFAULT_DATA, DEFAULT_WEIGHTS, missing_reference, write_json
+from common import missing_reference, reference_parser, write_json
 from torch import nn
 
 ORT_METHODS = ("minmax", "entropy", "percentile")
@@ -81,12 +81,7 @@ ALGO_PREFIX = "ours-algo:"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="resnet20", help="zoo model name")
-    p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="checkpoint file")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="image folder (class subfolders)")
-    p.add_argument("--normalize", default="imagenet", help="normalisation preset")
+    p = reference_parser(__doc__)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--n-calib", type=int, default=500, help="calibration images (rest: evaluation)")
     g.add_argument("--calib-fraction", type=float, default=None, help="calibration fraction instead of --n-calib")

@@ -43,18 +43,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import DEFAULT_DATA, DEFAULT_WEIGHTS, missing_reference, write_json
+from common import missing_reference, reference_parser, write_json
 
 LAYOUTS = {"none": "uniform", "mulaw": "mu-law"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="resnet20", help="zoo model name")
-    p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="checkpoint file")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="image folder (class subfolders)")
-    p.add_argument("--normalize", default="imagenet", help="normalisation preset")
+    p = reference_parser(__doc__)
     p.add_argument("--train-fraction", type=float, default=0.8, help="share of the images for fine-tuning")
     p.add_argument("--seed", type=int, default=0, help="split and fine-tuning seed")
     p.add_argument("--splits", default="1,3,5", help="split after these residual blocks")
