@@ -126,6 +126,17 @@ def test_findings_say_plainly_when_quantized_is_slower():
     assert any("torch-int8 int8 is SLOWER than torch fp32" in t for t in slower)
     assert not any("ort int8 is SLOWER" in t for t in text)
     assert any("fastest is ort int8" in t and "10.00x" in t for t in text)
+    # against the best FP32 deployment (ort fp32, 2 ms), not eager torch (10 ms): 2x, not 10x
+    assert any("fastest quantized model (ort int8, 1 ms) is 2.00x the fastest FP32 one (ort, 2 ms)" in t
+               for t in text)
+    assert not any("GEMM peak" in t for t in text)
+
+
+def test_findings_flag_rates_above_the_measured_peak():
+    recs = [{**_rec("ov", "fp32", 1, 2.0, 2.0, 10.0), "fraction_of_peak": 1.12},
+            {**_rec("torch", "fp32", 1, 10.0, 10.0, 10.0), "fraction_of_peak": 0.3}]
+    (line,) = [t for t in speed_findings(recs) if "GEMM peak" in t]
+    assert line.startswith("m ov fp32 ran above") and "torch" not in line
 
 
 def test_machine_peaks_measures_each_native_precision():

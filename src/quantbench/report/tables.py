@@ -267,7 +267,29 @@ def speed_findings(records: Sequence[dict[str, Any]]) -> list[str]:
         best = max(rs, key=lambda r: r["speedup_vs_torch_fp32"])
         out.append(f"{model + ', ' if model else ''}batch {b}: fastest is {best['engine']} {best['variant']} at "
                    f"{best['median_ms']:.3g} ms, {best['speedup_vs_torch_fp32']:.2f}x PyTorch eager fp32.")
+        out += _best_vs_best(model, b, rs)
+    over = sorted({(r.get("model", ""), r["engine"], r["variant"]) for r in records
+                   if (r.get("fraction_of_peak") or 0) > 1.0})
+    if over:
+        names = ", ".join(f"{m + ' ' if m else ''}{e} {v}" for m, e, v in over)
+        out.append(f"{names} ran above this machine's measured GEMM peak (% of peak over 100): its kernels do fewer "
+                   "multiplications than the counted MACs (e.g. Winograd convolutions) or the peak GEMM was measured "
+                   "low; read % of peak as approximate.")
     return out
+
+
+def _best_vs_best(model: str, batch: int, rs: Sequence[dict[str, Any]]) -> list[str]:
+    """What quantization buys against the best FP32 deployment here, not against eager PyTorch."""
+    ms = [r for r in rs if r.get("median_ms")]
+    fp32 = [r for r in ms if r["variant"] == "fp32"]
+    quant = [r for r in ms if r["variant"] in ("int8", "dynamic")]
+    if not fp32 or not quant:
+        return []
+    f, q = min(fp32, key=lambda r: r["median_ms"]), min(quant, key=lambda r: r["median_ms"])
+    return [f"{model + ', ' if model else ''}batch {batch}: the fastest quantized model ({q['engine']} {q['variant']}, "
+            f"{q['median_ms']:.3g} ms) is {f['median_ms'] / q['median_ms']:.2f}x the fastest FP32 one "
+            f"({f['engine']}, {f['median_ms']:.3g} ms): what quantization buys against the best FP32 deployment "
+            "measured here."]
 
 
 def bench_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
