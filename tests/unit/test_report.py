@@ -212,3 +212,14 @@ def test_the_busy_machine_warning_and_the_results_come_before_the_figures(tmp_pa
         order = [text.index(h) for h in ("Measurement warning", "Results: FP32 vs quantized", "Figures",
                                          "Latency and throughput")]
         assert order == sorted(order)
+
+
+def test_pareto_figures_plot_a_model_shared_by_sweep_cells_once(tmp_path):
+    from quantbench.report.figures import accuracy_vs_size
+
+    rows = []
+    for i, (method, top1, size) in enumerate((("w8a8", 94.0, 100_000), ("w4a8", 90.0, 60_000))):
+        cell = _rows(tmp_path, [*_acc("fp32", 95.0, 0.2, 400_000), *_acc(method, top1, 0.3, size)], db=f"c{i}.db")
+        rows += [{**r, "run_id": f"cell{i}"} for r in cell]
+    fig = accuracy_vs_size(rows)
+    assert fig is not None and fig.caption.count("fp32 / torch") == 1  # one FP32 point, on the front

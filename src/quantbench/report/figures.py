@@ -269,6 +269,18 @@ def _plain_log_ticks(ax: Any) -> None:
     ax.tick_params(axis="x", which="minor", labelsize=7)
 
 
+def _distinct(keys: list[tuple[Any, ...]], point: Any) -> list[tuple[Any, ...]]:
+    """``keys`` without repeats of the same labelled point: sweep cells that share a model (the FP32 model
+    of every cell of a PTQ grid) would otherwise plot it once per cell."""
+    seen: set[tuple[Any, ...]] = set()
+    out = []
+    for k, label in zip(keys, _point_labels(keys), strict=True):
+        if (label, *point(k)) not in seen:
+            seen.add((label, *point(k)))
+            out.append(k)
+    return out
+
+
 def _pareto_axes(ax: Any, xs: Sequence[float], ys: Sequence[float], labels: Sequence[str],
                  yerr: Sequence[tuple[float, float]] | None = None) -> list[int]:
     """Scatter every point (log x), highlight and connect the Pareto front (step line), label each cluster."""
@@ -299,7 +311,7 @@ def accuracy_vs_size(rows: Sequence[Row]) -> Figure | None:
     """Top-1 against bytes on disk per variant, with the accuracy/size Pareto front highlighted."""
     acc = {_join_key(r): r for r in rows if r["metric"] == "top1" and r["value"] is not None}
     size = {_join_key(r): r["value"] for r in rows if r["metric"] == "size_bytes" and r["value"]}
-    keys = [k for k in acc if k in size]
+    keys = _distinct([k for k in acc if k in size], lambda k: (size[k], acc[k]["value"]))
     if len(keys) < 2:
         return None
     plt = _plt()
@@ -343,7 +355,7 @@ def accuracy_vs_latency(rows: Sequence[Row]) -> Figure | None:
         for b in v:
             cover[b] += 1
     batch = min(cover, key=lambda b: (-cover[b], b))  # the batch measured for most variants, smallest on ties
-    keys = [k for k in lat if batch in lat[k]]
+    keys = _distinct([k for k in lat if batch in lat[k]], lambda k: (lat[k][batch]["value"], acc[k]["value"]))
     if len(keys) < 2:
         return None
     plt = _plt()
