@@ -24,13 +24,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from quantbench.engines.base import ENGINES, Session, file_info, torch_threads
-from quantbench.engines.torch_engine import TorchEngine
+from quantbench.engines.base import ENGINES
+from quantbench.engines.torch_engine import TorchEngine, TorchSession
 
-__all__ = ["TorchCompileEngine", "TorchCompileSession", "compile_module", "compiler_available"]
+__all__ = ["TorchCompileEngine", "TorchCompileSession", "compile_module", "compiler_available", "compiling_call"]
 
 
 def compile_module(module: torch.nn.Module) -> Any:
@@ -47,38 +46,38 @@ def compiler_available() -> tuple[bool, str]:
     return True, ""
 
 
-class TorchCompileSession(Session):
-    """A compiled module at fp32 or bf16 on the CPU; compiles once per batch size."""
+def compiling_call(info: dict[str, Any], batch_size: int, call: Callable[[], Any],
+                   sync: Callable[[], Any] | None = None) -> Any:
+    """``call()``; the first call for a batch size compiles, so its seconds go to ``info["compile_s"]``.
+
+    ``sync`` (e.g. ``torch.cuda.synchronize``) makes the recorded time include queued GPU work.
+    """
+    if batch_size in info["compile_s"]:
+        return call()
+    t = time.perf_counter()
+    out = call()
+    if sync is not None:
+        sync()
+    info["compile_s"][batch_size] = round(time.perf_counter() - t, 3)
+    return out
+
+
+class TorchCompileSession(TorchSession):
+    """The eager session with a compiled module: compiles once per batch size, before timing."""
 
     def __init__(self, module: torch.nn.Module, dtype: torch.dtype, input_shape: tuple[int, int, int],
                  threads: int | None, path: Path, precision: str) -> None:
-        self.compiled = compile_module(module)
-        self.dtype = dtype
-        self.threads = threads
-        self._compiled_for: set[int] = set()
-        info = {"engine": "torch-compile", "version": torch.__version__,
-                "provider": f"cpu ({torch.backends.cpu.get_cpu_capability()}), inductor, freezing",
-                "precision": precision, "compile_s": {}, **file_info(path)}
-        super().__init__(input_shape, info)
+        super().__init__(compile_module(module), dtype, input_shape, threads, path, precision)
+        self.info.update(engine="torch-compile", provider=self.info["provider"] + ", inductor, freezing",
+                         compile_s={})
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch_threads(self.threads), torch.inference_mode():
-            first = len(x) not in self._compiled_for
-            t = time.perf_counter()
-            out = self.compiled(x)
-            if first:  # this call compiled the graph for this batch size
-                self._compiled_for.add(len(x))
-                self.info["compile_s"][int(len(x))] = round(time.perf_counter() - t, 3)
-        return out[0] if isinstance(out, (tuple, list)) else out
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(self.check_input(x)).to(self.dtype)
-        return self._forward(t).float().numpy()
+        return compiling_call(self.info, len(x), lambda: super(TorchCompileSession, self)._forward(x))
 
     def runner(self, batch_size: int) -> Callable[[], object]:
-        x = torch.from_numpy(self.example_batch(batch_size)).to(self.dtype)
-        self._forward(x)  # compile now: compilation is not inference and must not be timed
-        return lambda: self._forward(x)
+        run = super().runner(batch_size)
+        run()  # compile now: compilation is not inference and must not be timed
+        return run
 
 
 @ENGINES.register("torch-compile", description="PyTorch torch.compile (Inductor, frozen weights) CPU: fp32, bf16")

@@ -18,10 +18,10 @@ kept in ``info["compile_s"]``.
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,11 +52,11 @@ class TorchCudaSession(Session):
         from quantbench.engines.torch_compile_engine import compile_module
 
         self.module = compile_module(module) if compiled else module.eval()
+        self.compiled = compiled
         self.variant = variant
         self.dtype = _DTYPES[variant]
         self.device = torch.device("cuda", 0)
         self.event_ms: list[float] = []
-        self._compiled_for: set[int] | None = set() if compiled else None
         info = {"engine": "torch-cuda-compile" if compiled else "torch-cuda", "version": torch.__version__,
                 "provider": torch.cuda.get_device_name(0) + (", inductor, freezing" if compiled else ""),
                 "precision": variant + (" (TF32 off)" if variant == "fp32" else ""),
@@ -65,15 +65,17 @@ class TorchCudaSession(Session):
             info["compile_s"] = {}
         super().__init__(input_shape, info)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        first = self._compiled_for is not None and len(x) not in self._compiled_for
-        t = time.perf_counter()
+    def _call(self, x: torch.Tensor) -> Any:
         with _tf32(self.variant == "tf32"), torch.inference_mode():
-            out = self.module(x)
-        if first:  # this call compiled the graph for this batch size (not inference: recorded, never timed)
-            torch.cuda.synchronize()
-            self._compiled_for.add(len(x))
-            self.info["compile_s"][int(len(x))] = round(time.perf_counter() - t, 3)
+            return self.module(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compiled:
+            from quantbench.engines.torch_compile_engine import compiling_call
+
+            out = compiling_call(self.info, len(x), lambda: self._call(x), torch.cuda.synchronize)
+        else:
+            out = self._call(x)
         return out[0] if isinstance(out, (tuple, list)) else out
 
     def run(self, x: np.ndarray) -> np.ndarray:
@@ -84,7 +86,7 @@ class TorchCudaSession(Session):
 
     def runner(self, batch_size: int) -> Callable[[], object]:
         x = torch.from_numpy(self.example_batch(batch_size)).to(self.device, self.dtype)
-        if self._compiled_for is not None:
+        if self.compiled:
             self._forward(x)  # compile for this batch size before anything is timed
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         self.event_ms = []
