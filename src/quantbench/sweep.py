@@ -245,7 +245,7 @@ def _pretrain(model: Any, train: Any, p: dict[str, Any], out_dir: Path, roles: d
     return hist
 
 
-def _measure(p: dict[str, Any]) -> Any:
+def _measure(p: dict[str, Any]) -> tuple[Any, bool]:
     """The cell's latency protocol: ``latency_batches`` (none: no timing) and ``threads``."""
     from quantbench.config import MeasureConfig
 
@@ -266,30 +266,15 @@ def _fp32_rows(key: Any, model: Any, ds: Any, test: Any, out_dir: Path, p: dict[
                 + measure_costs(key, model, ds.input_shape, m, out_dir / "model_fp32.pt", latency=timed))
 
 
-def _train_accuracy(p: dict[str, Any], key: Any, variants: list[tuple[str, Any]], train_eval: Any) -> list[Any]:
-    """``train_top1``/``train_topk``/``train_loss`` of each quantized (method, model) on the training images."""
-    import dataclasses
-
-    from quantbench.experiments.runner import train_accuracy_rows
-
-    m, _ = _measure(p)
-    return [row for method, qm in variants
-            for row in train_accuracy_rows(dataclasses.replace(key, method=method), qm, train_eval, m)]
-
-
-def _int8_latency(p: dict[str, Any], key: Any, model: Any, variants: list[tuple[str, Any]],
+def _variant_rows(p: dict[str, Any], key: Any, model: Any, variants: list[tuple[str, Any]], train_eval: Any,
                   input_shape: tuple[int, int, int]) -> list[Any]:
-    """Latency vs batch of each quantized (method, model) deployed on torch-int8 with its own scales."""
-    import dataclasses
-
-    from quantbench.experiments.runner import int8_latency_rows
+    """Train-split accuracy and (with ``latency_batches``) torch-int8 latency of each quantized (method, model)."""
+    from quantbench.experiments.runner import variant_rows
 
     m, timed = _measure(p)
-    if not timed:
-        return []
     return [row for method, qm in variants
-            for row in int8_latency_rows(dataclasses.replace(key, method=method), model, qm, input_shape, m,
-                                         lambda msg: None)]
+            for row in variant_rows(key, method, model, qm, train_eval, m, input_shape, latency=timed,
+                                    log=lambda msg: None)]
 
 
 def _cell_ptq(p: dict[str, Any], out_dir: Path) -> list[Any]:
@@ -319,9 +304,8 @@ def _cell_ptq(p: dict[str, Any], out_dir: Path) -> list[Any]:
     model_kwargs = {"num_classes": ds.num_classes, "in_channels": ds.input_shape[0], **(p.get("hyper") or {})}
     out = run_ptq(model, cfg, calib, test, key, ev, out_dir, model_name=p["model"], model_kwargs=model_kwargs,
                   input_shape=ds.input_shape, topk=int(p.get("topk", 5)))
-    quantized = [(out.record["method"], out.model)]
-    return (rows + out.rows + _train_accuracy(p, key, quantized, train_eval)
-            + _int8_latency(p, key, model, quantized, ds.input_shape))
+    return rows + out.rows + _variant_rows(p, key, model, [(out.record["method"], out.model)], train_eval,
+                                           ds.input_shape)
 
 
 def _cell_train(p: dict[str, Any], out_dir: Path) -> list[Any]:
@@ -381,8 +365,7 @@ def _cell_qat(p: dict[str, Any], out_dir: Path) -> list[Any]:
                   fp32_epoch_s=hist.wall_s / len(hist.epochs) if hist is not None and hist.epochs else None,
                   fp32_finetune=bool(p.get("fp32_finetune", False)), topk=int(p.get("topk", 5)))
     quantized = [(part.record["method"], part.model) for part in (out.ptq, out.qat)]
-    return (rows + fp_rows + out.rows + _train_accuracy(p, key, quantized, train_eval)
-            + _int8_latency(p, key, model, quantized, ds.input_shape))
+    return rows + fp_rows + out.rows + _variant_rows(p, key, model, quantized, train_eval, ds.input_shape)
 
 
 def _cell_bench(p: dict[str, Any], out_dir: Path) -> list[Any]:

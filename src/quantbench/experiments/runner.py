@@ -202,9 +202,8 @@ def _run_stages(cfg: ExperimentConfig, stage: Stage, out_dir: Path, progress: bo
                       model_kwargs=model_kwargs, input_shape=ds.input_shape, topk=cfg.measure.topk,
                       eval_batch_size=cfg.measure.eval_batch_size,
                       sensitivity_images=cfg.quantize.sensitivity_images, progress=progress)
-        vkey = dataclasses.replace(key, method=out.record["method"])
-        stage.commit(out.rows + train_accuracy_rows(vkey, out.model, train_eval, cfg.measure)
-                     + (int8_latency_rows(vkey, model, out.model, ds.input_shape, cfg.measure, log) if latency else []))
+        stage.commit(out.rows + variant_rows(key, out.record["method"], model, out.model, train_eval, cfg.measure,
+                                             ds.input_shape, latency=latency, log=log))
     _qat_stage(cfg, stage, out_dir, progress, log, model, splits, calib, test, key, ev, model_kwargs, ds.input_shape,
                train_eval, latency)
 
@@ -238,13 +237,20 @@ def _qat_stage(cfg: ExperimentConfig, stage: Stage, out_dir: Path, progress: boo
                       model_kwargs=model_kwargs, input_shape=input_shape, topk=cfg.measure.topk,
                       eval_batch_size=cfg.measure.eval_batch_size, progress=progress, fp32_epoch_s=fp32_epoch_s,
                       time_fp32=fp32_epoch_s is None, start_label=f"{scheme}-mse-start")
-        rows = list(out.rows)
-        for part in (out.ptq, out.qat):
-            vkey = dataclasses.replace(key, method=part.record["method"])
-            rows += train_accuracy_rows(vkey, part.model, train_eval, cfg.measure)
-            if latency:
-                rows += int8_latency_rows(vkey, model, part.model, input_shape, cfg.measure, log)
-        stage.commit(rows)
+        stage.commit(out.rows + [row for part in (out.ptq, out.qat)
+                                 for row in variant_rows(key, part.record["method"], model, part.model, train_eval,
+                                                         cfg.measure, input_shape, latency=latency, log=log)])
+
+
+def variant_rows(key: RowKey, method: str, float_model: nn.Module, qm: Any, train_eval: Any, m: MeasureConfig,
+                 input_shape: tuple[int, int, int], *, latency: bool, log: Callable[[str], None]) -> list[Result]:
+    """What a quantized variant adds beside its test rows: train-split accuracy and, with ``latency``,
+    its latency vs batch on ``torch-int8`` (shared by ``run`` and the sweep cells)."""
+    vkey = dataclasses.replace(key, method=method)
+    rows = train_accuracy_rows(vkey, qm, train_eval, m)
+    if latency:
+        rows += int8_latency_rows(vkey, float_model, qm, input_shape, m, log)
+    return rows
 
 
 def train_eval_subset(splits: Splits, test: Any) -> Any | None:

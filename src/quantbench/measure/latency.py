@@ -91,10 +91,6 @@ class LatencyResult:
         return d
 
 
-BUSY_SHARE = 0.2
-"""Above this ``other_cpu_share`` a latency is reported as measured on a busy machine."""
-
-
 def _busy_seconds() -> float | None:
     """CPU seconds all cores spent busy since boot (``/proc/stat``), or None where unavailable."""
     try:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from quantbench.report.tables import histories, human_count, variant_key, without_train_eval
+from quantbench.report.tables import histories, human_count, variant_key
 
 Row = dict[str, Any]
 
@@ -225,11 +225,11 @@ def _point_labels(keys: Sequence[tuple[Any, ...]]) -> list[str]:
     return [(f"{k[1]} " if several else "") + _label(k[1:]) for k in keys]
 
 
-def _clusters(xs: Sequence[float], ys: Sequence[float], logx: bool, tol: float = 0.04) -> list[list[int]]:
-    """Points that would print on top of each other (within ``tol`` of the axes' span on both axes)."""
+def _clusters(xs: Sequence[float], ys: Sequence[float], tol: float = 0.04) -> list[list[int]]:
+    """Points that would print on top of each other (within ``tol`` of the span of a log x and a linear y axis)."""
     import math
 
-    fx = [math.log10(x) if logx and x > 0 else x for x in xs]
+    fx = [math.log10(x) if x > 0 else x for x in xs]
     spans = [(max(v) - min(v)) or 1.0 for v in (fx, ys)]
     groups: list[list[int]] = []
     for i in sorted(range(len(xs)), key=lambda i: (fx[i], -ys[i])):
@@ -243,10 +243,10 @@ def _clusters(xs: Sequence[float], ys: Sequence[float], logx: bool, tol: float =
     return groups
 
 
-def _annotate(ax: Any, xs: Sequence[float], ys: Sequence[float], labels: Sequence[str], logx: bool,
+def _annotate(ax: Any, xs: Sequence[float], ys: Sequence[float], labels: Sequence[str],
               strong: set[int] | None = None) -> None:
     """Number every point (one "1,2,3" per cluster of overlapping points) and list the numbers beside the axes."""
-    for g in _clusters(xs, ys, logx):
+    for g in _clusters(xs, ys):
         ax.annotate(",".join(str(i + 1) for i in g), (xs[g[0]], ys[g[0]]), textcoords="offset points",
                     xytext=(5, -3), fontsize=7, va="top")
     key = "\n".join(f"{i + 1}  {lab}" + ("" if strong is None or i not in strong else "  *")
@@ -295,7 +295,7 @@ def _pareto_axes(ax: Any, xs: Sequence[float], ys: Sequence[float], labels: Sequ
             label="Pareto front (non-dominated)")
     ax.plot([], [], "x", color="#8C8C8C", label="dominated")
     ax.set_xscale("log")
-    _annotate(ax, xs, ys, labels, True, on)
+    _annotate(ax, xs, ys, labels, on)
     _plain_log_ticks(ax)
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3, which="both")
@@ -418,8 +418,8 @@ def accuracy_vs_loss(rows: Sequence[Row]) -> Figure | None:
             ax.errorbar(loss[k], acc[k]["value"], yerr=[[_ci(acc[k])[0]], [_ci(acc[k])[1]]], marker="o", capsize=2,
                         elinewidth=0.8)
         ax.set_xscale("log")
-        _annotate(ax, [loss[k] for k in keys], [acc[k]["value"] for k in keys], labels, True)
-        ax.set( xlabel="cross-entropy on the test images (nats)", ylabel="top-1 (%, 95% CI)",
+        _annotate(ax, [loss[k] for k in keys], [acc[k]["value"] for k in keys], labels)
+        ax.set(xlabel="cross-entropy on the test images (nats)", ylabel="top-1 (%, 95% CI)",
                title="per variant (FP32 and quantized)")
         _plain_log_ticks(ax)
         ax.grid(alpha=0.3, which="both")
@@ -741,5 +741,4 @@ def make_figures(rows: Sequence[Row]) -> list[Figure]:
     """Every figure this run's rows support (none when matplotlib is absent)."""
     if not matplotlib_available():
         return []
-    rows = without_train_eval(rows)  # figures show test accuracy; train accuracy is in the results table
     return [f for f in (fn(rows) for fn in ALL_FIGURES) if f is not None]

@@ -23,15 +23,10 @@ def is_train_eval(r: Row) -> bool:
     """An accuracy/loss row measured on training images (``train_top1``, ``train_top5``, ``train_loss``).
 
     The runner evaluates every variant on the test split and on a fixed subset of the
-    training split; figures and the headline columns use the test rows only.
+    training split; the distinct metric names keep figures (which read ``top1``) on test rows.
     """
     m = r["metric"]
     return m.startswith(TRAIN_PREFIX) and _is_eval_metric(m[len(TRAIN_PREFIX):])
-
-
-def without_train_eval(rows: Sequence[Row]) -> list[Row]:
-    """``rows`` without the training-split accuracy rows (what every test-accuracy view reads)."""
-    return [r for r in rows if not is_train_eval(r)]
 
 
 def _fmt_ci(r: Row | None, digits: int = 2) -> str:
@@ -130,7 +125,11 @@ def latency_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-def busy_machine_lines(rows: Sequence[Row], threshold: float = 0.2) -> list[str]:
+BUSY_SHARE = 0.2
+"""Above this ``other_cpu_share`` (see :mod:`quantbench.measure.latency`) a latency is reported as busy."""
+
+
+def busy_machine_lines(rows: Sequence[Row], threshold: float = BUSY_SHARE) -> list[str]:
     """Plain-words warnings for latencies timed while other processes used over ``threshold`` of the CPU.
 
     Example:
