@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[all,nncf,dev]"
+	$(PY) -m pip install -q -e ".[all,nncf,litert,dev]"
 	touch $(STAMP)
 
 run: $(STAMP)

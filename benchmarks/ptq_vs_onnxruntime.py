@@ -251,10 +251,11 @@ def run_methods(model: nn.Module, calib: tuple[torch.Tensor, torch.Tensor], test
         res, cres, dt = timed_eval(qm)
         record(method, "torch (simulated)", res, cres, calib_s, dt, scheme="w8a8", per_channel=True, **extra)
         if args.ours_in_ort:
-            from quantbench.engines.export_qdq import export_qdq_onnx
+            from quantbench.engines.export_qdq import export_qdq_onnx, ort_weight_type
 
             t = time.perf_counter()
-            qpath = export_qdq_onnx(qm, work / f"{method.replace(':', '_')}_qdq.onnx", input_shape)
+            qpath = export_qdq_onnx(qm, work / f"{method.replace(':', '_')}_qdq.onnx", input_shape,
+                                    weight_type=ort_weight_type())
             export_s = time.perf_counter() - t
             res_o, cres_o, dt = timed_eval(ort_module(qpath, input_shape, args.threads))
             sim_vs_ort = int(np.count_nonzero(res_o.correct != res.correct))

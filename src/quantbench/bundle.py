@@ -1,11 +1,15 @@
 """Device bundles (measure on hardware that cannot run quantbench) and importing their results.
 
-``build_bundle`` writes a folder (and a .zip) holding, for one model: ONNX files per scheme
-(fp32; ONNX Runtime's dynamic quantization; static INT8 with OUR calibrated scales), seeded sample
-inputs, the outputs each model gives on them here, a manifest with SHA-256 checksums and MACs, and
-``run_bundle.py`` (:mod:`quantbench.bundle_runner`: Python 3 + numpy + onnxruntime only).
-``import_results`` stores what the runner measured on a device under that device's name, with
-the estimate of a device profile (MACs / rate) beside each measurement so its error is visible.
+``build_bundle`` writes a folder (and a .zip) holding, for one model and each scheme: an ONNX
+file (fp32; ONNX Runtime's dynamic quantization; static INT8 with OUR calibrated scales) and,
+where litert-torch is installed, LiteRT ``.tflite`` files of the same schemes (fp32; LiteRT's
+dynamic range; int8 with the same scales), one per batch size because a converted graph has a
+fixed batch. Beside them: seeded sample inputs, the outputs each model gives on them here, a
+manifest with SHA-256 checksums and MACs, and ``run_bundle.py`` (:mod:`quantbench.bundle_runner`:
+Python 3 + numpy + onnxruntime; ai-edge-litert or tflite-runtime for the ``.tflite`` files where
+installed). ``import_results`` stores what the runner measured on a device under that device's
+name, per engine, with the estimate of a device profile (MACs / rate) beside each measurement so
+its error is visible.
 
 Example:
     >>> path = build_bundle("resnet20", schemes=("fp32", "dynamic", "w8a8"), out_dir="bundle")  # doctest: +SKIP
@@ -27,7 +31,11 @@ import torch
 from quantbench.bundle_runner import BUNDLE_FORMAT, RESULTS_FORMAT, sha256
 from quantbench.errors import QuantbenchError
 
-__all__ = ["DEVICE_PROFILES", "build_bundle", "import_results"]
+__all__ = ["DEVICE_PROFILES", "FORMATS", "build_bundle", "import_results"]
+
+FORMATS = ("onnx", "tflite")
+"""Model file formats a bundle can carry: ONNX (onnxruntime) and LiteRT flatbuffers (ai-edge-litert)."""
+_TFLITE_VARIANT = {"fp32": "fp32", "dynamic": "dynamic"}  # any other (w8a8) scheme: "int8", our scales
 
 
 DEVICE_PROFILES = {  # GMAC/s (= GFLOPS / 2) that the latency estimate divides MACs by
@@ -41,8 +49,13 @@ DEVICE_PROFILES = {  # GMAC/s (= GFLOPS / 2) that the latency estimate divides M
 def build_bundle(model_name: str, *, checkpoint: str | None = None, schemes: tuple[str, ...] = ("fp32", "dynamic",
                  "w8a8"), out_dir: str | Path, input_size: int | None = None, calib: str | None = None,
                  calib_size: int = 64, algo: str = "mse", batch_sizes: tuple[int, ...] = (1, 8),
-                 n_samples: int = 8, normalize: str = "auto", make_zip: bool = True) -> Path:
-    """Write a self-contained bundle folder for ``model_name`` (see the module docstring)."""
+                 n_samples: int = 8, normalize: str = "auto", make_zip: bool = True,
+                 formats: tuple[str, ...] | None = None) -> Path:
+    """Write a self-contained bundle folder for ``model_name`` (see the module docstring).
+
+    ``formats``: a subset of :data:`FORMATS`; None means ONNX, plus ``tflite`` where the LiteRT
+    engine (litert-torch and ai-edge-litert) is installed.
+    """
     import onnxruntime as ort
 
     from quantbench import __version__
@@ -70,6 +83,7 @@ def build_bundle(model_name: str, *, checkpoint: str | None = None, schemes: tup
             raise QuantbenchError(f"bundle: scheme {s!r} cannot be deployed as integer ONNX; use fp32, dynamic or w8a8")
     if any(b < 1 for b in batch_sizes):
         raise QuantbenchError(f"bundle: batch sizes must be >= 1, got {batch_sizes}")
+    formats = _resolve_formats(formats)
     spec = BenchSpec(model=model_name, checkpoint=checkpoint, input_size=input_size)
     shape = _input_shape(spec)
     kwargs = _model_kwargs(spec, shape)
@@ -98,6 +112,7 @@ def build_bundle(model_name: str, *, checkpoint: str | None = None, schemes: tup
     entries = []
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    x_np = samples.numpy().astype(np.float32)
     with tempfile.TemporaryDirectory(prefix="quantbench-bundle-") as tmp:
         for scheme in schemes:
             qm = None
@@ -105,36 +120,85 @@ def build_bundle(model_name: str, *, checkpoint: str | None = None, schemes: tup
             if variant == "int8":
                 qm = quantize_ptq(model, PTQConfig(scheme=scheme, algo=algo, calib_size=len(calib_x)),
                                   (calib_x, torch.zeros(len(calib_x), dtype=torch.long)))
-            built = build_onnx(Deployable(model, qm, shape, name=model_name), variant, Path(tmp))
-            dest = out / f"{model_name}_{scheme}.onnx"
-            shutil.copyfile(built, dest)
-            sess = ort.InferenceSession(str(dest), opts, providers=["CPUExecutionProvider"])
-            expected = sess.run(None, {sess.get_inputs()[0].name: samples.numpy().astype(np.float32)})[0]
-            exp_path = out / f"expected_{scheme}.npy"
-            np.save(exp_path, expected.astype(np.float32))
-            entries.append({"scheme": scheme, "file": dest.name, "sha256": sha256(dest), "bytes": dest.stat().st_size,
-                            "macs": int(macs), "flops": 2 * int(macs), "expected": exp_path.name,
-                            "expected_sha256": sha256(exp_path),
-                            "quantized_with": (f"{scheme}-{algo}, calibrated on {len(calib_x)} "
-                                               f"{'images of ' + calib if calib else 'seeded random images'}"
-                                               if qm is not None else None)})
+            dep = Deployable(model, qm, shape, name=model_name)
+            common = {"scheme": scheme, "macs": int(macs), "flops": 2 * int(macs),
+                      "quantized_with": (f"{scheme}-{algo}, calibrated on {len(calib_x)} "
+                                         f"{'images of ' + calib if calib else 'seeded random images'}"
+                                         if qm is not None else None)}
+            if "onnx" in formats:
+                built = build_onnx(dep, variant, Path(tmp))
+                dest = out / f"{model_name}_{scheme}.onnx"
+                shutil.copyfile(built, dest)
+                sess = ort.InferenceSession(str(dest), opts, providers=["CPUExecutionProvider"])
+                expected = sess.run(None, {sess.get_inputs()[0].name: x_np})[0]
+                entries.append({**common, "format": "onnx", "engine": "onnxruntime", **_file_entry(dest),
+                                **_expected_entry(out / f"expected_{scheme}.npy", expected)})
+            if "tflite" in formats:
+                entries.append({**common, "format": "tflite", "engine": "litert",
+                                **_tflite_files(dep, _TFLITE_VARIANT.get(scheme, "int8"), scheme, out,
+                                                Path(tmp), batch_sizes, x_np)})
     manifest = {"format": BUNDLE_FORMAT, "model": model_name, "checkpoint": Path(checkpoint).name if checkpoint
                 else None, "input_shape": list(shape), "batch_sizes": list(batch_sizes),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "quantbench": __version__,
                 "samples": {"file": "samples.npy", "sha256": sha256(out / "samples.npy"), "count": len(samples)},
+                "formats": list(formats),
                 "convention": "MACs per image of conv/linear layers; FLOPs = 2 x MACs",
                 "models": entries}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     shutil.copyfile(Path(__file__).with_name("bundle_runner.py"), out / "run_bundle.py")
     (out / "README.txt").write_text(
         f"quantbench bundle: {model_name} ({', '.join(schemes)}), input {'x'.join(map(str, shape))}\n\n"
-        "On the device (Python 3, then: pip install numpy onnxruntime):\n"
-        "    python3 run_bundle.py --device NAME [--threads N] [--batch-sizes 1,8] --out results.json\n"
+        "On the device (Python 3, then: pip install numpy onnxruntime"
+        + (" ai-edge-litert   # or tflite-runtime, for the .tflite files" if "tflite" in formats else "") + "):\n"
+        "    python3 run_bundle.py --device NAME [--threads N] [--batch-sizes 1,8] [--formats onnx,tflite] "
+        "--out results.json\n"
         "Back where quantbench is installed:\n"
         "    quantbench import results.json\n", encoding="utf-8")
     if make_zip:
         shutil.make_archive(str(out), "zip", root_dir=out)
     return out
+
+
+def _resolve_formats(formats: tuple[str, ...] | None) -> tuple[str, ...]:
+    from quantbench.engines.base import get_engine
+
+    if formats is None:
+        return ("onnx", "tflite") if get_engine("litert").available()[0] else ("onnx",)
+    formats = tuple(dict.fromkeys(formats))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise QuantbenchError(f"bundle: --formats {','.join(formats)!r}: expected a comma list of {', '.join(FORMATS)}")
+    if "tflite" in formats:
+        ok, reason = get_engine("litert").available()
+        if not ok:
+            raise QuantbenchError(f"bundle: --formats tflite needs the LiteRT engine: {reason}")
+    return formats
+
+
+def _file_entry(path: Path) -> dict[str, Any]:
+    return {"file": path.name, "sha256": sha256(path), "bytes": path.stat().st_size}
+
+
+def _expected_entry(path: Path, expected: np.ndarray) -> dict[str, Any]:
+    np.save(path, np.asarray(expected, dtype=np.float32))
+    return {"expected": path.name, "expected_sha256": sha256(path)}
+
+
+def _tflite_files(dep: Any, variant: str, scheme: str, out: Path, tmp: Path, batch_sizes: tuple[int, ...],
+                  samples: np.ndarray) -> dict[str, Any]:
+    """One ``.tflite`` file per batch size (batch 1 for the output check) and the outputs LiteRT gives here."""
+    from quantbench.engines.litert_engine import BoundInterpreter
+    from quantbench.engines.litert_export import export_tflite
+
+    files = {}
+    for b in sorted({1, *batch_sizes}):
+        dest = out / f"{dep.name}_{scheme}_b{b}.tflite"
+        shutil.copyfile(export_tflite(dep, variant, tmp, batch=b), dest)
+        files[b] = dest
+    one = BoundInterpreter(files[1], None)
+    expected = np.concatenate([one(samples[i:i + 1]) for i in range(len(samples))])
+    return {**_file_entry(files[1]), "batch_files": {str(b): _file_entry(f) for b, f in files.items()},
+            **_expected_entry(out / f"expected_{scheme}_tflite.npy", expected)}
 
 
 def _load_results(path: str | Path) -> dict[str, Any]:
@@ -177,24 +241,30 @@ def import_results(path: str | Path, *, store_path: str, device: str | None = No
     model = doc["bundle"]["model"]
     macs = {m["scheme"]: m["macs"] for m in doc["bundle"]["models"]}
     data = "input:" + "x".join(map(str, doc["bundle"]["input_shape"]))
-    fp32 = {r["batch"]: r["median_ms"] for r in doc["records"] if r["scheme"] == "fp32"}
+
+    def engine_of(r: dict[str, Any]) -> str:  # results of v1 runners measured ONNX Runtime only
+        return r.get("engine", "onnxruntime")
+
+    fp32 = {(engine_of(r), r["batch"]): r["median_ms"] for r in doc["records"] if r["scheme"] == "fp32"}
     rows = []
     for r in doc["records"]:
-        key = RowKey(model, data, r["scheme"], f"onnxruntime@{name}")
+        engine = engine_of(r)
+        key = RowKey(model, data, r["scheme"], f"{engine}@{name}")
         b = int(r["batch"])
-        info = {"device": name, "threads": r.get("threads"), "iterations": r.get("iterations"), "p90_ms": r["p90_ms"]}
+        info = {"device": name, "threads": r.get("threads"), "iterations": r.get("iterations"), "p90_ms": r["p90_ms"],
+                "format": r.get("format", "onnx")}
         rows.append(key.row("latency_median_ms", r["median_ms"], "ms", b, **info))
         rows.append(key.row("latency_p90_ms", r["p90_ms"], "ms", b, **info))
         rows.append(key.row("throughput_ips", b / (r["median_ms"] / 1000.0), "img/s", b, **info))
-        if b in fp32:
-            rows.append(key.row("device_speedup_vs_fp32", fp32[b] / r["median_ms"], "x", b, device=name))
+        if (engine, b) in fp32:
+            rows.append(key.row("device_speedup_vs_fp32", fp32[(engine, b)] / r["median_ms"], "x", b, device=name))
         if rate is not None and r["scheme"] in macs:
             est = macs[r["scheme"]] * b / (rate * 1e9) * 1000.0
             rows.append(key.row("estimated_latency_ms", est, "ms", b, device=name, profile_gmacs=rate,
                                 convention="MACs x batch / profile rate (GMAC/s)"))
             rows.append(key.row("estimate_error", est / r["median_ms"] - 1.0, "ratio", b, device=name))
     for c in doc["checks"]:
-        rows.append(RowKey(model, data, c["scheme"], f"onnxruntime@{name}").row(
+        rows.append(RowKey(model, data, c["scheme"], f"{engine_of(c)}@{name}").row(
             "output_check", 1.0 if c.get("ok") else 0.0, "bool", device=name, cosine=c.get("cosine"),
             top1_agreement=c.get("top1_agreement")))
     with ResultStore(store_path) as store:

@@ -2,7 +2,10 @@
 """quantbench device runner: check and time a bundle's models on THIS device. Needs only numpy + onnxruntime.
 
 Copied as ``run_bundle.py`` into every bundle written by ``quantbench bundle``; it must not import
-quantbench (a Raspberry Pi Zero cannot install PyTorch, it can install onnxruntime).
+quantbench (a Raspberry Pi Zero cannot install PyTorch, it can install onnxruntime). ``.tflite``
+files run where a LiteRT runtime is installed (``ai-edge-litert``, else ``tflite-runtime``, else
+TensorFlow's ``tf.lite``); without one they are skipped, and the results say why. Likewise ONNX
+files are skipped with the reason where onnxruntime is missing.
 
 What it does, in order:
 
@@ -13,12 +16,14 @@ What it does, in order:
    kernels may round differently on another CPU);
 3. times every model at every batch size with quantbench's protocol (warm-up runs, then timed runs
    until both a minimum count and a minimum time are reached; median and p90), with the thread count
-   recorded;
+   recorded (a ``.tflite`` model has one file per batch size; int8-input models get their input
+   quantized before timing, as quantbench's LiteRT engine does);
 4. writes one results JSON with the device's facts (CPU, cores, memory, OS, versions).
 
 Usage (on the device, inside the unzipped bundle folder)::
 
-    python3 run_bundle.py --device raspberry-pi-4b [--threads 4] [--batch-sizes 1,8] [--out results.json]
+    python3 run_bundle.py --device raspberry-pi-4b [--threads 4] [--batch-sizes 1,8] [--formats onnx,tflite]
+                          [--out results.json]
 
 Then, back where quantbench is installed: ``quantbench import results.json``.
 """
@@ -36,7 +41,8 @@ import time
 from pathlib import Path
 
 RESULTS_FORMAT = "quantbench-device-results-v1"
-BUNDLE_FORMAT = "quantbench-bundle-v1"
+BUNDLE_FORMAT = "quantbench-bundle-v2"
+BUNDLE_FORMATS_READ = ("quantbench-bundle-v1", BUNDLE_FORMAT)  # v1: ONNX only, entries without "format"
 
 
 class BundleError(Exception):
@@ -59,15 +65,19 @@ def load_manifest(folder: Path) -> dict:
         raise BundleError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
     except ValueError as exc:
         raise BundleError(f"{path}: not valid JSON ({exc})") from None
-    if manifest.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{path}: format {manifest.get('format')!r}; expected {BUNDLE_FORMAT!r}")
+    if manifest.get("format") not in BUNDLE_FORMATS_READ:
+        raise BundleError(f"{path}: format {manifest.get('format')!r}; expected one of {', '.join(BUNDLE_FORMATS_READ)}")
+    for m in manifest.get("models", []):
+        m.setdefault("format", "onnx")
+        m.setdefault("engine", "onnxruntime")
     return manifest
 
 
 def verify(folder: Path, manifest: dict) -> None:
     """Every listed file exists and has its recorded checksum (before anything is loaded)."""
     files = [manifest["samples"]] + [m for m in manifest["models"]] + [
-        {"file": m["expected"], "sha256": m["expected_sha256"]} for m in manifest["models"]]
+        {"file": m["expected"], "sha256": m["expected_sha256"]} for m in manifest["models"]] + [
+        f for m in manifest["models"] for f in m.get("batch_files", {}).values()]
     for entry in files:
         path = folder / entry["file"]
         if not path.is_file():
@@ -92,11 +102,102 @@ def device_facts() -> dict:
     except OSError:
         pass
     import numpy
-    import onnxruntime
 
-    facts["packages"] = {"numpy": numpy.__version__, "onnxruntime": onnxruntime.__version__}
-    facts["onnxruntime_providers"] = onnxruntime.get_available_providers()
+    facts["packages"] = {"numpy": numpy.__version__}
+    try:
+        import onnxruntime
+
+        facts["packages"]["onnxruntime"] = onnxruntime.__version__
+        facts["onnxruntime_providers"] = onnxruntime.get_available_providers()
+    except ImportError:
+        pass
+    litert = tflite_interpreter()
+    if litert is not None:
+        facts["packages"][litert[1]] = litert[2]
     return facts
+
+
+def tflite_interpreter():
+    """``(Interpreter class, package, version)`` of the first LiteRT runtime installed, or None."""
+    import importlib
+
+    for module, package in (("ai_edge_litert.interpreter", "ai-edge-litert"),
+                            ("tflite_runtime.interpreter", "tflite-runtime"), ("tensorflow", "tensorflow")):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        cls = mod.lite.Interpreter if package == "tensorflow" else mod.Interpreter
+        try:
+            from importlib.metadata import version
+
+            ver = version(package)
+        except Exception:  # noqa: BLE001 - a version is a nicety
+            ver = getattr(mod, "__version__", "unknown")
+        return cls, package, ver
+    return None
+
+
+class OnnxModel:
+    """An ONNX file in onnxruntime (CPU), any batch size."""
+
+    def __init__(self, path: Path, threads):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads or 0)
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.name = self.sess.get_inputs()[0].name
+
+    def __call__(self, x):
+        return self.sess.run(None, {self.name: x})[0]
+
+    def timed(self, x):
+        feeds = {self.name: x}
+        return lambda: self.sess.run(None, feeds)
+
+
+class TfliteModel:
+    """A ``.tflite`` file (fixed batch) in a LiteRT interpreter; int8 inputs/outputs are (de)quantized."""
+
+    def __init__(self, path: Path, threads, interpreter_cls):
+        import numpy as np
+
+        self.np = np
+        self.it = interpreter_cls(model_path=str(path), num_threads=threads)  # None: the runtime's default
+        self.it.allocate_tensors()
+        self.inp = self.it.get_input_details()[0]
+        self.out = self.it.get_output_details()[0]
+
+    def feed(self, x):
+        np = self.np
+        if self.inp["dtype"] == np.float32:
+            return x
+        scale, zp = self.inp["quantization"]
+        info = np.iinfo(self.inp["dtype"])
+        return np.clip(np.round(x / np.float32(scale)) + zp, info.min, info.max).astype(self.inp["dtype"])
+
+    def __call__(self, x):
+        np = self.np
+        self.it.set_tensor(self.inp["index"], self.feed(x))
+        self.it.invoke()
+        y = self.it.get_tensor(self.out["index"])
+        if self.out["dtype"] != np.float32:
+            scale, zp = self.out["quantization"]
+            y = (y.astype(np.float32) - zp) * np.float32(scale)
+        return y
+
+    def timed(self, x):
+        fed, index, it = self.feed(x), self.inp["index"], self.it
+
+        def once():
+            it.set_tensor(index, fed)
+            it.invoke()
+
+        return once
 
 
 def measure(fn, *, warmup: int, min_iters: int, min_time_s: float, max_iters: int = 1000) -> dict:
@@ -125,10 +226,23 @@ def measure(fn, *, warmup: int, min_iters: int, min_time_s: float, max_iters: in
             "min_ms": float(ms.min()), "iterations": len(samples), "warmup": warmup}
 
 
-def run(folder: Path, device: str, threads: int | None, batch_sizes: list[int] | None, min_time_s: float,
-        warmup: int, min_iters: int) -> dict:
+def _check(entry: dict, got, want) -> dict:
     import numpy as np
-    import onnxruntime as ort
+
+    got, want = got.astype(np.float64), want.astype(np.float64)
+    same_top1 = float(np.mean(got.argmax(1) == want.argmax(1)))
+    cos = float((got * want).sum() / (np.linalg.norm(got) * np.linalg.norm(want) + 1e-30))
+    if entry["scheme"] == "fp32":
+        ok = bool(np.allclose(got, want, rtol=1e-3, atol=1e-4 * max(1.0, float(np.abs(want).max()))))
+    else:
+        ok = same_top1 == 1.0 and cos >= 0.99
+    return {"scheme": entry["scheme"], "engine": entry["engine"], "format": entry["format"], "ok": ok,
+            "top1_agreement": same_top1, "cosine": cos, "max_abs_diff": float(np.abs(got - want).max())}
+
+
+def run(folder: Path, device: str, threads: int | None, batch_sizes: list[int] | None, min_time_s: float,
+        warmup: int, min_iters: int, formats: list[str] | None = None) -> dict:
+    import numpy as np
 
     manifest = load_manifest(folder)
     verify(folder, manifest)
@@ -136,40 +250,62 @@ def run(folder: Path, device: str, threads: int | None, batch_sizes: list[int] |
     batches = batch_sizes or manifest["batch_sizes"]
     if any(b < 1 for b in batches):
         raise BundleError(f"batch sizes must be >= 1, got {batches}")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(threads or 0)
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
-    records, checks = [], []
+    present = sorted({m["format"] for m in manifest["models"]})
+    if formats and set(formats) - set(present):
+        raise BundleError(f"--formats {','.join(formats)}: this bundle holds {', '.join(present)}")
+    litert = tflite_interpreter()
+    try:
+        import onnxruntime  # noqa: F401
+        has_ort = True
+    except ImportError:
+        has_ort = False
+    records, checks, skipped = [], [], []
+    rng = np.random.default_rng(0)
     for entry in manifest["models"]:
-        sess = ort.InferenceSession(str(folder / entry["file"]), opts, providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-        got = sess.run(None, {name: samples})[0].astype(np.float64)
-        want = np.load(folder / entry["expected"]).astype(np.float64)
-        same_top1 = float(np.mean(got.argmax(1) == want.argmax(1)))
-        cos = float((got * want).sum() / (np.linalg.norm(got) * np.linalg.norm(want) + 1e-30))
-        max_abs = float(np.abs(got - want).max())
-        if entry["scheme"] == "fp32":
-            ok = bool(np.allclose(got, want, rtol=1e-3, atol=1e-4 * max(1.0, float(np.abs(want).max()))))
-        else:
-            ok = same_top1 == 1.0 and cos >= 0.99
-        checks.append({"scheme": entry["scheme"], "ok": ok, "top1_agreement": same_top1, "cosine": cos,
-                       "max_abs_diff": max_abs})
-        rng = np.random.default_rng(0)
+        fmt = entry["format"]
+        if formats and fmt not in formats:
+            continue
+        if fmt == "onnx" and not has_ort:
+            skipped.append({"scheme": entry["scheme"], "format": fmt, "reason": "onnxruntime is not installed "
+                            "(pip install onnxruntime)"})
+            continue
+        if fmt == "tflite" and litert is None:
+            skipped.append({"scheme": entry["scheme"], "format": fmt, "reason": "no LiteRT runtime is installed "
+                            "(pip install ai-edge-litert, or tflite-runtime)"})
+            continue
+        if fmt not in ("onnx", "tflite"):
+            raise BundleError(f"{entry['file']}: unknown model format {fmt!r}")
+
+        def load(path, fmt=fmt):
+            return OnnxModel(path, threads) if fmt == "onnx" else TfliteModel(path, threads, litert[0])
+
+        first = load(folder / entry["file"])
+        if fmt == "onnx":
+            got = first(samples)
+        else:  # the batch-1 file, one sample at a time
+            got = np.concatenate([first(samples[i:i + 1]) for i in range(len(samples))])
+        checks.append(_check(entry, got, np.load(folder / entry["expected"])))
         for b in batches:
+            if fmt == "tflite":
+                spec = entry.get("batch_files", {}).get(str(b))
+                if spec is None:
+                    skipped.append({"scheme": entry["scheme"], "format": fmt, "batch": b,
+                                    "reason": f"the bundle has no .tflite file for batch {b}"})
+                    continue
+                model = load(folder / spec["file"])
+            else:
+                model = first
             x = rng.standard_normal((b, *manifest["input_shape"]), dtype=np.float32)
-            feeds = {name: x}
-            stats = measure(lambda feeds=feeds, sess=sess: sess.run(None, feeds), warmup=warmup,
-                            min_iters=min_iters, min_time_s=min_time_s)
-            records.append({"scheme": entry["scheme"], "batch": b, "threads": threads or 0,
-                            "throughput_ips": b / (stats["median_ms"] / 1000.0), **stats})
+            stats = measure(model.timed(x), warmup=warmup, min_iters=min_iters, min_time_s=min_time_s)
+            records.append({"scheme": entry["scheme"], "engine": entry["engine"], "format": fmt, "batch": b,
+                            "threads": threads or 0, "throughput_ips": b / (stats["median_ms"] / 1000.0), **stats})
     return {"format": RESULTS_FORMAT, "device": device, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "bundle": {"model": manifest["model"], "input_shape": manifest["input_shape"],
                        "created": manifest["created"], "manifest_sha256": sha256(folder / "manifest.json"),
-                       "models": [{k: m[k] for k in ("scheme", "file", "sha256", "macs", "bytes")}
+                       "models": [{k: m[k] for k in ("scheme", "file", "sha256", "macs", "bytes", "format", "engine")}
                                   for m in manifest["models"]]},
-            "facts": device_facts(), "engine": "onnxruntime", "checks": checks, "records": records}
+            "facts": device_facts(), "engines": sorted({r["engine"] for r in records}), "checks": checks, "records": records,
+            "skipped": skipped}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bundle", default=str(Path(__file__).resolve().parent), help="bundle folder (default: here)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: onnxruntime's)")
     p.add_argument("--batch-sizes", default=None, help="comma list (default: the bundle's)")
+    p.add_argument("--formats", default=None, help="comma list of onnx, tflite (default: every format in the bundle)")
     p.add_argument("--min-time", type=float, default=1.0, help="timed seconds per measurement")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--min-iters", type=int, default=10)
@@ -190,14 +327,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = run(Path(args.bundle), args.device, args.threads, batches, args.min_time, args.warmup,
-                     args.min_iters)
+                     args.min_iters, args.formats.split(",") if args.formats else None)
     except BundleError as exc:
         print(f"run_bundle: error: {exc}", file=sys.stderr)
         return 2
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    bad = [c["scheme"] for c in result["checks"] if not c["ok"]]
+    bad = [f"{c['scheme']} ({c['format']})" for c in result["checks"] if not c["ok"]]
     for r in result["records"]:
-        print(f"{r['scheme']:<10} batch {r['batch']:>4}: median {r['median_ms']:9.3f} ms  p90 {r['p90_ms']:9.3f} ms")
+        print(f"{r['scheme']:<10} {r['format']:<6} batch {r['batch']:>4}: median {r['median_ms']:9.3f} ms  "
+              f"p90 {r['p90_ms']:9.3f} ms")
+    for sk in result["skipped"]:
+        print(f"skipped {sk['scheme']} ({sk['format']}" + (f", batch {sk['batch']}" if "batch" in sk else "")
+              + f"): {sk['reason']}")
     print(f"wrote {args.out}" + (f"; OUTPUT CHECK FAILED for {', '.join(bad)}" if bad else "; all output checks passed"))
     return 1 if bad else 0
 

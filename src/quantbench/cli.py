@@ -760,14 +760,16 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
     out = build_bundle(args.model, checkpoint=args.checkpoint, schemes=_csv_names(args.schemes) or (),
                        out_dir=args.out, input_size=args.input_size, calib=args.calib, calib_size=args.calib_size,
-                       batch_sizes=args.batch_sizes or (1, 8), normalize=args.normalize, make_zip=not args.no_zip)
+                       batch_sizes=args.batch_sizes or (1, 8), normalize=args.normalize, make_zip=not args.no_zip,
+                       formats=_csv_names(args.formats) if args.formats else None)
     manifest = json.loads((out / "manifest.json").read_text())
     if args.json:
         _emit_json({"bundle": str(out), "zip": None if args.no_zip else str(out) + ".zip", "manifest": manifest})
         return 0
-    _print_table(["scheme", "file", "bytes", "MACs/image", "sha256"],
-                 [[m["scheme"], m["file"], f"{m['bytes']:,}", f"{m['macs']:,}", m["sha256"][:16] + "..."]
-                  for m in manifest["models"]])
+    _print_table(["scheme", "engine", "file", "bytes", "MACs/image", "sha256"],
+                 [[m["scheme"], m["engine"], m["file"] + (f" (+{len(m['batch_files']) - 1} batch files)"
+                                                           if len(m.get("batch_files", {})) > 1 else ""),
+                   f"{m['bytes']:,}", f"{m['macs']:,}", m["sha256"][:16] + "..."] for m in manifest["models"]])
     print(f"\nbundle: {out}" + ("" if args.no_zip else f" (and {out}.zip)"))
     print("on the device: python3 run_bundle.py --device NAME --out results.json; then: quantbench import results.json")
     return 0
@@ -1045,7 +1047,8 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="MBPS", help="link bandwidths in Mbit/s for the latency model")
     p.set_defaults(func=cmd_split)
 
-    p = sub.add_parser("bundle", help="a folder/zip to measure a model on a device with only numpy + onnxruntime")
+    p = sub.add_parser("bundle", help="a folder/zip to measure a model on a device with only numpy + onnxruntime "
+                                      "(or ai-edge-litert for the .tflite files)")
     p.add_argument("--model", required=True)
     p.add_argument("--checkpoint", metavar="FILE")
     p.add_argument("--schemes", default="fp32,dynamic,w8a8", help="comma list of fp32, dynamic, w8a8")
@@ -1055,6 +1058,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-size", type=int, default=64, metavar="N")
     p.add_argument("--normalize", default="auto")
     p.add_argument("--batch-sizes", type=_csv_ints, metavar="B1,B2", help="default 1,8")
+    p.add_argument("--formats", metavar="LIST", help="onnx,tflite (default: onnx, plus tflite where litert-torch "
+                                                     "is installed)")
     p.add_argument("--no-zip", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bundle)

@@ -1,4 +1,5 @@
-"""Device bundles: build, run in a fresh numpy+onnxruntime-only environment, import, compare devices."""
+"""Device bundles: build, run in fresh numpy+onnxruntime-only and numpy+ai-edge-litert-only environments,
+import, compare devices."""
 
 from __future__ import annotations
 
@@ -14,7 +15,12 @@ import pytest
 pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'quantbench[onnx]')")
 
 from quantbench.cli import main  # noqa: E402
+from quantbench.engines import get_engine  # noqa: E402
 from quantbench.store import ResultStore  # noqa: E402
+
+HAS_LITERT, LITERT_REASON = get_engine("litert").available()
+needs_litert = pytest.mark.skipif(not HAS_LITERT, reason=f"LiteRT engine: {LITERT_REASON}")
+SCHEMES = ("fp32", "dynamic", "w8a8")
 
 
 @pytest.fixture(scope="module")
@@ -24,19 +30,29 @@ def bundle(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def fresh_python(tmp_path_factory):
-    """A new virtual environment with ONLY numpy and onnxruntime (what a small device can install)."""
-    d = tmp_path_factory.mktemp("devenv") / "venv"
+def _fresh_venv(tmp_path_factory, name: str, packages: list[str], absent: list[str]) -> Path:
+    """A new virtual environment with ONLY ``packages`` (what a small device can install)."""
+    d = tmp_path_factory.mktemp(name) / "venv"
     venv.EnvBuilder(with_pip=True, clear=True).create(d)
     py = d / "bin" / "python"
-    r = subprocess.run([str(py), "-m", "pip", "install", "-q", "numpy", "onnxruntime"], capture_output=True,
-                       text=True, timeout=600)
+    r = subprocess.run([str(py), "-m", "pip", "install", "-q", *packages], capture_output=True, text=True,
+                       timeout=600)
     if r.returncode != 0:
-        pytest.skip(f"cannot install numpy + onnxruntime into a fresh venv here: {r.stderr.strip()[-300:]}")
-    probe = subprocess.run([str(py), "-c", "import torch"], capture_output=True)
-    assert probe.returncode != 0, "the device environment must not have torch"
+        pytest.skip(f"cannot install {' + '.join(packages)} into a fresh venv here: {r.stderr.strip()[-300:]}")
+    for mod in absent:
+        probe = subprocess.run([str(py), "-c", f"import {mod}"], capture_output=True)
+        assert probe.returncode != 0, f"the device environment must not have {mod}"
     return py
+
+
+@pytest.fixture(scope="module")
+def fresh_python(tmp_path_factory):
+    return _fresh_venv(tmp_path_factory, "devenv", ["numpy", "onnxruntime"], ["torch", "ai_edge_litert"])
+
+
+@pytest.fixture(scope="module")
+def litert_python(tmp_path_factory):
+    return _fresh_venv(tmp_path_factory, "litertenv", ["numpy", "ai-edge-litert"], ["torch", "onnxruntime"])
 
 
 def _run(py: Path, bundle: Path, device: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -48,11 +64,23 @@ def _run(py: Path, bundle: Path, device: str, out: Path, *extra: str) -> subproc
 
 def test_bundle_contents(bundle):
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert [m["scheme"] for m in manifest["models"]] == ["fp32", "dynamic", "w8a8"]
+    onnx = [m for m in manifest["models"] if m["format"] == "onnx"]
+    assert [m["scheme"] for m in onnx] == list(SCHEMES) and {m["engine"] for m in onnx} == {"onnxruntime"}
     assert all((bundle / m["file"]).is_file() and (bundle / m["expected"]).is_file() for m in manifest["models"])
-    assert manifest["models"][0]["macs"] > 0 and manifest["models"][0]["flops"] == 2 * manifest["models"][0]["macs"]
+    assert onnx[0]["macs"] > 0 and onnx[0]["flops"] == 2 * onnx[0]["macs"]
     assert (bundle / "run_bundle.py").is_file() and Path(str(bundle) + ".zip").is_file()
     assert "import quantbench" not in (bundle / "run_bundle.py").read_text()
+    tflite = [m for m in manifest["models"] if m["format"] == "tflite"]
+    if HAS_LITERT:  # .tflite files of the same schemes, one per batch size (a converted graph has a fixed batch)
+        assert manifest["formats"] == ["onnx", "tflite"]
+        assert [m["scheme"] for m in tflite] == list(SCHEMES) and {m["engine"] for m in tflite} == {"litert"}
+        for m in tflite:
+            assert sorted(m["batch_files"], key=int) == ["1", "4"] and m["file"] == m["batch_files"]["1"]["file"]
+            assert all((bundle / f["file"]).stat().st_size == f["bytes"] for f in m["batch_files"].values())
+        sizes = {m["scheme"]: m["bytes"] for m in tflite}
+        assert sizes["w8a8"] < sizes["fp32"] / 2.5  # int8 weights really stored as int8
+    else:
+        assert manifest["formats"] == ["onnx"] and not tflite
 
 
 def test_runner_in_fresh_env_then_import_shows_two_devices(tmp_path, bundle, fresh_python):
@@ -60,10 +88,13 @@ def test_runner_in_fresh_env_then_import_shows_two_devices(tmp_path, bundle, fre
     assert r.returncode == 0, r.stderr
     assert "all output checks passed" in r.stdout
     res = json.loads((tmp_path / "edge.json").read_text())
-    assert res["facts"]["packages"]["onnxruntime"] and {c["scheme"] for c in res["checks"]} == {"fp32", "dynamic",
-                                                                                               "w8a8"}
+    assert res["facts"]["packages"]["onnxruntime"] and {c["scheme"] for c in res["checks"]} == set(SCHEMES)
     assert sorted({(x["scheme"], x["batch"]) for x in res["records"]}) == sorted(
-        (s, b) for s in ("fp32", "dynamic", "w8a8") for b in (1, 4))
+        (s, b) for s in SCHEMES for b in (1, 4))
+    assert {x["engine"] for x in res["records"]} == {"onnxruntime"} and res["engines"] == ["onnxruntime"]
+    if HAS_LITERT:  # no LiteRT runtime in that environment: the .tflite models are skipped, with the reason
+        assert sorted(x["scheme"] for x in res["skipped"]) == sorted(SCHEMES)
+        assert all("ai-edge-litert" in x["reason"] for x in res["skipped"]) and "skipped w8a8 (tflite)" in r.stdout
     # a second "device": the same runner with this environment's interpreter
     r2 = _run(Path(sys.executable), bundle, "host", tmp_path / "host.json")
     assert r2.returncode == 0, r2.stderr
@@ -75,10 +106,36 @@ def test_runner_in_fresh_env_then_import_shows_two_devices(tmp_path, bundle, fre
         runs = store.runs(kind="device")
         assert {r["config"]["device"] for r in runs} == {"edge-venv", "host"}
         est = store.query(metric="estimated_latency_ms")
+        host_engines = {r["engine"] for r in store.query(metric="latency_median_ms") if r["extra"]["device"] == "host"}
     assert est and all(r["engine"] == "onnxruntime@edge-venv" for r in est)
+    assert host_engines == ({"onnxruntime@host", "litert@host"} if HAS_LITERT else {"onnxruntime@host"})
     html = (tmp_path / "rep" / "report.html").read_text()
     assert "Devices side by side" in html and "edge-venv" in html and "host" in html
     assert "lenet on 2 device(s)" in html
+    assert "id='device_latency'" in html and "the gap is the estimate" in html
+
+
+@needs_litert
+def test_litert_only_device_runs_the_tflite_models(tmp_path, bundle, litert_python):
+    """A device with numpy + ai-edge-litert and no onnxruntime (a phone-class board): .tflite only."""
+    r = _run(litert_python, bundle, "litert-venv", tmp_path / "lite.json")
+    assert r.returncode == 0, r.stderr + r.stdout
+    res = json.loads((tmp_path / "lite.json").read_text())
+    assert res["engines"] == ["litert"] and res["facts"]["packages"]["ai-edge-litert"]
+    assert {(c["scheme"], c["format"]) for c in res["checks"]} == {(s, "tflite") for s in SCHEMES}
+    assert all(c["ok"] for c in res["checks"]), res["checks"]  # same outputs as LiteRT gave where the bundle was built
+    assert sorted({(x["scheme"], x["batch"]) for x in res["records"]}) == sorted((s, b) for s in SCHEMES for b in (1, 4))
+    assert all(x["reason"].startswith("onnxruntime is not installed") for x in res["skipped"])
+    db = str(tmp_path / "d.db")
+    assert main(["import", str(tmp_path / "lite.json"), "--store", db, "--profile-gmacs", "20",
+                 "--out", str(tmp_path / "rep")]) == 0
+    with ResultStore(db) as store:
+        speed = store.query(metric="device_speedup_vs_fp32")
+    assert {r["engine"] for r in speed} == {"litert@litert-venv"}
+    assert {r["method"] for r in speed} == set(SCHEMES)
+    # asking for a format the bundle does not hold is a one-line error
+    r = _run(litert_python, bundle, "x", tmp_path / "x.json", "--formats", "openvino")
+    assert r.returncode == 2 and "this bundle holds onnx, tflite" in r.stderr
 
 
 def test_tampered_model_is_refused_before_it_runs(tmp_path, bundle):
@@ -93,6 +150,22 @@ def test_tampered_model_is_refused_before_it_runs(tmp_path, bundle):
     r = _run(Path(sys.executable), copy, "x", tmp_path / "r.json")
     assert r.returncode == 2
     assert "lenet_w8a8.onnx: checksum mismatch" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r.json").exists()
+
+
+@needs_litert
+def test_tampered_tflite_batch_file_is_refused(tmp_path, bundle):
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    model = copy / "lenet_w8a8_b4.tflite"  # a timing-only file, not the one the output check loads
+    data = bytearray(model.read_bytes())
+    data[-10] ^= 0x01
+    model.write_bytes(bytes(data))
+    r = _run(Path(sys.executable), copy, "x", tmp_path / "r.json")
+    assert r.returncode == 2
+    assert "lenet_w8a8_b4.tflite: checksum mismatch" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r.json").exists()
 
 
@@ -114,3 +187,6 @@ def test_bundle_rejects_bad_input(tmp_path, bundle, capsys):
     assert "cannot be deployed as integer ONNX" in capsys.readouterr().err
     assert main(["bundle", "--model", "lenet", "--out", str(bundle)]) == 2
     assert "not empty" in capsys.readouterr().err
+    assert main(["bundle", "--model", "lenet", "--out", str(tmp_path / "y"), "--formats", "onnx,coreml"]) == 2
+    assert "expected a comma list of onnx, tflite" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()

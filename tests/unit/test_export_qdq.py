@@ -21,10 +21,11 @@ ort = pytest.importorskip(
 )
 from onnx import numpy_helper  # noqa: E402
 
-from quantbench.engines.export_qdq import export_qdq_onnx, qdq_metadata  # noqa: E402
+from quantbench.engines.export_qdq import export_qdq_onnx, ort_weight_type, qdq_metadata  # noqa: E402
 from quantbench.engines.onnxruntime_engine import optimized_op_counts  # noqa: E402
 
 SHAPE = (3, 8, 8)
+WT = ort_weight_type()  # u8 weights where ONNX Runtime's u8 x s8 kernels saturate (x86 without VNNI)
 
 
 class Net(nn.Module):
@@ -86,21 +87,44 @@ def _sim_with_int32_bias(qm, x):
         return ref(x).numpy()
 
 
-def test_export_is_valid_and_matches_the_simulation(exported):
+def test_export_is_valid_and_matches_the_simulation(exported, tmp_path):
     qm, path, model = exported
     onnx.checker.check_model(model, full_check=True)
     x = torch.randn(7, *SHAPE)
     with torch.no_grad():
         sim = qm(x).numpy()
-    got = _session(path).run(None, {"input": x.numpy()})[0]
+    # ONNX's operator semantics (no fusion) compute the simulation, whatever the CPU.
+    got = _session(path, optimize=False).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(got, sim, atol=2e-3 * float(np.abs(sim).max()))
+    # Fused integer kernels too, with the weight storage this CPU needs (u8 where u8 x s8 saturates).
+    fused = export_qdq_onnx(qm, tmp_path / "fused.onnx", SHAPE, weight_type=WT)
+    got = _session(fused).run(None, {"input": x.numpy()})[0]
     # Same codes and scales; only the int32 bias grid and the engine's requantization differ.
     np.testing.assert_allclose(got, sim, atol=2e-3 * float(np.abs(sim).max()))
+
+
+def test_uint8_weight_storage_holds_the_same_values(exported, tmp_path):
+    qm, path, model = exported
+    u8 = onnx.load(str(export_qdq_onnx(qm, tmp_path / "u8.onnx", SHAPE, weight_type="uint8")))
+    s8_codes = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name.endswith(".weight_q")}
+    u8_init = {t.name: numpy_helper.to_array(t) for t in u8.graph.initializer}
+    assert s8_codes
+    for name, codes in s8_codes.items():
+        assert u8_init[name].dtype == np.uint8
+        np.testing.assert_array_equal(u8_init[name].astype(np.int16) - 128, codes.astype(np.int16))
+        assert (u8_init[name.replace(".weight_q", ".weight_zero_point")] == 128).all()
+    x = torch.randn(4, *SHAPE)
+    ref = _session(path, optimize=False).run(None, {"input": x.numpy()})[0]
+    got = _session(tmp_path / "u8.onnx", optimize=False).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_array_equal(got, ref)
+    with pytest.raises(QuantbenchError, match="weight_type must be"):
+        export_qdq_onnx(qm, tmp_path / "x.onnx", SHAPE, weight_type="int4")
 
 
 @pytest.mark.parametrize("scheme", ["w8a8", "w4a4"])
 def test_onnx_semantics_equal_the_simulation_with_int32_bias(scheme, tmp_path):
     qm = _qm(scheme)
-    path = export_qdq_onnx(qm, tmp_path / f"{scheme}.onnx", SHAPE)
+    path = export_qdq_onnx(qm, tmp_path / f"{scheme}.onnx", SHAPE, weight_type=WT)
     x = torch.randn(6, *SHAPE)
     ref = _sim_with_int32_bias(qm, x)
     got = _session(path, optimize=False).run(None, {"input": x.numpy()})[0]
@@ -172,7 +196,7 @@ def test_strided_shortcut_keeps_the_residual_add_integer(tmp_path):
     ).eval()  # fmt: skip
     qm = prepare(model, parse_scheme("w8a8"))
     calibrate(qm, torch.randn(32, *SHAPE))
-    path = export_qdq_onnx(qm, tmp_path / "strided.onnx", SHAPE)
+    path = export_qdq_onnx(qm, tmp_path / "strided.onnx", SHAPE, weight_type=WT)
     # The first block's output feeds the next conv (quantized) and the option-A shortcut's
     # slices: the slices are moved in front of a float copy of the add, so the add itself fuses.
     ops = optimized_op_counts(path, tmp_path)
@@ -195,7 +219,7 @@ def test_maxpool_after_conv_relu_runs_on_integers(tmp_path):
     ).eval()  # fmt: skip
     qm = prepare(model, parse_scheme("w8a8"))
     calibrate(qm, torch.randn(32, *SHAPE))
-    path = export_qdq_onnx(qm, tmp_path / "pool.onnx", SHAPE)
+    path = export_qdq_onnx(qm, tmp_path / "pool.onnx", SHAPE, weight_type=WT)
     nodes = onnx.load(str(path)).graph.node
     by_out = {o: n for n in nodes for o in n.output}
     pool = next(n for n in nodes if n.op_type == "MaxPool")
@@ -211,11 +235,13 @@ def test_maxpool_after_conv_relu_runs_on_integers(tmp_path):
 
 def test_low_bits_use_8bit_containers_restricted_to_their_range(tmp_path):
     qm = _qm("w4a4")
-    path = export_qdq_onnx(qm, tmp_path / "w4a4.onnx", SHAPE)
+    path = export_qdq_onnx(qm, tmp_path / "w4a4.onnx", SHAPE, weight_type=WT)
     model = onnx.load(str(path))
     assert "4-bit" in qdq_metadata(path)["quantbench.low_bit"]
-    codes = [numpy_helper.to_array(t) for t in model.graph.initializer if t.name.endswith(".weight_q")]
-    assert codes and all(c.dtype == np.int8 and c.min() >= -8 and c.max() <= 7 for c in codes)
+    shift = 128 if WT == "uint8" else 0
+    codes = [numpy_helper.to_array(t).astype(np.int16) - shift for t in model.graph.initializer
+             if t.name.endswith(".weight_q")]
+    assert codes and all(c.min() >= -8 and c.max() <= 7 for c in codes)
     x = torch.randn(5, *SHAPE)
     ref = _sim_with_int32_bias(qm, x)
     got = _session(path).run(None, {"input": x.numpy()})[0]
@@ -224,7 +250,7 @@ def test_low_bits_use_8bit_containers_restricted_to_their_range(tmp_path):
 
 def test_per_tensor_weights_export(tmp_path):
     qm = _qm("w8a8", per_channel=False)
-    path = export_qdq_onnx(qm, tmp_path / "pt.onnx", SHAPE)
+    path = export_qdq_onnx(qm, tmp_path / "pt.onnx", SHAPE, weight_type=WT)
     x = torch.randn(3, *SHAPE)
     with torch.no_grad():
         sim = qm(x).numpy()
@@ -242,7 +268,7 @@ def test_dead_channel_bias_fits_int32(tmp_path):
         model[0].bias[1] = 50.0
     qm = prepare(model, parse_scheme("w8a8"))
     calibrate(qm, torch.randn(32, *SHAPE))
-    path = export_qdq_onnx(qm, tmp_path / "dead.onnx", SHAPE)
+    path = export_qdq_onnx(qm, tmp_path / "dead.onnx", SHAPE, weight_type=WT)
     inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
     assert np.abs(inits["0.bias_q"].astype(np.int64)).max() < 2**31 - 1
     x = torch.randn(4, *SHAPE)
@@ -264,7 +290,7 @@ def test_bias_beyond_int32_stays_float_and_is_listed(tmp_path):
         model[3].bias.fill_(0.5)
     qm = prepare(model, parse_scheme("w8a8"))
     calibrate(qm, torch.randn(32, *SHAPE))
-    path = export_qdq_onnx(qm, tmp_path / "tiny.onnx", SHAPE)
+    path = export_qdq_onnx(qm, tmp_path / "tiny.onnx", SHAPE, weight_type=WT)
     listed = json.loads(qdq_metadata(path)["quantbench.float_bias_layers"])
     assert len(listed) == 1 and listed[0].startswith("3: |bias|/(s_in*s_w)")
     x = torch.randn(4, *SHAPE)

@@ -6,10 +6,11 @@ package (onnxruntime, openvino) until it is used.
 Example:
     >>> from quantbench.engines import ENGINES, Deployable, load_session
     >>> sorted(ENGINES.names())
-    ['onnxruntime', 'onnxruntime-cuda', 'openvino', 'torch', 'torch-compile', 'torch-cuda', 'torch-cuda-compile', 'torch-int8']
+    ['litert', 'onnxruntime', 'onnxruntime-cuda', 'openvino', 'torch', 'torch-compile', 'torch-cuda', 'torch-cuda-compile', 'torch-int8']
 """
 
 from quantbench.engines import (  # noqa: F401
+    litert_engine,
     onnxruntime_engine,
     openvino_engine,
     torch_compile_engine,

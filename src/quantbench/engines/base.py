@@ -368,7 +368,7 @@ def evaluate_session(session: Session, data: Any, **kwargs: Any) -> Any:
     return evaluate(SessionModule(session), data, **kwargs)
 
 
-_BUILTIN = ("onnxruntime", "openvino", "torch", "torch_int8", "torch_cuda", "torch_compile")
+_BUILTIN = ("litert", "onnxruntime", "openvino", "torch", "torch_int8", "torch_cuda", "torch_compile")
 
 
 def _register_builtin() -> None:

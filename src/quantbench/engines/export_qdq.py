@@ -50,6 +50,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import warnings
 from collections import defaultdict
@@ -67,7 +68,7 @@ from quantbench.quant.fake import FakeQuant, quantize
 from quantbench.quant.prepare import QConv2d, QLinear, QuantizedModel
 from quantbench.quant.spec import QuantSpec
 
-__all__ = ["FORMAT", "METADATA_PREFIX", "export_qdq_onnx", "qdq_metadata"]
+__all__ = ["FORMAT", "METADATA_PREFIX", "check_exportable", "export_net", "export_qdq_onnx", "ort_weight_type", "qdq_metadata", "weight_codes"]
 
 FORMAT = "quantbench-qdq-v1"
 METADATA_PREFIX = "quantbench."
@@ -158,20 +159,21 @@ class _QGemm(torch.autograd.Function):
 # --------------------------------------------------------------------------- export modules
 
 
-def _check_exportable(spec: QuantSpec, what: str) -> None:
+def check_exportable(spec: QuantSpec, what: str, fmt: str = "QDQ export") -> None:
+    """Refuse what integer QDQ formats (ONNX QDQ, LiteRT int8) cannot express; ``fmt`` prefixes the message."""
     if spec.companding != "none":
         raise QuantbenchError(
-            f"QDQ export: {what} uses {spec.companding} companding ({spec.short()}); QuantizeLinear/"
-            "DequantizeLinear levels are uniform, so companded weights cannot be deployed as QDQ ONNX"
+            f"{fmt}: {what} uses {spec.companding} companding ({spec.short()}); QuantizeLinear/"
+            "DequantizeLinear levels are uniform, so companded tensors cannot be deployed as integer QDQ models"
         )
     if spec.dynamic:
         raise QuantbenchError(
-            f"QDQ export: {what} is a dynamic quantizer ({spec.short()}); static QDQ needs calibrated "
+            f"{fmt}: {what} is a dynamic quantizer ({spec.short()}); static QDQ needs calibrated "
             "scales - deploy with the 'dynamic' engine variant instead"
         )
     if spec.bits > 8:
         raise QuantbenchError(
-            f"QDQ export: {what} has {spec.bits} bits ({spec.short()}); at most 8 are supported"
+            f"{fmt}: {what} has {spec.bits} bits ({spec.short()}); at most 8 are supported"
         )
 
 
@@ -181,7 +183,7 @@ class _ActExport(nn.Module):
     def __init__(self, fq: FakeQuant, name: str) -> None:
         super().__init__()
         spec = fq.spec
-        _check_exportable(spec, f"activation quantizer {name}")
+        check_exportable(spec, f"activation quantizer {name}")
         if spec.per_channel:
             raise QuantbenchError(
                 f"QDQ export: activation quantizer {name} is per-channel; only per-tensor is supported"
@@ -210,14 +212,15 @@ class _ActExport(nn.Module):
         return _ActQDQ.apply(x, self.scale, self.zero_point, self.qmin, self.qmax, lo, hi)
 
 
-def _weight_codes(layer: nn.Module, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int | None]:
+def weight_codes(layer: nn.Module, name: str, fmt: str = "QDQ export") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int | None]:
+    """Our integer weight codes of a QConv2d/QLinear, with scale, zero point and channel axis (None: per-tensor)."""
     fq = layer.weight_fq
     if not isinstance(fq, FakeQuant):
-        raise QuantbenchError(f"QDQ export: layer {name} has a weight quantizer of type {type(fq).__name__}")
+        raise QuantbenchError(f"{fmt}: layer {name} has a weight quantizer of type {type(fq).__name__}")
     spec = fq.spec
-    _check_exportable(spec, f"the weight of {name}")
+    check_exportable(spec, f"the weight of {name}", fmt)
     if not fq.calibrated:
-        raise QuantbenchError(f"QDQ export: the weight quantizer of {name} is not calibrated")
+        raise QuantbenchError(f"{fmt}: the weight quantizer of {name} is not calibrated")
     scale, zp = fq.qparams()
     w = layer.weight.detach().to(torch.float32)
     codes = quantize(w, scale, zp, spec)  # our codes, exactly as the simulation rounds them
@@ -229,9 +232,9 @@ def _weight_codes(layer: nn.Module, name: str) -> tuple[torch.Tensor, torch.Tens
 class _LayerExport(nn.Module):
     """Stands in for a QConv2d/QLinear: int8 codes + DequantizeLinear, int32 (or float) bias."""
 
-    def __init__(self, layer: nn.Module, name: str, in_scale: torch.Tensor | None) -> None:
+    def __init__(self, layer: nn.Module, name: str, in_scale: torch.Tensor | None, weight_type: str = "int8") -> None:
         super().__init__()
-        wq, ws, wz, axis = _weight_codes(layer, name)
+        wq, ws, wz, axis = weight_codes(layer, name)
         self.name = name
         self.w_axis = axis
         self.is_conv = isinstance(layer, nn.Conv2d)
@@ -281,6 +284,9 @@ class _LayerExport(nn.Module):
             self.bias_f = None
         if not self.int32_bias:
             self.bias_q = self.bias_scale = self.bias_zero_point = None
+        if weight_type == "uint8" and wq.dtype == torch.int8:  # the same values: code + 128, zero point 128
+            wq = (wq.to(torch.int16) + 128).to(torch.uint8)
+            wz = (wz.to(torch.int16) + 128).to(torch.uint8)
         self.register_buffer("weight_q", wq)
         self.register_buffer("weight_scale", ws)
         self.register_buffer("weight_zero_point", wz)
@@ -303,18 +309,25 @@ def _replace(root: nn.Module, target: str, module: nn.Module) -> None:
     setattr(parent, leaf, module)
 
 
-def _export_net(qm: QuantizedModel) -> nn.Module:
-    """A copy of ``qm.net`` whose quantizers and quantized layers emit QDQ operators."""
+def export_net(qm: QuantizedModel, act_cls: type[nn.Module] = _ActExport,
+               layer_cls: type[nn.Module] = _LayerExport) -> nn.Module:
+    """A copy of ``qm.net`` whose quantizers and quantized layers are replaced by export modules.
+
+    ``act_cls(fake_quant, name)`` stands in for each activation quantizer and
+    ``layer_cls(layer, name, input_scale)`` for each quantized conv/linear. The defaults emit
+    ONNX QDQ operators; the LiteRT exporter passes modules that emit PyTorch's
+    ``quantized_decomposed`` ops instead (same places, same scales).
+    """
     net = copy.deepcopy(qm.net).eval()
     for name, fq in qm.act_quantizers():
-        _replace(net, name, _ActExport(fq, name))
+        _replace(net, name, act_cls(fq, name))
     act_scale = {name: fq.qparams()[0] for name, fq in qm.act_quantizers()}
     for info in qm.layers:
         layer = net.get_submodule(info.name)
         if not isinstance(layer, (QConv2d, QLinear)):
             continue  # an FP32 layer (first/last policy or an override): stays float
         s_in = act_scale.get(info.input_quantizer) if info.input_quantizer else None
-        _replace(net, info.name, _LayerExport(layer, info.name, s_in))
+        _replace(net, info.name, layer_cls(layer, info.name, s_in))
     left = [n for n, m in net.named_modules() if isinstance(m, FakeQuant)]
     if left:
         raise QuantbenchError(f"QDQ export: quantizers outside the supported places: {', '.join(left)}")
@@ -594,6 +607,27 @@ def _topological(nodes: list[Any], available: set[str]) -> list[Any]:
     return order
 
 
+def ort_weight_type() -> str:
+    """``"uint8"`` where ONNX Runtime's u8 x s8 integer kernels can saturate on this CPU, else ``"int8"``.
+
+    Why: without VNNI (``avx512_vnni``, ``avx_vnni``) or AMX, ONNX Runtime's x86 u8 x s8 GEMM uses
+    ``vpmaddubsw``, which adds two u8 x s8 products in int16 and saturates. Measured on an AVX2-only
+    AMD EPYC with ONNX Runtime 1.32: logits 0.16 off (of 0.48) on a 3-layer test network, while the
+    same values as u8 weights (zero point 128) were exact. Elsewhere (VNNI, AMX, Arm) s8 weights are
+    exact and the fastest format.
+    """
+    import platform
+
+    from quantbench.engines.base import cpu_flags
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return "int8"
+    flags = cpu_flags()
+    if not flags or flags & {"avx512_vnni", "avx_vnni", "amx_int8"}:
+        return "int8"
+    return "uint8"
+
+
 def qdq_metadata(path: str | Path) -> dict[str, str]:
     """The ``quantbench.*`` metadata of an exported QDQ file (format choices, plan, merges).
 
@@ -613,6 +647,7 @@ def export_qdq_onnx(
     input_shape: tuple[int, int, int],
     *,
     opset: int = 17,
+    weight_type: str = "int8",
 ) -> Path:
     """Write ``qm`` (prepared and calibrated) as a QDQ ONNX file with our scales and codes.
 
@@ -621,6 +656,10 @@ def export_qdq_onnx(
         path: Output ``.onnx`` file (parent folders are created).
         input_shape: ``(C, H, W)`` of one input; the batch axis is dynamic.
         opset: ONNX opset, >= 13 (per-axis DequantizeLinear).
+        weight_type: ``"int8"`` (our codes, zero point 0) or ``"uint8"`` (the same values stored as
+            code + 128 with zero point 128). ONNX Runtime's u8 x s8 kernels on x86 CPUs without
+            VNNI sum pairs of products in int16 and saturate (wrong logits); its u8 x u8 kernels do
+            not - see :func:`ort_weight_type`.
 
     Returns:
         The path written (checked with ``onnx.checker``).
@@ -648,7 +687,9 @@ def export_qdq_onnx(
         raise QuantbenchError(f"input_shape must be (C, H, W) positive integers, got {input_shape!r}")
     if opset < 13:
         raise QuantbenchError(f"QDQ export needs opset >= 13 (per-channel DequantizeLinear), got {opset}")
-    net = _export_net(qm)
+    if weight_type not in ("int8", "uint8"):
+        raise QuantbenchError(f"QDQ export: weight_type must be 'int8' or 'uint8', got {weight_type!r}")
+    net = export_net(qm, layer_cls=functools.partial(_LayerExport, weight_type=weight_type))
     float_bias = [m.float_bias_reason for m in net.modules()
                   if isinstance(m, _LayerExport) and m.float_bias_reason is not None]
     path = Path(path)
@@ -686,8 +727,11 @@ def export_qdq_onnx(
         "format": FORMAT,
         "activations": "uint8 asymmetric per-tensor QuantizeLinear->DequantizeLinear (int8 for signed specs), "
         "our calibrated scales and zero points",
-        "weights": "int8 initializers of our integer codes -> DequantizeLinear, symmetric (zero point 0), "
-        "per output channel (axis 0) when per_channel",
+        "weights": ("int8 initializers of our integer codes -> DequantizeLinear, symmetric (zero point 0), "
+                    if weight_type == "int8" else
+                    "uint8 initializers of our integer codes + 128 -> DequantizeLinear with zero point 128 (the "
+                    "same values; u8 x u8 kernels, which do not saturate on x86 CPUs without VNNI), ")
+        + "per output channel (axis 0) when per_channel",
         "bias": "int32 with scale s_in*s_w and zero point 0 where the layer input is quantized (as ONNX "
         "Runtime's QLinearConv/QGemm fusion requires; the simulation keeps it float: error <= s_in*s_w/2), "
         "float32 elsewhere",

@@ -4,7 +4,9 @@
 * ``int8``: :func:`~quantbench.engines.export_qdq.export_qdq_onnx` - u8 activations / s8
   per-channel weights / int32 bias, the format ORT fuses into ``QLinearConv``, ``QLinearAdd``,
   ``QGemm`` (s8/s8 activations were 2-3x slower here). The scales are ours, so the accuracy is
-  the simulated one.
+  the simulated one. On x86 CPUs without VNNI the same weight values are stored as u8 codes with
+  zero point 128 (``info["weight_type"]``): ORT's u8 x s8 kernels saturate there, u8 x u8 do not
+  (:func:`~quantbench.engines.export_qdq.ort_weight_type`).
 * ``dynamic``: ``onnxruntime.quantization.quantize_dynamic`` on the FP32 file (per-channel
   QInt8 weights, activations u8 per batch). That is ORT's definition of dynamic quantization;
   on CNNs it runs ``ConvInteger`` + float rescaling and is usually SLOWER than fp32 - measured,
@@ -161,17 +163,28 @@ class OnnxRuntimeEngine(Engine):
         return ok, reason
 
     def load(self, model: Deployable, variant: str, *, threads: int | None, workdir: Path) -> Session:
-        path = build_onnx(model, variant, workdir)
-        return OrtSession(path, model.input_shape, threads, variant)
+        from quantbench.engines.export_qdq import ort_weight_type
+
+        weight_type = ort_weight_type()
+        path = build_onnx(model, variant, workdir, weight_type=weight_type)
+        session = OrtSession(path, model.input_shape, threads, variant)
+        if variant == "int8":
+            session.info["weight_type"] = weight_type
+        return session
 
 
-def build_onnx(model: Deployable, variant: str, workdir: Path) -> Path:
-    """The ONNX file an ORT/OpenVINO session of ``variant`` runs (written into ``workdir``)."""
+def build_onnx(model: Deployable, variant: str, workdir: Path, *, weight_type: str = "int8") -> Path:
+    """The ONNX file an ORT/OpenVINO session of ``variant`` runs (written into ``workdir``).
+
+    ``weight_type`` (int8 only): the storage of our weight codes, see
+    :func:`~quantbench.engines.export_qdq.ort_weight_type`.
+    """
     workdir = Path(workdir)
     if variant == "int8":
         from quantbench.engines.export_qdq import export_qdq_onnx
 
-        return export_qdq_onnx(model.quantized, workdir / f"{model.name}_int8_qdq.onnx", model.input_shape)
+        return export_qdq_onnx(model.quantized, workdir / f"{model.name}_int8_qdq.onnx", model.input_shape,
+                               weight_type=weight_type)
     fp32 = export_fp32_onnx(model.float_model, workdir / f"{model.name}_fp32.onnx", model.input_shape)
     if variant in ("fp32", "bf16"):
         return fp32

@@ -732,9 +732,70 @@ def split_latency(rows: Sequence[Row]) -> Figure | None:
                   "split. The lowest line at a bandwidth is the best split there.")
 
 
+def device_latency(rows: Sequence[Row]) -> Figure | None:
+    """Imported devices: measured latency vs batch per engine and scheme, the profile estimate dashed; speed-ups.
+
+    One row of panels per device. Left: median latency per batch for every engine/scheme measured
+    there, with the device profile's estimate (MACs x batch / GMAC/s, one per scheme; same MACs for
+    every engine) as a dashed line, so the estimate's error is read off the gap. Right: the speed-up
+    of each quantized scheme over the same engine's FP32 on that device, per batch size.
+    """
+    meas: dict[tuple[str, str, str], list[tuple[int, float]]] = defaultdict(list)
+    est: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    speed: dict[tuple[str, str, str], list[tuple[int, float]]] = defaultdict(list)
+    for r in rows:
+        dev = r["extra"].get("device") if isinstance(r.get("extra"), dict) else None
+        if dev is None or r["batch"] is None:
+            continue
+        engine = str(r["engine"]).rsplit("@", 1)[0]
+        if r["metric"] == "latency_median_ms":
+            meas[(dev, engine, r["method"])].append((r["batch"], r["value"]))
+        elif r["metric"] == "estimated_latency_ms":
+            est[(dev, r["method"])][r["batch"]] = r["value"]
+        elif r["metric"] == "device_speedup_vs_fp32" and r["method"] != "fp32":
+            speed[(dev, engine, r["method"])].append((r["batch"], r["value"]))
+    if not meas:
+        return None
+    devices = sorted({k[0] for k in meas})
+    plt = _plt()
+    fig, axes = plt.subplots(len(devices), 2, figsize=(11, 3.6 * len(devices)), squeeze=False)
+    for (ax_l, ax_s), dev in zip(axes, devices, strict=True):
+        batches: list[int] = []
+        for (d, engine, scheme), pts in sorted(meas.items()):
+            if d != dev:
+                continue
+            b, m = zip(*sorted(pts), strict=True)
+            batches += b
+            ax_l.plot(b, m, marker="o", label=f"{scheme} / {engine}")
+        for (d, scheme), by_batch in sorted(est.items()):
+            if d == dev:
+                b = sorted(by_batch)
+                ax_l.plot(b, [by_batch[x] for x in b], ls="--", color="0.4", lw=1)
+                ax_l.annotate(f"estimate {scheme}", (b[-1], by_batch[b[-1]]), fontsize=6, color="0.3",
+                              xytext=(3, 0), textcoords="offset points")
+        ax_l.set(yscale="log", xlabel="batch size", ylabel="latency per batch (ms)", title=f"{dev}: measured latency")
+        for (d, engine, scheme), pts in sorted(speed.items()):
+            if d == dev:
+                b, v = zip(*sorted(pts), strict=True)
+                ax_s.plot(b, v, marker="s", label=f"{scheme} / {engine}")
+        ax_s.axhline(1.0, color="0.5", lw=0.8)
+        ax_s.set(xlabel="batch size", ylabel="x the same engine's FP32", title=f"{dev}: speed-up over FP32")
+        for ax in (ax_l, ax_s):
+            _batch_axis(ax, batches)
+            ax.grid(alpha=0.3, which="both")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+    caption = ("Per imported device: median latency against batch size for every engine and scheme the device "
+               "runner measured (solid)")
+    caption += (", and the device profile's estimate, MACs x batch / rate in GMAC/s (dashed; the gap is the "
+                "estimate's error)" if est else "; no device profile rate was given, so no estimate is drawn")
+    caption += ". Right: speed-up of each quantized scheme over the same engine's FP32 on that device (> 1 = faster)."
+    return Figure("device_latency", _png(fig), caption)
+
+
 ALL_FIGURES = (training_curves, accuracy_vs_loss, accuracy_bars, size_bars, parameters, accuracy_vs_size,
                accuracy_vs_latency, sensitivity, latency_vs_batch, macs_vs_batch, speedup_matrix, split_accuracy,
-               split_regimes, split_rate_accuracy, split_bpp, split_latency)
+               split_regimes, split_rate_accuracy, split_bpp, split_latency, device_latency)
 
 
 def make_figures(rows: Sequence[Row]) -> list[Figure]:

@@ -320,24 +320,27 @@ def peaks_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
 
 
 def device_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
-    """Imported device measurements side by side: latency, speed-up over that device's FP32, estimate error."""
+    """Imported device measurements side by side: latency, speed-up over that device's FP32 on the same engine,
+    and the device-profile estimate with its error."""
     cells: dict[tuple[Any, ...], dict[str, Row]] = defaultdict(dict)
     for r in rows:
         dev = r["extra"].get("device") if isinstance(r.get("extra"), dict) else None
         if dev is None or r["batch"] is None:
             continue
-        cells[(r["model"], dev, r["method"], r["batch"])][r["metric"]] = r
-    header = ["model", "device", "scheme", "batch", "median ms", "p90 ms", "x device fp32", "estimated ms",
+        engine = str(r["engine"]).rsplit("@", 1)[0]  # stored as ENGINE@DEVICE
+        cells[(r["model"], dev, engine, r["method"], r["batch"])][r["metric"]] = r
+    header = ["model", "device", "engine", "scheme", "batch", "median ms", "p90 ms", "x device fp32", "estimated ms",
               "estimate error"]
     body = []
-    for (model, dev, scheme, b), m in sorted(cells.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+    for (model, dev, engine, scheme, b), m in sorted(cells.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
         if "latency_median_ms" not in m:
             continue
 
         def v(name: str, fmt: str, m: dict[str, Row] = m) -> str:
             return fmt.format(m[name]["value"]) if name in m and m[name]["value"] is not None else "–"
 
-        body.append([model, str(dev), scheme, str(b), v("latency_median_ms", "{:.3f}"), v("latency_p90_ms", "{:.3f}"),
+        body.append([model, str(dev), engine, scheme, str(b), v("latency_median_ms", "{:.3f}"),
+                     v("latency_p90_ms", "{:.3f}"),
                      v("device_speedup_vs_fp32", "{:.2f}"), v("estimated_latency_ms", "{:.3f}"),
                      v("estimate_error", "{:+.0%}")])
     return header, body

@@ -1,0 +1,220 @@
+"""LiteRT (TensorFlow Lite) on the CPU with XNNPACK: fp32, LiteRT's dynamic-range int8, and int8 with OUR scales.
+
+Models come from :func:`~quantbench.engines.litert_export.export_tflite` (litert-torch, the
+``litert`` extra) and run in ``ai_edge_litert.interpreter.Interpreter`` with ``num_threads=threads``
+(None: LiteRT's default) and its default XNNPACK delegate - what an Android phone or a Raspberry
+Pi runs.
+
+A ``.tflite`` file has a fixed batch size (see ``export_tflite``), so the session keeps one
+converted file and interpreter per batch size: ``runner(b)`` uses a file converted at batch ``b``
+(a fixed-batch deployment, like OpenVINO's static reshape), ``run`` feeds chunks of
+:data:`RUN_BATCH` images (the last chunk zero-padded; images do not interact) or single images.
+Where the converter made the input or output tensor int8 (static ``int8`` models), the session
+quantizes images with the input tensor's scale and zero point (round half to even, as our
+simulation) and dequantizes int8 logits; ``runner`` quantizes its random batch once, before
+timing, so the timed call is ``set_tensor`` + ``invoke`` exactly as for float models.
+``info["ops"]`` counts the operators of the flatbuffer and ``info["int8_layers"]`` the
+conv/fully-connected ops with int8 inputs (those run on integer kernels).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quantbench.engines.base import ENGINES, Deployable, Engine, Session, file_info
+from quantbench.errors import QuantbenchError
+
+__all__ = ["BoundInterpreter", "LiteRTEngine", "LiteRTSession", "tflite_op_counts"]
+
+_PRECISION = {
+    "fp32": "fp32",
+    "int8": "int8 static (int8 activations, per-channel int8 weights, int32 bias), quantbench scales",
+    "dynamic": "LiteRT dynamic range (int8 per-channel weights offline, activations quantized per batch)",
+}
+_INT_LAYERS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+@contextlib.contextmanager
+def _without_delegate_notice() -> Iterator[None]:
+    """Drop the runtime's "INFO: Created TensorFlow Lite XNNPACK delegate" line (C++ writes it to fd 2).
+
+    Everything else the runtime writes there is passed on.
+    """
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # stderr replaced by something without a descriptor
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), fd)
+        try:
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            tmp.seek(0)
+            rest = [ln for ln in tmp.read().decode(errors="replace").splitlines(keepends=True)
+                    if not ln.startswith("INFO: Created TensorFlow Lite XNNPACK delegate")]
+            if rest:
+                sys.stderr.write("".join(rest))
+
+
+def _interpreter(path: Path, threads: int | None, **kwargs: Any) -> Any:
+    from ai_edge_litert.interpreter import Interpreter
+
+    with _without_delegate_notice():
+        it = Interpreter(model_path=str(path), num_threads=threads, **kwargs)  # threads None: LiteRT chooses
+        it.allocate_tensors()
+    return it
+
+
+def tflite_op_counts(path: str | Path) -> tuple[dict[str, int], int]:
+    """``({op name: count}, int8 conv/FC layers)`` of a ``.tflite`` file (before delegation)."""
+    it = _interpreter(Path(path), 1, experimental_op_resolver_type=_no_delegate_resolver())
+    ops = it._get_ops_details()  # noqa: SLF001 - LiteRT's only public-enough op listing
+    tensors = {t["index"]: t for t in it.get_tensor_details()}
+    counts = Counter(o["op_name"] for o in ops)
+    int8 = sum(1 for o in ops if o["op_name"] in _INT_LAYERS and len(o["inputs"]) and o["inputs"][0] in tensors
+               and tensors[o["inputs"][0]]["dtype"] == np.int8)
+    return dict(counts), int8
+
+
+def _no_delegate_resolver() -> Any:
+    from ai_edge_litert.interpreter import OpResolverType
+
+    return OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+
+
+class BoundInterpreter:
+    """One interpreter at one batch size, with the quantization of its input and output tensors."""
+
+    def __init__(self, path: Path, threads: int | None) -> None:
+        self.it = _interpreter(path, threads)
+        self.inp = self.it.get_input_details()[0]
+        self.out = self.it.get_output_details()[0]
+        self.batch = int(self.inp["shape"][0])
+
+    def feed(self, x: np.ndarray) -> np.ndarray:
+        """``x`` in the input tensor's type (quantized with its scale and zero point when integer)."""
+        dtype = self.inp["dtype"]
+        if dtype == np.float32:
+            return x
+        scale, zp = self.inp["quantization"]
+        info = np.iinfo(dtype)
+        return np.clip(np.round(x / np.float32(scale)) + zp, info.min, info.max).astype(dtype)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.it.set_tensor(self.inp["index"], self.feed(x))
+        self.it.invoke()
+        y = self.it.get_tensor(self.out["index"])
+        if self.out["dtype"] != np.float32:
+            scale, zp = self.out["quantization"]
+            y = (y.astype(np.float32) - zp) * np.float32(scale)
+        return np.asarray(y, dtype=np.float32)
+
+
+RUN_BATCH = 32
+"""Chunk size of :meth:`LiteRTSession.run` (one more conversion; evaluation speed is not measured there)."""
+
+
+class LiteRTSession(Session):
+    """``.tflite`` models (one per batch size) in LiteRT's interpreter with XNNPACK."""
+
+    def __init__(self, convert: Callable[[int], Path], input_shape: tuple[int, int, int], threads: int | None,
+                 variant: str) -> None:
+        import ai_edge_litert
+
+        self.convert = convert
+        self.threads = threads
+        self._bound: dict[int, BoundInterpreter] = {}
+        path = convert(1)
+        try:
+            ops, int8 = tflite_op_counts(path)
+        except Exception as exc:  # a file LiteRT cannot read
+            raise QuantbenchError(f"LiteRT could not load {path}: {type(exc).__name__}: {exc}") from exc
+        info = {
+            "engine": "litert",
+            "version": _dist_version("ai-edge-litert") or getattr(ai_edge_litert, "__version__", None),
+            "provider": "CPU (XNNPACK delegate)",
+            "precision": _PRECISION[variant],
+            "ops": ops,
+            "int8_layers": int8,
+            "runner": "static batch (a file converted at the runner's batch size)",
+            **file_info(path),
+        }
+        super().__init__(input_shape, info)
+        self._bound[1] = BoundInterpreter(path, threads)
+
+    def _at(self, batch: int) -> BoundInterpreter:
+        if batch not in self._bound:
+            self._bound[batch] = BoundInterpreter(self.convert(batch), self.threads)
+        return self._bound[batch]
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        x = self.check_input(x)
+        if len(x) == 1:
+            return self._at(1)(x)
+        b = self._at(RUN_BATCH)
+        out = []
+        for i in range(0, len(x), RUN_BATCH):
+            chunk = x[i:i + RUN_BATCH]
+            n = len(chunk)
+            if n < RUN_BATCH:
+                chunk = np.concatenate([chunk, np.zeros((RUN_BATCH - n, *self.input_shape), np.float32)])
+            out.append(b(chunk)[:n])
+        return np.concatenate(out)
+
+    def runner(self, batch_size: int) -> Callable[[], object]:
+        x = self.example_batch(batch_size)
+        b = self._at(int(batch_size))
+        fed, index, it = b.feed(x), b.inp["index"], b.it
+
+        def once() -> None:
+            it.set_tensor(index, fed)
+            it.invoke()
+
+        return once
+
+
+def _dist_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+@ENGINES.register("litert", description="LiteRT (TFLite) CPU with XNNPACK: fp32, dynamic range, int8 (our scales)")
+class LiteRTEngine(Engine):
+    """LiteRT's interpreter; models are converted from PyTorch by litert-torch."""
+
+    name = "litert"
+    variants = ("fp32", "int8", "dynamic")
+    package = "ai_edge_litert"
+    extra = "litert"
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        ok, reason = super().available()
+        if ok and importlib.util.find_spec("litert_torch") is None:
+            return False, "the litert_torch package (the converter) is not installed (pip install 'quantbench[litert]')"
+        return ok, reason
+
+    def load(self, model: Deployable, variant: str, *, threads: int | None, workdir: Path) -> Session:
+        from quantbench.engines.litert_export import export_tflite
+
+        return LiteRTSession(lambda batch: export_tflite(model, variant, workdir, batch=batch), model.input_shape,
+                             threads, variant)
