@@ -741,7 +741,8 @@ def device_latency(rows: Sequence[Row]) -> Figure | None:
     of each quantized scheme over the same engine's FP32 on that device, per batch size.
     """
     meas: dict[tuple[str, str, str], list[tuple[int, float]]] = defaultdict(list)
-    est: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    est: dict[str, dict[int, set[float]]] = defaultdict(lambda: defaultdict(set))  # device -> batch -> estimates
+    rates: dict[str, set[str]] = defaultdict(set)
     speed: dict[tuple[str, str, str], list[tuple[int, float]]] = defaultdict(list)
     for r in rows:
         dev = r["extra"].get("device") if isinstance(r.get("extra"), dict) else None
@@ -750,14 +751,19 @@ def device_latency(rows: Sequence[Row]) -> Figure | None:
         engine = str(r["engine"]).rsplit("@", 1)[0]
         if r["metric"] == "latency_median_ms":
             meas[(dev, engine, r["method"])].append((r["batch"], r["value"]))
-        elif r["metric"] == "estimated_latency_ms":
-            est[(dev, r["method"])][r["batch"]] = r["value"]
+        elif r["metric"] == "estimated_latency_ms":  # schemes with equal MACs share one estimate line
+            est[dev][r["batch"]].add(round(r["value"], 9))
+            rate = r["extra"].get("profile_gmacs")
+            rates[dev].add(f"{rate:g} GMAC/s" if isinstance(rate, (int, float)) else "device profile")
         elif r["metric"] == "device_speedup_vs_fp32" and r["method"] != "fp32":
             speed[(dev, engine, r["method"])].append((r["batch"], r["value"]))
     if not meas:
         return None
     devices = sorted({k[0] for k in meas})
+    series = sorted({k[1:] for k in meas})
     plt = _plt()
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    color = {k: colors[i % len(colors)] for i, k in enumerate(series)}
     fig, axes = plt.subplots(len(devices), 2, figsize=(11, 3.6 * len(devices)), squeeze=False)
     for (ax_l, ax_s), dev in zip(axes, devices, strict=True):
         batches: list[int] = []
@@ -766,18 +772,17 @@ def device_latency(rows: Sequence[Row]) -> Figure | None:
                 continue
             b, m = zip(*sorted(pts), strict=True)
             batches += b
-            ax_l.plot(b, m, marker="o", label=f"{scheme} / {engine}")
-        for (d, scheme), by_batch in sorted(est.items()):
-            if d == dev:
-                b = sorted(by_batch)
-                ax_l.plot(b, [by_batch[x] for x in b], ls="--", color="0.4", lw=1)
-                ax_l.annotate(f"estimate {scheme}", (b[-1], by_batch[b[-1]]), fontsize=6, color="0.3",
-                              xytext=(3, 0), textcoords="offset points")
+            ax_l.plot(b, m, marker="o", color=color[(engine, scheme)], label=f"{scheme} / {engine}")
+        by_batch = est.get(dev, {})
+        for k in range(max((len(v) for v in by_batch.values()), default=0)):  # one line per distinct MAC count
+            pts = sorted((b, sorted(vs)[k]) for b, vs in by_batch.items() if len(vs) > k)
+            ax_l.plot([p[0] for p in pts], [p[1] for p in pts], ls="--", color="0.3", lw=1.2,
+                      label=f"estimate at {', '.join(sorted(rates[dev]))}" if k == 0 else None)
         ax_l.set(yscale="log", xlabel="batch size", ylabel="latency per batch (ms)", title=f"{dev}: measured latency")
         for (d, engine, scheme), pts in sorted(speed.items()):
             if d == dev:
                 b, v = zip(*sorted(pts), strict=True)
-                ax_s.plot(b, v, marker="s", label=f"{scheme} / {engine}")
+                ax_s.plot(b, v, marker="s", color=color[(engine, scheme)], label=f"{scheme} / {engine}")
         ax_s.axhline(1.0, color="0.5", lw=0.8)
         ax_s.set(xlabel="batch size", ylabel="x the same engine's FP32", title=f"{dev}: speed-up over FP32")
         for ax in (ax_l, ax_s):
