@@ -187,7 +187,7 @@ def _expected_entry(path: Path, expected: np.ndarray) -> dict[str, Any]:
 def _tflite_files(dep: Any, variant: str, scheme: str, out: Path, tmp: Path, batch_sizes: tuple[int, ...],
                   samples: np.ndarray) -> dict[str, Any]:
     """One ``.tflite`` file per batch size (batch 1 for the output check) and the outputs LiteRT gives here."""
-    from quantbench.engines.litert_engine import BoundInterpreter
+    from quantbench.engines.litert_engine import load_tflite
     from quantbench.engines.litert_export import export_tflite
 
     files = {}
@@ -195,7 +195,7 @@ def _tflite_files(dep: Any, variant: str, scheme: str, out: Path, tmp: Path, bat
         dest = out / f"{dep.name}_{scheme}_b{b}.tflite"
         shutil.copyfile(export_tflite(dep, variant, tmp, batch=b), dest)
         files[b] = dest
-    one = BoundInterpreter(files[1], None)
+    one = load_tflite(files[1], None)
     expected = np.concatenate([one(samples[i:i + 1]) for i in range(len(samples))])
     return {**_file_entry(files[1]), "batch_files": {str(b): _file_entry(f) for b, f in files.items()},
             **_expected_entry(out / f"expected_{scheme}_tflite.npy", expected)}

@@ -34,7 +34,7 @@ import numpy as np
 from quantbench.engines.base import ENGINES, Deployable, Engine, Session, file_info
 from quantbench.errors import QuantbenchError
 
-__all__ = ["BoundInterpreter", "LiteRTEngine", "LiteRTSession", "tflite_op_counts"]
+__all__ = ["LiteRTEngine", "LiteRTSession", "load_tflite", "tflite_op_counts"]
 
 _PRECISION = {
     "fp32": "fp32",
@@ -97,32 +97,18 @@ def _no_delegate_resolver() -> Any:
     return OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
 
 
-class BoundInterpreter:
-    """One interpreter at one batch size, with the quantization of its input and output tensors."""
+def load_tflite(path: Path, threads: int | None) -> Any:
+    """A ``.tflite`` file in an interpreter: the device runner's :class:`~quantbench.bundle_runner.TfliteModel`.
 
-    def __init__(self, path: Path, threads: int | None) -> None:
-        self.it = _interpreter(path, threads)
-        self.inp = self.it.get_input_details()[0]
-        self.out = self.it.get_output_details()[0]
-        self.batch = int(self.inp["shape"][0])
+    One class for both, so a bundle's device check and this engine feed and read int8 tensors alike.
+    """
+    from quantbench.bundle_runner import TfliteModel
 
-    def feed(self, x: np.ndarray) -> np.ndarray:
-        """``x`` in the input tensor's type (quantized with its scale and zero point when integer)."""
-        dtype = self.inp["dtype"]
-        if dtype == np.float32:
-            return x
-        scale, zp = self.inp["quantization"]
-        info = np.iinfo(dtype)
-        return np.clip(np.round(x / np.float32(scale)) + zp, info.min, info.max).astype(dtype)
+    return TfliteModel(path, threads, _interpreter_for_runner)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        self.it.set_tensor(self.inp["index"], self.feed(x))
-        self.it.invoke()
-        y = self.it.get_tensor(self.out["index"])
-        if self.out["dtype"] != np.float32:
-            scale, zp = self.out["quantization"]
-            y = (y.astype(np.float32) - zp) * np.float32(scale)
-        return np.asarray(y, dtype=np.float32)
+
+def _interpreter_for_runner(model_path: str, num_threads: int | None) -> Any:
+    return _interpreter(Path(model_path), num_threads)
 
 
 RUN_BATCH = 32
@@ -138,7 +124,7 @@ class LiteRTSession(Session):
 
         self.convert = convert
         self.threads = threads
-        self._bound: dict[int, BoundInterpreter] = {}
+        self._bound: dict[int, Any] = {}
         path = convert(1)
         try:
             ops, int8 = tflite_op_counts(path)
@@ -155,17 +141,17 @@ class LiteRTSession(Session):
             **file_info(path),
         }
         super().__init__(input_shape, info)
-        self._bound[1] = BoundInterpreter(path, threads)
+        self._bound[1] = load_tflite(path, threads)
 
-    def _at(self, batch: int) -> BoundInterpreter:
+    def _at(self, batch: int) -> Any:
         if batch not in self._bound:
-            self._bound[batch] = BoundInterpreter(self.convert(batch), self.threads)
+            self._bound[batch] = load_tflite(self.convert(batch), self.threads)
         return self._bound[batch]
 
     def run(self, x: np.ndarray) -> np.ndarray:
         x = self.check_input(x)
         if len(x) == 1:
-            return self._at(1)(x)
+            return np.asarray(self._at(1)(x), dtype=np.float32)
         b = self._at(RUN_BATCH)
         out = []
         for i in range(0, len(x), RUN_BATCH):
@@ -174,18 +160,11 @@ class LiteRTSession(Session):
             if n < RUN_BATCH:
                 chunk = np.concatenate([chunk, np.zeros((RUN_BATCH - n, *self.input_shape), np.float32)])
             out.append(b(chunk)[:n])
-        return np.concatenate(out)
+        return np.asarray(np.concatenate(out), dtype=np.float32)
 
     def runner(self, batch_size: int) -> Callable[[], object]:
         x = self.example_batch(batch_size)
-        b = self._at(int(batch_size))
-        fed, index, it = b.feed(x), b.inp["index"], b.it
-
-        def once() -> None:
-            it.set_tensor(index, fed)
-            it.invoke()
-
-        return once
+        return self._at(int(batch_size)).timed(x)
 
 
 def _dist_version(name: str) -> str | None:
