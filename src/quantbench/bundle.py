@@ -35,7 +35,6 @@ __all__ = ["DEVICE_PROFILES", "FORMATS", "build_bundle", "import_results"]
 
 FORMATS = ("onnx", "tflite")
 """Model file formats a bundle can carry: ONNX (onnxruntime) and LiteRT flatbuffers (ai-edge-litert)."""
-_TFLITE_VARIANT = {"fp32": "fp32", "dynamic": "dynamic"}  # any other (w8a8) scheme: "int8", our scales
 
 
 DEVICE_PROFILES = {  # GMAC/s (= GFLOPS / 2) that the latency estimate divides MACs by
@@ -135,7 +134,7 @@ def build_bundle(model_name: str, *, checkpoint: str | None = None, schemes: tup
                                 **_expected_entry(out / f"expected_{scheme}.npy", expected)})
             if "tflite" in formats:
                 entries.append({**common, "format": "tflite", "engine": "litert",
-                                **_tflite_files(dep, _TFLITE_VARIANT.get(scheme, "int8"), scheme, out,
+                                **_tflite_files(dep, variant, scheme, out,
                                                 Path(tmp), batch_sizes, x_np)})
     manifest = {"format": BUNDLE_FORMAT, "model": model_name, "checkpoint": Path(checkpoint).name if checkpoint
                 else None, "input_shape": list(shape), "batch_sizes": list(batch_sizes),

@@ -88,7 +88,8 @@ def verify(folder: Path, manifest: dict) -> None:
                               f"{entry['sha256'][:16]}...): the file was modified or damaged; refusing to run it")
 
 
-def device_facts() -> dict:
+def device_facts(litert=None) -> dict:
+    """CPU, cores, memory, OS and package versions; ``litert``: :func:`tflite_interpreter`'s answer."""
     facts = {"platform": platform.platform(), "machine": platform.machine(), "python": platform.python_version(),
              "logical_cores": os.cpu_count(), "cpu_model": platform.processor() or None, "memory_total_bytes": None}
     try:
@@ -111,7 +112,6 @@ def device_facts() -> dict:
         facts["onnxruntime_providers"] = onnxruntime.get_available_providers()
     except ImportError:
         pass
-    litert = tflite_interpreter()
     if litert is not None:
         facts["packages"][litert[1]] = litert[2]
     return facts
@@ -304,7 +304,7 @@ def run(folder: Path, device: str, threads: int | None, batch_sizes: list[int] |
                        "created": manifest["created"], "manifest_sha256": sha256(folder / "manifest.json"),
                        "models": [{k: m[k] for k in ("scheme", "file", "sha256", "macs", "bytes", "format", "engine")}
                                   for m in manifest["models"]]},
-            "facts": device_facts(), "engines": sorted({r["engine"] for r in records}), "checks": checks, "records": records,
+            "facts": device_facts(litert), "engines": sorted({r["engine"] for r in records}), "checks": checks, "records": records,
             "skipped": skipped}
 
 

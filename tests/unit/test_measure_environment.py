@@ -53,7 +53,8 @@ def test_optional_packages_are_not_imported() -> None:
 
 
 def test_missing_package_reports_none() -> None:
-    assert envmod._version("surely-not-an-installed-distribution-xyz") is None
+    assert envmod.package_version("surely-not-an-installed-distribution-xyz") is None
+    assert envmod.package_version("numpy")
 
 
 def test_never_raises_when_probes_fail(monkeypatch: pytest.MonkeyPatch) -> None:

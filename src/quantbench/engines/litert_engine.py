@@ -33,6 +33,7 @@ import numpy as np
 
 from quantbench.engines.base import ENGINES, Deployable, Engine, Session, file_info
 from quantbench.errors import QuantbenchError
+from quantbench.measure.environment import package_version
 
 __all__ = ["LiteRTEngine", "LiteRTSession", "load_tflite", "tflite_op_counts"]
 
@@ -71,18 +72,19 @@ def _without_delegate_notice() -> Iterator[None]:
                 sys.stderr.write("".join(rest))
 
 
-def _interpreter(path: Path, threads: int | None, **kwargs: Any) -> Any:
+def _interpreter(model_path: str | Path, num_threads: int | None, **kwargs: Any) -> Any:
+    """An allocated LiteRT interpreter (``num_threads`` None: LiteRT chooses), without the delegate notice."""
     from ai_edge_litert.interpreter import Interpreter
 
     with _without_delegate_notice():
-        it = Interpreter(model_path=str(path), num_threads=threads, **kwargs)  # threads None: LiteRT chooses
+        it = Interpreter(model_path=str(model_path), num_threads=num_threads, **kwargs)
         it.allocate_tensors()
     return it
 
 
 def tflite_op_counts(path: str | Path) -> tuple[dict[str, int], int]:
     """``({op name: count}, int8 conv/FC layers)`` of a ``.tflite`` file (before delegation)."""
-    it = _interpreter(Path(path), 1, experimental_op_resolver_type=_no_delegate_resolver())
+    it = _interpreter(path, 1, experimental_op_resolver_type=_no_delegate_resolver())
     ops = it._get_ops_details()  # noqa: SLF001 - LiteRT's only public-enough op listing
     tensors = {t["index"]: t for t in it.get_tensor_details()}
     counts = Counter(o["op_name"] for o in ops)
@@ -104,11 +106,7 @@ def load_tflite(path: Path, threads: int | None) -> Any:
     """
     from quantbench.bundle_runner import TfliteModel
 
-    return TfliteModel(path, threads, _interpreter_for_runner)
-
-
-def _interpreter_for_runner(model_path: str, num_threads: int | None) -> Any:
-    return _interpreter(Path(model_path), num_threads)
+    return TfliteModel(path, threads, _interpreter)
 
 
 RUN_BATCH = 32
@@ -132,7 +130,7 @@ class LiteRTSession(Session):
             raise QuantbenchError(f"LiteRT could not load {path}: {type(exc).__name__}: {exc}") from exc
         info = {
             "engine": "litert",
-            "version": _dist_version("ai-edge-litert") or getattr(ai_edge_litert, "__version__", None),
+            "version": package_version("ai-edge-litert") or getattr(ai_edge_litert, "__version__", None),
             "provider": "CPU (XNNPACK delegate)",
             "precision": _PRECISION[variant],
             "ops": ops,
@@ -165,15 +163,6 @@ class LiteRTSession(Session):
     def runner(self, batch_size: int) -> Callable[[], object]:
         x = self.example_batch(batch_size)
         return self._at(int(batch_size)).timed(x)
-
-
-def _dist_version(name: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
 
 
 @ENGINES.register("litert", description="LiteRT (TFLite) CPU with XNNPACK: fp32, dynamic range, int8 (our scales)")

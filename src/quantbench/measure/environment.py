@@ -44,6 +44,8 @@ PACKAGES: tuple[str, ...] = (
     "onnx",
     "onnxruntime",
     "openvino",
+    "ai-edge-litert",
+    "litert-torch",
     "nncf",
     "constriction",
     "ray",
@@ -109,7 +111,8 @@ def _mem_total_bytes() -> int | None:
         return None
 
 
-def _version(dist: str) -> str | None:
+def package_version(dist: str) -> str | None:
+    """The installed version of distribution ``dist``, or None."""
     try:
         return metadata.version(dist)
     except Exception:  # PackageNotFoundError or a broken install
@@ -207,6 +210,6 @@ def environment() -> dict[str, Any]:
     }
     env.update(_safe(_torch_info) or {"torch_threads": None, "torch_interop_threads": None,
                                        "torch_cpu_capability": None})
-    env["packages"] = {name: _version(name) for name in PACKAGES}
+    env["packages"] = {name: package_version(name) for name in PACKAGES}
     env["git_sha"] = git_sha()
     return env
