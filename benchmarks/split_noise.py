@@ -105,9 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(args.threads)
 
-    from quantbench import config as C
     from quantbench.data import open_dataset, split_dataset
-    from quantbench.experiments.runner import prepare_model
     from quantbench.measure.accuracy import paired_difference
     from quantbench.measure.environment import environment
     from quantbench.split.experiment import noise_finetune
@@ -117,8 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     ds = open_dataset(spec, normalize=args.normalize)
     parts = split_dataset(ds, {"train": args.train_fraction, "test": 1.0 - args.train_fraction}, seed=args.seed)
     train, (x, y) = parts["train"].tensors(), parts["test"].tensors()
-    model = prepare_model(C.ModelConfig(name=args.model, checkpoint=str(args.weights)), ds.input_shape,
-                          ds.num_classes)
+    from quantbench.models.sources import resolve_model
+
+    model = resolve_model(args.model, checkpoint=str(args.weights), num_classes=ds.num_classes,
+                          in_channels=ds.input_shape[0]).module
     with torch.no_grad():
         fp32 = (torch.cat([model(xb) for xb in x.split(250)]).argmax(1) == y).numpy()
     regime = {"epochs": args.epochs, "lr": args.lr, "seed": args.seed, "part": args.part,

@@ -22,6 +22,7 @@ import json
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,11 @@ import numpy as np
 import torch
 
 from quantbench.bundle_runner import BUNDLE_FORMAT, RESULTS_FORMAT, sha256
+from quantbench.config import option
 from quantbench.errors import QuantbenchError
+from quantbench.experiments.options import ModelSource
 
-__all__ = ["DEVICE_PROFILES", "FORMATS", "build_bundle", "import_results"]
+__all__ = ["DEVICE_PROFILES", "FORMATS", "BundleConfig", "build_bundle", "import_results"]
 
 FORMATS = ("onnx", "tflite")
 """Model file formats a bundle can carry: ONNX (onnxruntime) and LiteRT flatbuffers (ai-edge-litert)."""
@@ -45,64 +48,101 @@ DEVICE_PROFILES = {  # GMAC/s (= GFLOPS / 2) that the latency estimate divides M
 """Published FP32 rates (GFLOPS, FLOPs = 2 x MACs) converted to GMAC/s; pass ``--profile-gmacs`` for others."""
 
 
-def build_bundle(model_name: str, *, checkpoint: str | None = None, schemes: tuple[str, ...] = ("fp32", "dynamic",
-                 "w8a8"), out_dir: str | Path, input_size: int | None = None, calib: str | None = None,
-                 calib_size: int = 64, algo: str = "mse", batch_sizes: tuple[int, ...] = (1, 8),
-                 n_samples: int = 8, normalize: str = "auto", make_zip: bool = True,
-                 formats: tuple[str, ...] | None = None) -> Path:
-    """Write a self-contained bundle folder for ``model_name`` (see the module docstring).
+@dataclass(frozen=True)
+class BundleConfig(ModelSource):
+    """``quantbench bundle``: what goes into a device bundle (flags and the API share it)."""
 
+    out: str | None = option(None, "new folder for the bundle (DIR.zip is written too)", metavar="DIR")
+    variants: tuple[str, ...] = option(("fp32", "dynamic", "int8"), "precisions to bundle: fp32, dynamic (the "
+                                       "runtime's own), int8 (our scales)", metavar="LIST",
+                                       choices=("fp32", "dynamic", "int8"))
+    method: str = option("w8a8:mse", "without --quantized: the PTQ method that makes int8")
+    quantized: str | None = option(None, "a .qbm whose int8 model is bundled as it is (e.g. AdaRound or QAT)",
+                                   metavar="QBM")
+    calib: str | None = option(None, "images that calibrate int8 and feed the output check (a data spec, or "
+                               "random: seeded random images, timing only)", metavar="SPEC|random")
+    calib_size: int = option(64, "calibration images", metavar="N", ge=1)
+    normalize: str = option("auto", "normalisation of --calib images (preset or MEAN/STD)")
+    batch_sizes: tuple[int, ...] = option((1, 8), "batch sizes the device runner times", metavar="B1,B2", ge=1)
+    formats: tuple[str, ...] = option((), "onnx,tflite (default: onnx, plus tflite where litert-torch is installed)",
+                                      metavar="LIST", choices=FORMATS)
+    no_zip: bool = option(False, "do not write DIR.zip")
+
+    def check(self) -> None:
+        if not self.out:
+            raise QuantbenchError("bundle: --out DIR is required (a new folder)")
+
+
+def build_bundle(model: str, *, checkpoint: str | None = None, hyper: dict[str, Any] | None = None,
+                 input_shape: tuple[int, int, int] | None = None,
+                 variants: tuple[str, ...] = ("fp32", "dynamic", "int8"), method: str = "w8a8:mse",
+                 quantized: Any = None, calib: str | None = None, calib_size: int = 64, normalize: str = "auto",
+                 batch_sizes: tuple[int, ...] = (1, 8), n_samples: int = 8, out_dir: str | Path,
+                 make_zip: bool = True, formats: tuple[str, ...] | None = None,
+                 log: Any = None) -> Path:
+    """Write a self-contained bundle folder for ``model`` (any model source; see the module docstring).
+
+    ``variants``: fp32, dynamic (the runtime's own dynamic-range quantization) and int8 (OUR scales).
+    ``int8`` comes from ``quantized`` (a ``.qbm`` path or a QuantizedModel: an AdaRound or QAT model
+    deploys as it is) or is calibrated here with ``method`` on ``calib`` images; seeded random
+    calibration (timing only) must be asked for explicitly with ``calib="random"``.
     ``formats``: a subset of :data:`FORMATS`; None means ONNX, plus ``tflite`` where the LiteRT
     engine (litert-torch and ai-edge-litert) is installed.
+
+    Raises:
+        QuantbenchError: a bad variant/method/batch size, int8 without calibration, an existing
+            non-empty ``out_dir``, or what loading the model or data raises.
     """
     import onnxruntime as ort
 
     from quantbench import __version__
     from quantbench.engines.base import Deployable
     from quantbench.engines.onnxruntime_engine import build_onnx
-    from quantbench.experiments.bench import (
-        BenchSpec,
-        _float_model,
-        _input_shape,
-        _model_kwargs,
-        check_input_size,
-    )
+    from quantbench.experiments.bench import calibration_images, check_input_size
     from quantbench.measure.macs import count_macs
-    from quantbench.quant.ptq import PTQConfig, quantize_ptq
-    from quantbench.quant.spec import parse_scheme
+    from quantbench.models.sources import default_input_shape, resolve_model
+    from quantbench.quant.ptq import parse_method, quantize_ptq
 
-    if not schemes:
-        raise QuantbenchError("bundle: --schemes needs at least one scheme")
-    for s in schemes:
-        if s in ("fp32", "dynamic"):
-            continue
-        plan = parse_scheme(s)
-        w, a = plan.default.weight, plan.default.act
-        if w is None or a is None or w.bits != 8 or a.bits != 8 or a.dynamic:
-            raise QuantbenchError(f"bundle: scheme {s!r} cannot be deployed as integer ONNX; use fp32, dynamic or w8a8")
+    log = log or (lambda m: None)
+    bad = [v for v in variants if v not in ("fp32", "dynamic", "int8")]
+    if bad or not variants:
+        raise QuantbenchError(f"bundle: --variants {','.join(variants)!r}: expected a comma list of fp32, dynamic, int8")
     if any(b < 1 for b in batch_sizes):
         raise QuantbenchError(f"bundle: batch sizes must be >= 1, got {batch_sizes}")
     formats = _resolve_formats(formats)
-    spec = BenchSpec(model=model_name, checkpoint=checkpoint, input_size=input_size)
-    shape = _input_shape(spec)
-    kwargs = _model_kwargs(spec, shape)
-    model = _float_model(spec, kwargs)
-    check_input_size(model, model_name, shape)
-    macs = count_macs(model, shape).per_image_macs
-    if calib:
-        from quantbench.data import open_dataset, subset
-
-        ds = open_dataset(calib, normalize=normalize, resize=shape[1])
-        if tuple(ds.input_shape) != shape:
-            raise QuantbenchError(f"{calib}: images are {ds.input_shape}, the model takes {shape}")
-        x_all, _ = subset(ds, min(len(ds), calib_size + n_samples), seed=0).tensors()
-        calib_x, samples = x_all[:calib_size], x_all[calib_size:calib_size + n_samples]
-        if len(samples) < 1:
-            raise QuantbenchError(f"{calib}: not enough images for {calib_size} calibration and sample images")
-    else:
-        gen = torch.Generator().manual_seed(0)
-        calib_x = torch.randn((calib_size, *shape), generator=gen)
-        samples = torch.randn((n_samples, *shape), generator=gen)
+    qm = None
+    if "int8" in variants:
+        if quantized is not None:
+            qm, method = _load_int8(quantized)
+        else:
+            ptq = parse_method(method, calib_size=calib_size)
+            w, a = ptq.plan().default.weight, ptq.plan().default.act
+            if w is None or a is None or w.bits > 8 or a.bits > 8 or a.dynamic:
+                raise QuantbenchError(f"bundle: method {method!r} cannot be deployed as integer ONNX; use a static "
+                                      "wXaY method with X, Y <= 8 (e.g. w8a8:mse)")
+            if calib is None:
+                raise QuantbenchError("bundle: int8 needs calibration images: pass --calib SPEC, --quantized QBM (a "
+                                      "model from `quantbench quantize`), or --calib random (timing only: its "
+                                      "outputs then mean nothing)")
+    loaded = resolve_model(model, hyper=hyper, checkpoint=checkpoint, input_shape=input_shape,
+                           in_channels=input_shape[0] if input_shape else None)
+    shape = default_input_shape(loaded, "bundle")
+    float_model = loaded.module
+    check_input_size(float_model, model, shape)
+    macs = count_macs(float_model, shape).per_image_macs
+    calib_data, _ = calibration_images(calib, calib_size + n_samples, shape, normalize)
+    x_all = calib_data.tensors()[0] if hasattr(calib_data, "tensors") else calib_data[0]
+    calib_x, samples = x_all[:calib_size], x_all[calib_size:calib_size + n_samples]
+    origin = f"images of {calib}" if calib not in (None, "random") else "seeded random images (timing only)"
+    calib_what = f"{len(calib_x)} {origin}"
+    if len(samples) < 1:
+        raise QuantbenchError(f"{calib}: not enough images for {calib_size} calibration and sample images")
+    if "int8" in variants and qm is None:
+        if calib in (None, "random"):
+            log("bundle: int8 calibrated on seeded random images (timing only: its accuracy means nothing)")
+        qm = quantize_ptq(float_model, parse_method(method, calib_size=len(calib_x)),
+                          (calib_x, torch.zeros(len(calib_x), dtype=torch.long)))
+        method = parse_method(method).label()
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise QuantbenchError(f"{out}: folder exists and is not empty; choose a new --out")
@@ -112,41 +152,40 @@ def build_bundle(model_name: str, *, checkpoint: str | None = None, schemes: tup
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     x_np = samples.numpy().astype(np.float32)
+    name = _stem(model)
     with tempfile.TemporaryDirectory(prefix="quantbench-bundle-") as tmp:
-        for scheme in schemes:
-            qm = None
-            variant = scheme if scheme in ("fp32", "dynamic") else "int8"
-            if variant == "int8":
-                qm = quantize_ptq(model, PTQConfig(scheme=scheme, algo=algo, calib_size=len(calib_x)),
-                                  (calib_x, torch.zeros(len(calib_x), dtype=torch.long)))
-            dep = Deployable(model, qm, shape, name=model_name)
-            common = {"scheme": scheme, "macs": int(macs), "flops": 2 * int(macs),
-                      "quantized_with": (f"{scheme}-{algo}, calibrated on {len(calib_x)} "
-                                         f"{'images of ' + calib if calib else 'seeded random images'}"
-                                         if qm is not None else None)}
+        for variant in variants:
+            scheme = method if variant == "int8" else variant
+            log(f"bundle: {scheme} ({', '.join(formats)})")
+            dep = Deployable(float_model, qm if variant == "int8" else None, shape, name=name)
+            common = {"scheme": scheme, "variant": variant, "macs": int(macs), "flops": 2 * int(macs),
+                      "quantized_with": (f"{method}, calibrated on {calib_what}" if quantized is None
+                                         else f"{method} from {quantized if isinstance(quantized, str) else 'memory'}")
+                      if variant == "int8" else None}
             if "onnx" in formats:
                 built = build_onnx(dep, variant, Path(tmp))
-                dest = out / f"{model_name}_{scheme}.onnx"
+                dest = out / f"{name}_{variant}.onnx"
                 shutil.copyfile(built, dest)
                 sess = ort.InferenceSession(str(dest), opts, providers=["CPUExecutionProvider"])
                 expected = sess.run(None, {sess.get_inputs()[0].name: x_np})[0]
                 entries.append({**common, "format": "onnx", "engine": "onnxruntime", **_file_entry(dest),
-                                **_expected_entry(out / f"expected_{scheme}.npy", expected)})
+                                **_expected_entry(out / f"expected_{variant}.npy", expected)})
             if "tflite" in formats:
                 entries.append({**common, "format": "tflite", "engine": "litert",
-                                **_tflite_files(dep, variant, scheme, out,
-                                                Path(tmp), batch_sizes, x_np)})
-    manifest = {"format": BUNDLE_FORMAT, "model": model_name, "checkpoint": Path(checkpoint).name if checkpoint
+                                **_tflite_files(dep, variant, variant, out, Path(tmp), batch_sizes, x_np)})
+    manifest = {"format": BUNDLE_FORMAT, "model": model, "checkpoint": Path(checkpoint).name if checkpoint
                 else None, "input_shape": list(shape), "batch_sizes": list(batch_sizes),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "quantbench": __version__,
-                "samples": {"file": "samples.npy", "sha256": sha256(out / "samples.npy"), "count": len(samples)},
+                "samples": {"file": "samples.npy", "sha256": sha256(out / "samples.npy"), "count": len(samples),
+                            "source": f"{len(samples)} {origin}, none of them calibration images"},
                 "formats": list(formats),
                 "convention": "MACs per image of conv/linear layers; FLOPs = 2 x MACs",
                 "models": entries}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     shutil.copyfile(Path(__file__).with_name("bundle_runner.py"), out / "run_bundle.py")
     (out / "README.txt").write_text(
-        f"quantbench bundle: {model_name} ({', '.join(schemes)}), input {'x'.join(map(str, shape))}\n\n"
+        f"quantbench bundle: {model} ({', '.join(e['scheme'] for e in entries if e['format'] == formats[0])}), "
+        f"input {'x'.join(map(str, shape))}\n\n"
         "On the device (Python 3, then: pip install numpy onnxruntime"
         + (" ai-edge-litert   # or tflite-runtime, for the .tflite files" if "tflite" in formats else "") + "):\n"
         "    python3 run_bundle.py --device NAME [--threads N] [--batch-sizes 1,8] [--formats onnx,tflite] "
@@ -154,8 +193,44 @@ def build_bundle(model_name: str, *, checkpoint: str | None = None, schemes: tup
         "Back where quantbench is installed:\n"
         "    quantbench import results.json\n", encoding="utf-8")
     if make_zip:
+        log("bundle: zip")
         shutil.make_archive(str(out), "zip", root_dir=out)
     return out
+
+
+def _stem(model: str) -> str:
+    """A file-name stem for a model source (``nets/my.py:build`` -> ``my_build``)."""
+    base = Path(model.split(":", 1)[0]).stem if ("/" in model or model.endswith((".onnx", ".pt2"))
+                                                 or ".py:" in model) else model
+    tail = model.rsplit(":", 1)[1] if ":" in model and not model.startswith(("torchvision:", "timm:")) else ""
+    text = f"{base}_{tail}" if tail else base.replace(":", "_")
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text) or "model"
+
+
+def method_of(meta: dict[str, Any], fallback: str) -> str:
+    """The method label a ``.qbm`` header records (PTQ or QAT settings), or ``fallback``."""
+    from quantbench.quant.ptq import PTQConfig
+
+    extra = meta.get("extra") or {}
+    try:
+        if "ptq" in extra:
+            return PTQConfig(**extra["ptq"]).label()
+        if "qat" in extra:
+            q = extra["qat"]
+            return f"{q.get('scheme')}:qat"
+    except (TypeError, QuantbenchError):
+        pass
+    return fallback
+
+
+def _load_int8(quantized: Any) -> tuple[Any, str]:
+    """A QuantizedModel (or a .qbm path) and its method label."""
+    from quantbench.quant.save import load_quantized, read_quantized_meta
+
+    if isinstance(quantized, (str, Path)):
+        meta = read_quantized_meta(quantized)
+        return load_quantized(quantized), method_of(meta, Path(quantized).stem)
+    return quantized, "int8"
 
 
 def _resolve_formats(formats: tuple[str, ...] | None) -> tuple[str, ...]:

@@ -20,13 +20,14 @@ from quantbench.store import ResultStore  # noqa: E402
 
 HAS_LITERT, LITERT_REASON = get_engine("litert").available()
 needs_litert = pytest.mark.skipif(not HAS_LITERT, reason=f"LiteRT engine: {LITERT_REASON}")
-SCHEMES = ("fp32", "dynamic", "w8a8")
+SCHEMES = ("fp32", "dynamic", "w8a8:mse")
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     out = tmp_path_factory.mktemp("bundle") / "lenet"
-    assert main(["bundle", "--model", "lenet", "--out", str(out), "--batch-sizes", "1,4", "--calib-size", "16"]) == 0
+    assert main(["bundle", "--model", "lenet", "--out", str(out), "--batch-sizes", "1,4", "--calib-size", "16",
+                 "--calib", "random"]) == 0
     return out
 
 
@@ -78,7 +79,7 @@ def test_bundle_contents(bundle):
             assert sorted(m["batch_files"], key=int) == ["1", "4"] and m["file"] == m["batch_files"]["1"]["file"]
             assert all((bundle / f["file"]).stat().st_size == f["bytes"] for f in m["batch_files"].values())
         sizes = {m["scheme"]: m["bytes"] for m in tflite}
-        assert sizes["w8a8"] < sizes["fp32"] / 2.5  # int8 weights really stored as int8
+        assert sizes["w8a8:mse"] < sizes["fp32"] / 2.5  # int8 weights really stored as int8
     else:
         assert manifest["formats"] == ["onnx"] and not tflite
 
@@ -94,7 +95,7 @@ def test_runner_in_fresh_env_then_import_shows_two_devices(tmp_path, bundle, fre
     assert {x["engine"] for x in res["records"]} == {"onnxruntime"} and res["engines"] == ["onnxruntime"]
     if HAS_LITERT:  # no LiteRT runtime in that environment: the .tflite models are skipped, with the reason
         assert sorted(x["scheme"] for x in res["skipped"]) == sorted(SCHEMES)
-        assert all("ai-edge-litert" in x["reason"] for x in res["skipped"]) and "skipped w8a8 (tflite)" in r.stdout
+        assert all("ai-edge-litert" in x["reason"] for x in res["skipped"]) and "skipped w8a8:mse (tflite)" in r.stdout
     # a second "device": the same runner with this environment's interpreter
     r2 = _run(Path(sys.executable), bundle, "host", tmp_path / "host.json")
     assert r2.returncode == 0, r2.stderr
@@ -143,13 +144,13 @@ def test_tampered_model_is_refused_before_it_runs(tmp_path, bundle):
 
     copy = tmp_path / "b"
     shutil.copytree(bundle, copy)
-    model = copy / "lenet_w8a8.onnx"
+    model = copy / "lenet_int8.onnx"
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0xFF
     model.write_bytes(bytes(data))
     r = _run(Path(sys.executable), copy, "x", tmp_path / "r.json")
     assert r.returncode == 2
-    assert "lenet_w8a8.onnx: checksum mismatch" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "lenet_int8.onnx: checksum mismatch" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r.json").exists()
 
 
@@ -159,13 +160,13 @@ def test_tampered_tflite_batch_file_is_refused(tmp_path, bundle):
 
     copy = tmp_path / "b"
     shutil.copytree(bundle, copy)
-    model = copy / "lenet_w8a8_b4.tflite"  # a timing-only file, not the one the output check loads
+    model = copy / "lenet_int8_b4.tflite"  # a timing-only file, not the one the output check loads
     data = bytearray(model.read_bytes())
     data[-10] ^= 0x01
     model.write_bytes(bytes(data))
     r = _run(Path(sys.executable), copy, "x", tmp_path / "r.json")
     assert r.returncode == 2
-    assert "lenet_w8a8_b4.tflite: checksum mismatch" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "lenet_int8_b4.tflite: checksum mismatch" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r.json").exists()
 
 
@@ -183,10 +184,40 @@ def test_import_rejects_bad_files(tmp_path, capsys, content, needle):
 
 
 def test_bundle_rejects_bad_input(tmp_path, bundle, capsys):
-    assert main(["bundle", "--model", "lenet", "--out", str(tmp_path / "x"), "--schemes", "w4a8"]) == 2
+    assert main(["bundle", "--model", "lenet", "--out", str(tmp_path / "x"), "--method", "w8a8:dynamicz"]) == 2
+    assert "unknown algorithm" in capsys.readouterr().err
+    assert main(["bundle", "--model", "lenet", "--out", str(tmp_path / "x"), "--method", "w4a16",
+                 "--calib", "random"]) == 2
     assert "cannot be deployed as integer ONNX" in capsys.readouterr().err
-    assert main(["bundle", "--model", "lenet", "--out", str(bundle)]) == 2
+    assert main(["bundle", "--model", "lenet", "--out", str(bundle), "--calib", "random"]) == 2
     assert "not empty" in capsys.readouterr().err
     assert main(["bundle", "--model", "lenet", "--out", str(tmp_path / "y"), "--formats", "onnx,coreml"]) == 2
-    assert "expected a comma list of onnx, tflite" in capsys.readouterr().err
+    assert "formats must be one of onnx, tflite" in capsys.readouterr().err
+    # int8 from random images only when asked for: a silent noise calibration would mislead
+    assert main(["bundle", "--model", "lenet", "--out", str(tmp_path / "y")]) == 2
+    assert "int8 needs calibration images" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
+    assert main(["bundle", "--out", str(tmp_path / "z")]) == 2  # --model defaults to lenet; --calib still needed
+    assert "--calib random" in capsys.readouterr().err
+
+
+def test_bundle_of_a_quantized_model_file_and_of_real_calibration_images(tmp_path, capsys):
+    """--quantized deploys a .qbm as it is (here AdaRound, which the bundle itself would not make)."""
+    syn = "synthetic:n=120,shape=1x8x8,classes=10,seed=0"
+    assert main(["quantize", "--model", "lenet", "--data", syn, "--calib-size", "40", "--method", "w8a8:adaround",
+                 "--adaround-iters", "20", "--out", str(tmp_path / "q"), "--store", str(tmp_path / "q.db"),
+                 "--no-progress", "--json"]) == 0
+    qbm = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["quant"]["artifact"]
+    out = tmp_path / "b"
+    assert main(["bundle", "--quantized", qbm, "--variants", "int8", "--formats", "onnx", "--out", str(out),
+                 "--no-zip", "--no-progress"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    (entry,) = manifest["models"]
+    assert entry["scheme"] == "w8a8:adaround" and "from " + qbm in entry["quantized_with"]
+    assert manifest["input_shape"] == [1, 8, 8]
+    out2 = tmp_path / "c"
+    assert main(["bundle", "--model", "lenet", "--calib", syn, "--calib-size", "32", "--variants", "int8",
+                 "--formats", "onnx", "--out", str(out2), "--no-zip", "--no-progress"]) == 0
+    m2 = json.loads((out2 / "manifest.json").read_text())
+    assert m2["samples"]["source"] == f"8 images of {syn}, none of them calibration images"
+    assert f"calibrated on 32 images of {syn}" in m2["models"][0]["quantized_with"]

@@ -19,46 +19,52 @@ def _last_json(capsys) -> object:
 
 def _run_args(tmp_path, *extra: str) -> list[str]:
     return ["--data", SYN, "--model", "lenet", "--epochs", "2", "--batch-sizes", "1,4",
-            "--store", str(tmp_path / "q.db"), "--out", str(tmp_path / "runs"), "--no-progress",
-            "--set", "measure.min_time_s=0.01", "--set", "measure.min_iters=3",
-            "--set", "quantize.methods=[w8a8:mse, w4a8:adaround]", "--set", "quantize.adaround_iters=50",
-            "--set", "quantize.qat=[w4a4]", "--set", "quantize.qat_epochs=1", *extra]
+            "--store", str(tmp_path / "q.db"), "--no-progress", "--min-time-s", "0.01", "--min-iters", "3",
+            "--set", "methods=[w8a8:mse, w4a8:adaround]", "--adaround-iters", "50", "--calib-size", "64",
+            "--qat", "w4a4", "--qat-epochs", "1", *extra]
 
 
 def test_run_writes_report_store_and_json(tmp_path, capsys):
     assert main(["run", *_run_args(tmp_path), "--json"]) == 0
     rec = _last_json(capsys)
-    run_dir = tmp_path / "runs" / rec["run_id"]
+    run_dir = tmp_path / rec["run_id"]
+    assert rec["out_dir"] == str(run_dir)
     for name in ("report.html", "report.md", "results.json", "config.yaml", "model_fp32.pt"):
         assert (run_dir / name).is_file(), name
     html = (run_dir / "report.html").read_text()
     assert "data:image/png;base64," in html and "training_curves" in html and "latency_vs_batch" in html
     metrics = {r["metric"] for r in rec["results"]}
     methods = {r["method"] for r in rec["results"]}
-    assert methods == {"fp32", "w8a8-mse", "w4a8-adaround", "w4a4-mse-start", "w4a4-qat"}
-    assert {r["metric"] for r in rec["results"] if r["method"] == "w4a8-adaround"} >= {"top1", "top1_drop", "size_bytes"}
+    assert methods == {"fp32", "w8a8:mse", "w4a8:adaround", "w4a4:mse-start", "w4a4:qat"}
+    assert {r["metric"] for r in rec["results"] if r["method"] == "w4a8:adaround"} >= {"top1", "top1_drop", "size_bytes"}
     # QAT rows: accuracy beside its PTQ start, training time per epoch beside this run's FP32 training
-    assert {r["metric"] for r in rec["results"] if r["method"] == "w4a4-qat"} >= {
+    assert {r["metric"] for r in rec["results"] if r["method"] == "w4a4:qat"} >= {
         "top1", "top1_drop", "size_bytes", "train_time_s", "epoch_time_s", "qat_vs_fp32_epoch_time"}
     assert "accuracy_vs_size" in html and "accuracy_vs_latency" in html
     train_rows = [r for r in rec["results"] if r["metric"] == "train_top1"]
-    assert {r["method"] for r in train_rows} >= {"fp32", "w8a8-mse"}
+    assert {r["method"] for r in train_rows} >= {"fp32", "w8a8:mse"}
     assert {"top1", "top5", "params", "size_bytes", "macs", "flops", "latency_median_ms", "throughput_ips",
             "train_time_s", "epoch.train_loss"} <= metrics
     with ResultStore(tmp_path / "q.db") as store:
         run = store.run(rec["run_id"])
-        assert run["status"] == "finished" and run["config"]["train"]["epochs"] == 2
+        assert run["status"] == "finished" and run["config"]["epochs"] == 2 and run["config"]["kind"] == "run"
         assert "cpu_model" in run["environment"]
         lat = store.query(run_id=rec["run_id"], metric="latency_median_ms", engine="torch")
         assert sorted(r["batch"] for r in lat) == [1, 4]
         int8 = store.query(run_id=rec["run_id"], metric="latency_median_ms", engine="torch-int8")
-        assert {r["method"] for r in int8} >= {"w8a8-mse"}  # quantized variants timed where they deploy
+        assert {r["method"] for r in int8} >= {"w8a8:mse"}  # quantized variants timed where they deploy
         assert {r["batch"] for r in int8} == {1, 4}
         lat += int8
         p90_not_below_median = [r["extra"]["p90_ms"] >= r["value"] for r in lat]  # structure, not speed
         assert all(p90_not_below_median)
     saved = json.loads((run_dir / "results.json").read_text())
-    assert saved["config"]["data"]["spec"] == SYN and len(saved["results"]) == len(rec["results"])
+    assert saved["config"]["data"] == SYN and len(saved["results"]) == len(rec["results"])
+    # config.yaml is itself an experiment file: it reruns the same experiment
+    assert main(["run", "--config", str(run_dir / "config.yaml"), "--store", str(tmp_path / "again.db"),
+                 "--no-progress", "--json"]) == 0
+    again = _last_json(capsys)
+    same = {(r["method"], r["metric"]): r["value"] for r in rec["results"] if r["metric"] == "top1"}
+    assert {(r["method"], r["metric"]): r["value"] for r in again["results"] if r["metric"] == "top1"} == same
 
 
 def test_run_prints_summary_table_and_report_path(tmp_path, capsys):
@@ -68,7 +74,8 @@ def test_run_prints_summary_table_and_report_path(tmp_path, capsys):
 
 
 def test_train_then_eval_checkpoint(tmp_path, capsys):
-    assert main(["train", *_run_args(tmp_path), "--json"]) == 0
+    assert main(["train", "--data", SYN, "--model", "lenet", "--epochs", "2", "--store", str(tmp_path / "q.db"),
+                 "--no-progress", "--json"]) == 0
     ckpt = _last_json(capsys)["checkpoint"]
     assert main(["eval", "--model", "lenet", "--checkpoint", ckpt, "--data", SYN, "--json", "--no-progress",
                  "--store", str(tmp_path / "q.db")]) == 0
@@ -108,8 +115,16 @@ def test_models_and_datasets_listings(capsys):
         (["eval", "--model", "lenet", "--data", "nosuchkind:x"], "nosuchkind"),
         (["eval", "--model", "lenet", "--data", SYN, "--checkpoint", "/nonexistent.pt"], "/nonexistent.pt"),
         (["run", "--config", "/nonexistent.yaml"], "/nonexistent.yaml"),
-        (["run", "--set", "train.epoch=3"], "train.epoch"),
-        (["run", "--batch-sizes", "1,x"], "comma-separated integers"),
+        (["run", "--set", "epoch=3"], "unknown key 'epoch'"),
+        (["run", "--batch-sizes", "1,x"], "batch_sizes[1] must be int"),
+        (["run", "--seed", "-1"], "seed must be >= 0"),
+        (["quantize", "--calib-size", "0"], "calib_size must be >= 1"),
+        (["qat", "--lr", "-1"], "lr must be > 0"),
+        (["mixed", "--budget-kb", "nan"], "budget_kb must be a finite number"),
+        (["split", "--eval-size", "0"], "eval_size must be >= 1"),
+        (["eval", "--topk", "1000000"], "topk must be <= 1000"),
+        (["bench", "--min-time-s", "-1"], "min_time_s must be > 0"),
+        (["results", "--out", "/missing/dir/x.csv", "--store", "/nonexistent/q.db"], "/nonexistent/q.db"),
         (["results", "--store", "/nonexistent/q.db"], "/nonexistent/q.db"),
         (["nosuchverb"], "nosuchverb"),
     ],

@@ -10,7 +10,7 @@ from quantbench.cli import main
 from quantbench.engines.base import ENGINES
 from quantbench.store import ResultStore
 
-FAST = ["--threads", "1", "--min-time", "0", "--no-progress"]
+FAST = ["--threads", "1", "--min-time-s", "0.001", "--no-progress"]
 
 
 def _bench(tmp_path, *extra):
@@ -20,7 +20,7 @@ def _bench(tmp_path, *extra):
 def test_bench_json_store_and_report(tmp_path, capsys):
     assert main([*_bench(tmp_path, "--model", "lenet", "--engines", "torch,onnxruntime", "--batch-sizes", "1,2",
                          "--no-isolate"), "--json"]) == 0
-    recs = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    recs = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["records"]
     assert isinstance(recs, list)
     pairs = [("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("onnxruntime", "dynamic")]
     if ENGINES.get("torch").supports("bf16")[0]:  # native BF16 CPUs only
@@ -61,12 +61,12 @@ def test_bench_text_output_and_quantized_artifact(tmp_path, capsys):
 
 @pytest.mark.parametrize("extra, needle", [
     (["--model", "lenet", "--engines", "tensorrt"], "unknown engine 'tensorrt'"),
-    (["--model", "lenet", "--batch-sizes", "0"], "batch size must be an integer >= 1, got 0"),
-    (["--model", "lenet", "--batch-sizes", "1,x"], "expected comma-separated integers"),
-    (["--model", "vgg11_cifar", "--input-size", "8", "--engines", "torch"], "cannot take a 3x8x8 input"),
+    (["--model", "lenet", "--batch-sizes", "0"], "batch_sizes must be >= 1, got 0"),
+    (["--model", "lenet", "--batch-sizes", "1,x"], "batch_sizes[1] must be int"),
+    (["--model", "vgg11_cifar", "--input-shape", "3x8x8", "--engines", "torch"], "cannot take a 3x8x8 input"),
     (["--model", "lenet", "--variants", "int3"], "unknown variant 'int3'"),
     (["--model", "nosuchnet"], "nosuchnet"),
-    ([], "--model is required"),
+    (["--model", "/tmp/nosuch.py:build"], "/tmp/nosuch.py: model file not found"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, extra, needle):
     assert main(_bench(tmp_path, *extra)) == 2
@@ -83,7 +83,7 @@ def test_engine_not_installed_exits_2(tmp_path, capsys, absent_engine):
 
 def test_bad_study_file_exits_2(tmp_path, capsys):
     f = tmp_path / "study.yaml"
-    f.write_text("models: [lenet]\nengine: all\n")
+    f.write_text("kind: bench\ncells: [{model: lenet}]\nengine: all\n")
     assert main(_bench(tmp_path, "--config", str(f))) == 2
     err = capsys.readouterr().err.strip()
     assert f"{f}: unknown key 'engine'" in err

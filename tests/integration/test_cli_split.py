@@ -20,7 +20,7 @@ def _args(tmp_path, *extra):
 def test_split_records_sizes_and_report(tmp_path, capsys):
     assert main([*_args(tmp_path, "--splits", "1,5", "--qbins", "4,8", "--companding", "none,mulaw",
                         "--noise-train", "1", "--noise-qbins", "4"), "--json"]) == 0
-    recs = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    recs = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["records"]
     keys = {"split", "qbins", "companding", "noise", "top1", "bpp", "cr", "edge_macs", "cloud_macs"}
     assert all(keys <= set(r) for r in recs)
     plain = [r for r in recs if r["noise"] == "none"]
@@ -49,10 +49,10 @@ def test_split_records_sizes_and_report(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, needle", [
-    (["--splits", "12"], "can be split after block 0..9"),
-    (["--qbins", "1"], "qbins must be an integer in 2..256"),
-    (["--companding", "alaw"], "--companding 'alaw' unknown"),
-    (["--bandwidths", "0"], "--bandwidths must be > 0"),
+    (["--splits", "12"], "has split points 0..9 (see --list-splits), got 12"),
+    (["--qbins", "1"], "qbins must be >= 2"),
+    (["--companding", "alaw"], "companding must be one of none, mulaw"),
+    (["--bandwidths", "0"], "bandwidths must be > 0"),
     (["--edge", "toaster"], "device profile 'toaster'"),
     (["--codec", "magic"], "magic"),
     (["--finetune-part", "edge"], "--finetune-part: invalid choice: 'edge'"),
@@ -67,17 +67,16 @@ def test_bad_input_exits_2(tmp_path, capsys, extra, needle):
 def test_options_file_gives_the_flags_and_typed_flags_override_it(tmp_path, capsys):
     cfg = tmp_path / "split.yaml"
     cfg.write_text(f"model: resnet20\ndata: '{SYN}'\ntrain_fraction: 0.5\ncalib_size: 40\nsplits: [1, 3]\n"
-                   "qbins: [4]\ncompanding: [none]\nno_progress: true\n")
+                   "qbins: [4]\ncompanding: [none]\n")
     assert main(["split", "--config", str(cfg), "--splits", "5", "--store", str(tmp_path / "s.db"),
-                 "--out", str(tmp_path / "out"), "--json"]) == 0
-    recs = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+                 "--out", str(tmp_path / "out"), "--json", "--no-progress"]) == 0
+    recs = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["records"]
     assert [(r["split"], r["qbins"], r["companding"]) for r in recs] == [(5, 4, "none")]
 
 
 @pytest.mark.parametrize("text, needle", [
     ("model: resnet20\nsplitz: [1]\n", "unknown key 'splitz'"),
-    ("model: resnet20\nqbins: {a: 1}\n", "'qbins' must be a number, a string or a non-empty list"),
-    ("model: resnet20\nno_progress: 1\n", "'no_progress' is a switch"),
+    ("model: resnet20\nkind: ptq\n", "is a 'ptq' experiment file; this verb runs 'split'"),
     ("- just a list\n", "must be a mapping"),
 ])
 def test_bad_options_file_exits_2_naming_file_and_key(tmp_path, capsys, text, needle):
@@ -86,3 +85,35 @@ def test_bad_options_file_exits_2_naming_file_and_key(tmp_path, capsys, text, ne
     assert main(["split", "--config", str(cfg), "--data", SYN]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(cfg) in err and needle in err, err
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("model: resnet20\nqbins: {a: 1}\n", "qbins must be a list"),
+    ("model: resnet20\ncalib_size: -3\n", "calib_size must be >= 1"),
+])
+def test_bad_values_in_an_options_file_name_the_key(tmp_path, capsys, text, needle):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    assert main(["split", "--config", str(cfg), "--data", SYN]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err, err
+
+
+def test_list_splits_of_a_users_model(tmp_path, capsys):
+    net = tmp_path / "net.py"
+    net.write_text("import torch.nn as nn\n"
+                   "def build(num_classes=10, in_channels=3):\n"
+                   "    return nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),\n"
+                   "                         nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),\n"
+                   "                         nn.Flatten(), nn.Linear(8, num_classes))\n")
+    assert main(["split", "--model", f"{net}:build", "--data", SYN, "--list-splits", "--no-store", "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    points = rec["points"]
+    assert [p["label"] for p in points][:3] == ["0", "1", "2"]  # Sequential children by index
+    total = points[0]["edge_macs"] + points[0]["cloud_macs"]
+    assert all(p["edge_macs"] + p["cloud_macs"] == total for p in points)
+    assert points[2]["feature_shape"] == [8, 16, 16]
+    assert main(["split", "--model", f"{net}:build", "--data", SYN, "--splits", "2", "--qbins", "4",
+                 "--companding", "none", "--calib-size", "40", "--no-store", "--json", "--no-progress"]) == 0
+    (rec,) = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["records"]
+    assert rec["split"] == 2 and rec["feature_shape"] == [8, 16, 16] and 0 < rec["bpp"]

@@ -29,7 +29,7 @@ def test_w8a8_ptq_resnet20_drop_within_0_3_points(shared_dir, tmp_path, capsys):
     """Calibrate on 500 dev images, evaluate on the other 4,500: INT8 costs (almost) nothing."""
     argv = ["quantize", "--model", "resnet20", "--checkpoint", str(shared_dir / "weights/resnet20-12fca82f.th"),
             "--data", f"imagefolder:{shared_dir / 'datasets/cifar10-jpeg/dev'}", "--normalize", "imagenet",
-            "--calib-size", "500", "--scheme", "w8a8", "--algo", "mse", "--sensitivity-images", "0",
+            "--calib-size", "500", "--method", "w8a8:mse",
             "--store", str(tmp_path / "q.db"), "--out", str(tmp_path / "out"), "--no-progress", "--json"]
     assert main(argv) == 0
     rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -61,9 +61,8 @@ def test_report_renders_every_image_in_chromium(tmp_path, capsys):
     if _chromium() is None:
         pytest.skip("headless Chromium not installed (Debian package 'chromium'; .ci/run installs it)")
     assert main(["run", "--data", "synthetic:n=200,shape=1x8x8,classes=10,seed=0", "--epochs", "2",
-                 "--batch-sizes", "1,4", "--store", str(tmp_path / "q.db"), "--out", str(tmp_path / "runs"),
-                 "--set", "measure.min_time_s=0.01", "--set", "quantize.methods=[w8a8:minmax]",
-                 "--set", "quantize.qat=[w4a4]", "--set", "quantize.qat_epochs=1",
+                 "--batch-sizes", "1,4", "--store", str(tmp_path / "q.db"), "--min-time-s", "0.01",
+                 "--methods", "w8a8:minmax", "--calib-size", "64", "--qat", "w4a4", "--qat-epochs", "1",
                  "--no-progress", "--json"]) == 0
     rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     _check_in_browser(Path(rec["report"]), tmp_path, "report.png", min_images=5)

@@ -24,8 +24,8 @@ TIMING = ("time", "seconds", "latency", "throughput", "_s")
 
 def _write(tmp_path: Path, name: str, grid: str, extra: str = "") -> Path:
     f = tmp_path / f"{name}.yaml"
-    f.write_text(f"name: {name}\nkind: ptq\nout_dir: {tmp_path / 'out'}\n"
-                 f"base: {{model: lenet, data: '{SYN}', epochs: 3, calib_size: 24{extra}}}\ngrid:\n{grid}")
+    f.write_text(f"name: {name}\nkind: ptq\nout: {tmp_path / 'out'}\nmodel: lenet\ndata: '{SYN}'\n"
+                 f"pretrain_epochs: 3\ncalib_size: 24\n{extra}grid:\n{grid}")
     return f
 
 
@@ -57,20 +57,19 @@ def _same(a: dict, b: dict) -> None:
 
 
 def test_expand_ids_and_hyper_keys(tmp_path):
-    f = _write(tmp_path, "e", "  scheme: [w8a8, w4a8]\n  hyper.width: [1, 2]\n")
-    f.write_text(f.read_text().replace("model: lenet", "model: lenet, hyper.depth: 3"))
+    f = _write(tmp_path, "e", "  method: [w8a8, w4a8]\n  hyper.width: [1, 2]\n", "hyper.depth: 3\n")
     cells = expand(load_sweep(f))
     assert len(cells) == 4 and len({c.cell_id for c in cells}) == 4
-    assert cells[1].params["hyper"] == {"depth": 3, "width": 2} and cells[1].params["scheme"] == "w8a8"
+    assert cells[1].params["hyper"] == {"depth": 3, "width": 2} and cells[1].params["method"] == "w8a8"
     assert [c.cell_id for c in expand(load_sweep(f))] == [c.cell_id for c in cells]  # ids are stable
 
 
 @pytest.mark.parametrize("text, needle", [
-    ("kind: magic\nbase: {model: lenet}\n", "kind 'magic' unknown"),
-    ("kind: ptq\nbase: {model: lenet}\ngrid: {scheme: w8a8}\n", "grid.scheme must be a non-empty list"),
-    ("kind: ptq\nbase: {model: lenet, colour: red}\n", "parameter 'colour' is not used by ptq cells"),
-    ("kind: ptq\nbase: {data: digits}\n", "needs a 'model'"),
-    ("kind: ptq\nbases: {}\n", "unknown key 'bases'"),
+    ("kind: magic\nmodel: lenet\n", "unknown experiment kind 'magic'"),
+    ("kind: ptq\nmodel: lenet\ngrid: {method: w8a8}\n", "grid.method must be a non-empty list"),
+    ("kind: ptq\nmodel: lenet\ncolour: red\ngrid: {method: [w8a8]}\n", "unknown key 'colour' for a ptq experiment"),
+    ("kind: ptq\ngrid: {method: [w8a8, 'w8a8:nosuch']}\n", "cell method=w8a8:nosuch: method .*unknown algorithm"),
+    ("kind: ptq\nbase: {}\ngrid: {method: [w8a8]}\n", "unknown key 'base'"),
 ])
 def test_bad_sweep_files(tmp_path, text, needle):
     f = tmp_path / "bad.yaml"
@@ -80,7 +79,7 @@ def test_bad_sweep_files(tmp_path, text, needle):
 
 
 def test_killed_sweep_resumes_with_one_row_set_per_cell(tmp_path):
-    f = _write(tmp_path, "killme", "  scheme: [w8a8, w4a8, w2a8]\n  algo: [minmax, mse]\n")
+    f = _write(tmp_path, "killme", "  method: [w8a8:minmax, w8a8:mse, w4a8:minmax, w4a8:mse, w2a8:minmax, w2a8:mse]\n")
     db = tmp_path / "k.db"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
     proc = subprocess.Popen([sys.executable, "-m", "quantbench", "sweep", str(f), "--store", str(db),
@@ -117,7 +116,7 @@ def test_killed_sweep_resumes_with_one_row_set_per_cell(tmp_path):
 
 
 def test_sweep_cli_dry_run_report_and_rerun_skips(tmp_path, capsys):
-    f = _write(tmp_path, "cli", "  scheme: [w8a8, w4a8]\n")
+    f = _write(tmp_path, "cli", "  method: [w8a8, w4a8]\n")
     db = str(tmp_path / "c.db")
     assert main(["sweep", str(f), "--store", db, "--dry-run"]) == 0
     assert capsys.readouterr().out.count("pending") == 2
@@ -131,34 +130,35 @@ def test_sweep_cli_dry_run_report_and_rerun_skips(tmp_path, capsys):
     assert rec["ran"] == 0 and rec["skipped"] == 2
     assert main(["report", "cli", "--store", db, "--out", str(tmp_path / "rep")]) == 0
     html = (tmp_path / "rep" / "report.html").read_text()
-    assert "w8a8-mse" in html and "w4a8-mse" in html and "sweep cli (2 cells)" in html
+    assert "w8a8:mse" in html and "w4a8:mse" in html and "sweep cli (2 cells)" in html
     assert main(["report", "nosuch", "--store", db]) == 2
 
 
 def test_cells_differing_in_hyper_parameters_stay_distinct_and_latency_is_measured(tmp_path, capsys):
     f = tmp_path / "hyp.yaml"
-    f.write_text(f"name: hyp\nkind: ptq\nout_dir: {tmp_path / 'out'}\n"
-                 f"base: {{model: lenet, data: '{SYN}', epochs: 1, calib_size: 24, latency_batches: [1, 2], topk: 3}}\n"
-                 "cells:\n  - {lr: 0.05}\n  - {lr: 0.01}\n")
+    f.write_text(f"name: hyp\nkind: ptq\nout: {tmp_path / 'out'}\nmodel: lenet\ndata: '{SYN}'\npretrain_epochs: 1\n"
+                 "calib_size: 24\nbatch_sizes: [1, 2]\nmin_time_s: 0.01\ntopk: 3\n"
+                 "cells:\n  - {pretrain_lr: 0.05}\n  - {pretrain_lr: 0.01}\n")
     db = tmp_path / "h.db"
     run_sweep(load_sweep(f), store_path=str(db), progress=False, threads=1, log=lambda m: None)
     with ResultStore(db) as store:
         for c in store.sweep_cells("hyp").values():
             lat = store.query(run_id=c["run_id"], metric="latency_median_ms")
             assert {(r["method"], r["engine"], r["batch"]) for r in lat} == {
-                ("fp32", "torch", 1), ("fp32", "torch", 2), ("w8a8-mse", "torch-int8", 1),
-                ("w8a8-mse", "torch-int8", 2)}
+                ("fp32", "torch", 1), ("fp32", "torch", 2), ("w8a8:mse", "torch-int8", 1),
+                ("w8a8:mse", "torch-int8", 2)}
             metrics = {(r["method"], r["metric"]) for r in store.query(run_id=c["run_id"])}
-            assert {("fp32", "train_top1"), ("w8a8-mse", "train_top1"), ("w8a8-mse", "top3"),
-                    ("w8a8-mse", "train_top3")} <= metrics  # train and test, top-k as asked
+            assert {("fp32", "train_top1"), ("w8a8:mse", "train_top1"), ("w8a8:mse", "top3"),
+                    ("w8a8:mse", "train_top3")} <= metrics  # train and test, top-k as asked
     assert main(["report", "hyp", "--store", str(db), "--out", str(tmp_path / "rep")]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
     for lr in ("0.05", "0.01"):  # both cells keep their own rows, named by what differs
-        assert f"| lenet [lr={lr}] | fp32 | torch |" in md and f"| lenet [lr={lr}] | w8a8-mse | torch |" in md
+        assert f"| lenet [pretrain_lr={lr}] | fp32 | torch |" in md
+        assert f"| lenet [pretrain_lr={lr}] | w8a8:mse | torch |" in md
 
 
 def test_cells_with_the_same_training_share_one_trained_model(tmp_path):
-    f = _write(tmp_path, "share", "  scheme: [w8a8, w4a8]\n")
+    f = _write(tmp_path, "share", "  method: [w8a8, w4a8]\n")
     db = tmp_path / "s.db"
     run_sweep(load_sweep(f), store_path=str(db), progress=False, threads=1, log=lambda m: None)
     cached = list((tmp_path / "out" / "share" / "_pretrained").glob("*.pt"))
@@ -171,13 +171,13 @@ def test_cells_with_the_same_training_share_one_trained_model(tmp_path):
                          if r["metric"].startswith("epoch.") or r["metric"] in ("top1", "loss", "train_time_s")})
     assert fp32[0] == fp32[1] and ("train_time_s", "None") in fp32[0]  # same model, same history rows
     # a different training setting trains anew
-    g = _write(tmp_path, "share", "  scheme: [w8a8]\n", extra=", lr: 0.01")
+    g = _write(tmp_path, "share", "  method: [w8a8]\n", extra="pretrain_lr: 0.01\n")
     run_sweep(load_sweep(g), store_path=str(db), progress=False, threads=1, log=lambda m: None)
     assert len(list((tmp_path / "out" / "share" / "_pretrained").glob("*.pt"))) == 2
 
 
 def test_pool_executor_matches_inprocess(tmp_path):
-    f = _write(tmp_path, "pool", "  scheme: [w8a8, w4a8]\n")
+    f = _write(tmp_path, "pool", "  method: [w8a8, w4a8]\n")
     run_sweep(load_sweep(f), store_path=str(tmp_path / "a.db"), progress=False, threads=1, log=lambda m: None)
     run_sweep(load_sweep(f), store_path=str(tmp_path / "b.db"), executor="pool", workers=2, progress=False,
               threads=1, log=lambda m: None)
@@ -186,7 +186,7 @@ def test_pool_executor_matches_inprocess(tmp_path):
 
 def test_ray_executor_matches_inprocess(tmp_path):
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'quantbench[ray]')")
-    f = _write(tmp_path, "ray4", "  scheme: [w8a8, w4a8]\n  algo: [minmax, mse]\n")
+    f = _write(tmp_path, "ray4", "  method: [w8a8:minmax, w8a8:mse, w4a8:minmax, w4a8:mse]\n")
     run_sweep(load_sweep(f), store_path=str(tmp_path / "a.db"), progress=False, threads=1, log=lambda m: None)
     out = run_sweep(load_sweep(f), store_path=str(tmp_path / "r.db"), executor="ray", workers=2, progress=False,
                     threads=1, log=lambda m: None)
@@ -199,20 +199,35 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yam
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_every_example_file_parses(path):
-    import yaml
+    from quantbench.experiments.files import read_experiment_file
+    from quantbench.experiments.layer import config_for
 
-    doc = yaml.safe_load(path.read_text())
-    if "kind" in doc:
-        cells = expand(load_sweep(path))
-        assert cells and all("model" in c.params for c in cells)
-    elif "models" in doc:  # a bench study (quantbench bench --config)
-        from quantbench.experiments.bench import load_study
+    f = read_experiment_file(path)
+    if f.is_sweep:
+        cells = expand(load_sweep(path))  # validates every cell's config
+        assert cells
+    else:
+        assert config_for(f.kind, f.values)
 
-        _, specs = load_study(path)
-        assert specs
-    else:  # an options file of the split verb (quantbench split --config)
-        from quantbench.cli import build_parser, expand_option_file
 
-        parser = build_parser()
-        args = parser.parse_args(expand_option_file(["split", "--config", str(path)], parser))
-        assert args.func.__name__ == "cmd_split" and args.model == doc["model"]
+def test_split_and_mixed_run_as_sweep_cells(tmp_path):
+    split = tmp_path / "sp.yaml"
+    split.write_text(f"name: sp\nkind: split\nout: {tmp_path / 'out'}\nmodel: resnet20\n"
+                     "data: 'synthetic:n=96,shape=3x32x32,classes=10,seed=0'\ncalib_size: 32\nqbins: [4]\n"
+                     "companding: [none]\ngrid:\n  splits: [[1], [3]]\n")
+    mixed = tmp_path / "mx.yaml"
+    mixed.write_text(f"name: mx\nkind: mixed\nout: {tmp_path / 'out'}\nmodel: lenet\ndata: '{SYN}'\n"
+                     "pretrain_epochs: 2\ncalib_size: 48\nbits: [2, 4, 8]\ngrid:\n  avg_bits: [3, 6]\n")
+    db = tmp_path / "m.db"
+    for f in (split, mixed):
+        out = run_sweep(load_sweep(f), store_path=str(db), progress=False, threads=1, log=lambda m: None)
+        assert len(out.ran) == 2 and not out.failed, out.failed
+        again = run_sweep(load_sweep(f), store_path=str(db), progress=False, threads=1, log=lambda m: None)
+        assert again.ran == [] and len(again.skipped) == 2  # resumable like any sweep
+    with ResultStore(db) as store:
+        splits = {r["extra"]["split"] for c in store.sweep_cells("sp").values()
+                  for r in store.query(run_id=c["run_id"], metric="split.top1")}
+        assert splits == {1, 3}
+        bits = sorted(r["value"] for c in store.sweep_cells("mx").values()
+                      for r in store.query(run_id=c["run_id"], metric="average_weight_bits"))
+        assert len(bits) == 2 and bits[0] <= 3 < bits[1] <= 6

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from quantbench.errors import QuantbenchError
-from quantbench.experiments.bench import BenchSpec, bench_rows, load_study, plan_jobs, run_bench
+from quantbench.experiments.bench import BenchSpec, bench_rows, plan_jobs, run_bench
 from quantbench.measure.macs import count_macs
 from quantbench.measure.peaks import machine_peaks, peak_precision
 from quantbench.models import build_model
@@ -58,7 +58,7 @@ def test_engine_not_installed_is_an_error_when_named_and_skipped_under_all(absen
 @pytest.mark.parametrize("spec, needle", [
     (BenchSpec(model="lenet", batch_sizes=(0,)), "batch size must be an integer >= 1, got 0"),
     (BenchSpec(model="lenet", batch_sizes=()), "at least one batch size"),
-    (BenchSpec(model="vgg11_cifar", input_size=8, engines=("torch",)), "cannot take a 3x8x8 input"),
+    (BenchSpec(model="vgg11_cifar", input_shape=(3, 8, 8), engines=("torch",)), "cannot take a 3x8x8 input"),
     (BenchSpec(model="lenet", threads=0), "--threads must be an integer >= 1"),
     (BenchSpec(model="lenet", quantized="/nonexistent/x.qbm", engines=("onnxruntime",)), "no such file"),
 ])
@@ -159,20 +159,22 @@ def test_isolated_job_reports_its_own_peak_rss():
     assert 50e6 < rec["peak_rss_bytes"] < 8e9
 
 
-def test_study_file_expands_models_and_names_bad_keys(tmp_path):
+def test_study_file_is_a_bench_sweep_with_one_cell_per_model(tmp_path):
+    from quantbench.sweep import expand, load_sweep
+
     f = tmp_path / "s.yaml"
-    f.write_text("name: t\nengines: [torch]\nbatch_sizes: [1, 2]\nthreads: 1\n"
-                 "models:\n  - lenet\n  - {name: resnet20, input_size: 40, batch_sizes: [4]}\n")
-    name, specs = load_study(f, threads=2)
-    assert name == "t" and [s.model for s in specs] == ["lenet", "resnet20"]
-    assert specs[0].batch_sizes == (1, 2) and specs[1].batch_sizes == (4,) and specs[1].input_size == 40
-    assert all(s.threads == 2 and s.engines == ("torch",) for s in specs)
-    f.write_text("models: [lenet]\nbatchsizes: [1]\n")
+    f.write_text("name: t\nkind: bench\nengines: [torch]\nbatch_sizes: [1, 2]\nthreads: 1\n"
+                 "cells:\n  - {model: lenet}\n  - {model: resnet20, input_shape: 3x40x40, batch_sizes: [4]}\n")
+    sweep = load_sweep(f)
+    cells = expand(sweep)
+    assert sweep.name == "t" and [c.params["model"] for c in cells] == ["lenet", "resnet20"]
+    assert cells[0].params["batch_sizes"] == [1, 2] and cells[1].params["batch_sizes"] == [4]
+    f.write_text("kind: bench\ncells: [{model: lenet}]\nbatchsizes: [1]\n")
     with pytest.raises(QuantbenchError, match=r"s.yaml: unknown key 'batchsizes'"):
-        load_study(f)
-    f.write_text("models:\n  - {name: lenet, size: 3}\n")
-    with pytest.raises(QuantbenchError, match=r"models\[0\] \(lenet\): unknown key 'size'"):
-        load_study(f)
-    f.write_text("models: [nosuchnet]\n")
-    with pytest.raises(QuantbenchError, match="nosuchnet"):
-        load_study(f)
+        load_sweep(f)
+    f.write_text("kind: bench\ncells:\n  - {model: lenet, size: 3}\n")
+    with pytest.raises(QuantbenchError, match=r"unknown key 'size'"):
+        load_sweep(f)
+    f.write_text("kind: bench\ncells: [{engines: [nosuchengine]}]\n")
+    with pytest.raises(QuantbenchError, match="nosuchengine"):
+        load_sweep(f)

@@ -39,11 +39,14 @@ def test_grey_jpegs_become_rgb(tmp_path: Path) -> None:
 def test_resize_and_mixed_sizes(tmp_path: Path) -> None:
     write_image_folder(tmp_path / "d", ["a"], per_class=2, size=8)
     write_image_folder(tmp_path / "d", ["b"], per_class=2, size=(12, 5))
-    with pytest.raises(QuantbenchError, match=r"image .*b/0000.png' is 12x5 but earlier images are 8x8; pass resize"):
+    with pytest.raises(QuantbenchError, match=r"image .*b/0000.png' is 12x5 but earlier images are 8x8; pass "
+                                              r"--input-shape"):
         open_dataset(f"imagefolder:{tmp_path / 'd'}")
     ds = open_dataset(f"imagefolder:{tmp_path / 'd'}", resize=16)
     assert ds.input_shape == (3, 16, 16) and ds[3][0].shape == (3, 16, 16)
     assert ds.tensors()[0].shape == (4, 3, 16, 16)
+    wide = open_dataset(f"imagefolder:{tmp_path / 'd'}", resize=(6, 10))  # non-square: H x W
+    assert wide.input_shape == (3, 6, 10) and wide.tensors()[0].shape == (4, 3, 6, 10)
 
 
 def test_lazy_folder_matches_eager(tmp_path: Path) -> None:

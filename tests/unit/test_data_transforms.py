@@ -100,9 +100,9 @@ def test_resize_in_memory_arrays() -> None:
     assert small.shape == (1797, 1, 4, 4)
 
 
-@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "32"])
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "32", (8,), (8, 0), 9000])
 def test_bad_resize(bad: object) -> None:
-    with pytest.raises(QuantbenchError, match="resize must be a positive integer"):
+    with pytest.raises(QuantbenchError, match="resize must be a side S or"):
         open_dataset("digits", resize=bad)  # type: ignore[arg-type]
 
 

@@ -355,7 +355,7 @@ def test_lint_cli(capsys):
     assert main(["lint", "--model", "resnet20"]) == 0
     assert "no findings" in capsys.readouterr().out
     assert main(["lint", "--model", "phinet", "--json"]) == 0
-    recs = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    recs = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["findings"]
     assert {"channels-multiple-of-8", "separate-padding"} <= {r["rule"] for r in recs}
     assert main(["lint", "--model", "phinet", "--strict"]) == 1
     capsys.readouterr()

@@ -149,8 +149,8 @@ def test_qat_with_bn_schedule_trains_and_ends_folded(trained):
 
 
 def test_qat_config_labels():
-    assert QATConfig(scheme="w4a4").label() == "w4a4-qat"
-    assert QATConfig(scheme="w4a4", act_grad="pact", first_last="int8").label() == "w4a4-qat-pact-flint8"
+    assert QATConfig(scheme="w4a4").label() == "w4a4:qat"
+    assert QATConfig(scheme="w4a4", act_grad="pact", first_last="int8").label() == "w4a4:qat-pact-flint8"
 
 
 # ----------------------------------------------------------------------------- mixed precision

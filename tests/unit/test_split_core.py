@@ -44,10 +44,8 @@ def test_resnet_blocks_are_counted_globally_and_macs_add_up():
         c = split_costs(r20, k, (3, 32, 32))
         assert c["edge_macs"] + c["cloud_macs"] == total and c["total_macs"] == total
     assert split_costs(r20, 3, (3, 32, 32))["feature_shape"] == [16, 32, 32]
-    with pytest.raises(QuantbenchError, match="after residual block 0..9"):
+    with pytest.raises(QuantbenchError, match="at residual block 0..9"):
         split_model(r20, 10)
-    with pytest.raises(QuantbenchError, match="cannot be split"):
-        split_model(build_model("lenet"), 1)
 
 
 @pytest.mark.parametrize("companding", ["none", "mulaw"])

@@ -23,10 +23,11 @@ from torch.utils.data import Dataset
 
 from quantbench.data.spec import DATASETS, LoadOptions, Source, parse_spec
 from quantbench.data.transforms import (
+    as_size,
     channel_stats,
-    check_preset,
     fit_channels,
     normalize_batch,
+    parse_normalization,
     resize_batch,
     to_unit,
 )
@@ -47,11 +48,11 @@ class ImageDataset(Dataset):
         normalization: ``{"name", "requested", "mean", "std"}`` actually applied; store it
             with results, since a model is only meaningful with its own normalisation.
         official_split: Per-item official split name ('train'/'test') or None.
-        resize: The requested side S, or None.
+        resize: The requested (H, W), or None.
     """
 
     def __init__(self, spec: str, source: Source, normalization: dict[str, Any],
-                 resize: int | None = None) -> None:
+                 resize: tuple[int, int] | None = None) -> None:
         self.spec = spec
         self.classes = list(source.classes)
         self.targets = source.targets
@@ -59,7 +60,7 @@ class ImageDataset(Dataset):
         self.resize = resize
         self.normalization = normalization
         c, h, w = source.shape
-        self.input_shape: tuple[int, int, int] = (c, resize, resize) if resize else (c, h, w)
+        self.input_shape: tuple[int, int, int] = (c, resize[0], resize[1]) if resize else (c, h, w)
         self._source = source
         self._mean = torch.tensor(normalization["mean"], dtype=torch.float32)
         self._std = torch.tensor(normalization["std"], dtype=torch.float32)
@@ -134,7 +135,7 @@ class ImageDataset(Dataset):
         """A JSON-able summary to store with results."""
         return {"spec": self.spec, "items": len(self), "classes": self.classes,
                 "input_shape": list(self.input_shape), "normalization": self.normalization,
-                "resize": self.resize}
+                "resize": list(self.resize) if self.resize else None}
 
     def __repr__(self) -> str:
         return (f"ImageDataset(spec={self.spec!r}, items={len(self)}, classes={self.num_classes}, "
@@ -149,9 +150,10 @@ def _raw_source(source: Source, indices: np.ndarray) -> torch.Tensor:
 
 
 def _resolve_normalization(requested: str, kind: str, source: Source) -> dict[str, Any]:
-    preset = check_preset(requested)
+    preset = parse_normalization(requested)
     name = DATASETS.meta(kind).get("auto_normalization", "dataset") if preset.name == "auto" else preset.name
-    preset = check_preset(name)
+    if preset.name != "custom":
+        preset = parse_normalization(name)
     channels = source.shape[0]
     if preset.mean is None or preset.std is None:
         n = len(source.targets)
@@ -163,15 +165,16 @@ def _resolve_normalization(requested: str, kind: str, source: Source) -> dict[st
     return {"name": name, "requested": requested, "mean": mean, "std": std}
 
 
-def open_dataset(spec: str, *, normalize: str = "auto", resize: int | None = None,
+def open_dataset(spec: str, *, normalize: str = "auto", resize: int | tuple[int, int] | None = None,
                  in_memory: bool | None = None) -> ImageDataset:
     """Open the data set named by ``spec`` (``KIND[:PATH]``), ready for a model.
 
     Args:
         spec: e.g. ``"digits"``, ``"mnist:~/data/mnist"``, ``"imagefolder:../shared/datasets/cifar10-jpeg/dev"``.
-        normalize: A key of :data:`NORMALIZATIONS`; ``"auto"`` picks the kind's usual one.
-            ``"dataset"`` statistics are computed over all items at their stored size.
-        resize: Side S to resize items to (SxS, bilinear), or None to keep their size.
+        normalize: A key of :data:`NORMALIZATIONS` (``"auto"`` picks the kind's usual one;
+            ``"dataset"`` statistics are computed over all items at their stored size), or explicit
+            per-channel statistics ``MEAN/STD`` such as ``"0.5,0.5,0.5/0.5,0.5,0.5"``.
+        resize: Size S (SxS) or (H, W) to resize items to (bilinear), or None to keep their size.
         in_memory: imagefolder only: force (True) or forbid (False) decoding every image
             at open time; None decides from the estimated size (up to about 1 GB in memory).
 
@@ -188,9 +191,8 @@ def open_dataset(spec: str, *, normalize: str = "auto", resize: int | None = Non
         torch.Size([1, 8, 8])
     """
     kind, path = parse_spec(spec)
-    check_preset(normalize)
-    if resize is not None and (isinstance(resize, bool) or not isinstance(resize, int) or resize < 1):
-        raise QuantbenchError(f"resize must be a positive integer side length or None, got {resize!r}")
+    parse_normalization(normalize)
+    resize = as_size(resize)
     source = DATASETS.get(kind)(path, LoadOptions(resize=resize, in_memory=in_memory))
     if len(source.targets) == 0:
         raise QuantbenchError(f"data set {spec!r} has no items")

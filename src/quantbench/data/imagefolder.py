@@ -65,8 +65,8 @@ def scan(root: Path) -> tuple[list[str], list[Path], np.ndarray]:
     return [d.name for d in class_dirs], files, np.asarray(targets, dtype=np.int64)
 
 
-def decode(path: Path, resize: int | None = None) -> np.ndarray:
-    """Decode one image to a uint8 CxHxW RGB array, optionally resized to SxS.
+def decode(path: Path, resize: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode one image to a uint8 CxHxW RGB array, optionally resized to (H, W).
 
     Raises:
         QuantbenchError: The file is not a readable image (the message names it).
@@ -74,8 +74,8 @@ def decode(path: Path, resize: int | None = None) -> np.ndarray:
     try:
         with Image.open(path) as im:
             rgb = im.convert("RGB")
-            if resize is not None and rgb.size != (resize, resize):
-                rgb = rgb.resize((resize, resize), Image.Resampling.BILINEAR)
+            if resize is not None and rgb.size != (resize[1], resize[0]):
+                rgb = rgb.resize((resize[1], resize[0]), Image.Resampling.BILINEAR)
             return np.asarray(rgb).transpose(2, 0, 1)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise QuantbenchError(f"cannot decode image {str(path)!r}: {exc}") from None
@@ -94,7 +94,7 @@ def _map(fn: Callable[[int], None], count: int, threaded: bool) -> None:
 class FolderReader(LazyReader):
     """Decodes image files on demand; every item must decode to ``shape``."""
 
-    def __init__(self, files: Sequence[Path], shape: tuple[int, int, int], resize: int | None,
+    def __init__(self, files: Sequence[Path], shape: tuple[int, int, int], resize: tuple[int, int] | None,
                  threaded: bool) -> None:
         self.files = list(files)
         self.shape = shape
@@ -114,7 +114,7 @@ class FolderReader(LazyReader):
     def _check(self, path: Path, arr: np.ndarray) -> np.ndarray:
         if arr.shape != self.shape:
             raise QuantbenchError(f"image {str(path)!r} is {arr.shape[2]}x{arr.shape[1]} but earlier images are "
-                                  f"{self.shape[2]}x{self.shape[1]}; pass resize=S to stack images of mixed sizes")
+                                  f"{self.shape[2]}x{self.shape[1]}; pass --input-shape CxHxW to resize images of mixed sizes")
         return arr
 
 

@@ -31,13 +31,13 @@ class LoadOptions:
     """Options open_dataset passes to every loader; most loaders ignore them.
 
     Attributes:
-        resize: Target side S (images become SxS) or None. Only loaders that decode
-            images of possibly different sizes (imagefolder) apply it themselves.
+        resize: Target (H, W) or None. Only loaders that decode images of possibly
+            different sizes (imagefolder) apply it themselves.
         in_memory: Force (True) or forbid (False) decoding everything at open time;
             None lets the loader decide from the estimated size.
     """
 
-    resize: int | None = None
+    resize: tuple[int, int] | None = None
     in_memory: bool | None = None
 
 

@@ -60,7 +60,7 @@ class DatasetView(Dataset):
     input_shape = property(lambda self: self.dataset.input_shape, doc="(C, H, W) of an item.")
     num_classes = property(lambda self: self.dataset.num_classes, doc="Number of classes.")
     normalization = property(lambda self: self.dataset.normalization, doc="Normalisation applied.")
-    resize = property(lambda self: self.dataset.resize, doc="Requested resize side or None.")
+    resize = property(lambda self: self.dataset.resize, doc="Requested (H, W) or None.")
 
     @property
     def official_split(self) -> np.ndarray | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,7 +54,7 @@ def check_preset(name: str) -> Normalization:
         return NORMALIZATIONS[name]
     except (KeyError, TypeError):
         raise QuantbenchError(f"unknown normalisation {name!r}; expected one of: "
-                              f"{', '.join(NORMALIZATIONS)}") from None
+                              f"{', '.join(NORMALIZATIONS)}, or MEAN/STD per channel") from None
 
 
 def fit_channels(values: tuple[float, ...], channels: int, what: str) -> list[float]:
@@ -101,11 +102,49 @@ def to_unit(raw: torch.Tensor) -> torch.Tensor:
     return raw.to(torch.float32)
 
 
-def resize_batch(x: torch.Tensor, size: int | None) -> torch.Tensor:
-    """Bilinear (antialiased when shrinking) resize of an NxCxHxW float batch to SxS."""
-    if size is None or tuple(x.shape[-2:]) == (size, size):
+def resize_batch(x: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    """Bilinear (antialiased when shrinking) resize of an NxCxHxW float batch to (H, W)."""
+    if size is None or tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def as_size(resize: Any) -> tuple[int, int] | None:
+    """``S`` -> ``(S, S)``; ``(H, W)`` stays; None stays None; anything else is a one-line error.
+
+    Example:
+        >>> as_size(32), as_size((24, 40))
+        ((32, 32), (24, 40))
+    """
+    if resize is None:
+        return None
+    dims = (resize, resize) if isinstance(resize, int) and not isinstance(resize, bool) else resize
+    if (not isinstance(dims, (tuple, list)) or len(dims) != 2
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 8192 for d in dims)):
+        raise QuantbenchError(f"resize must be a side S or (H, W) with 1..8192 pixels, got {resize!r}")
+    return (int(dims[0]), int(dims[1]))
+
+
+def parse_normalization(text: str) -> Normalization:
+    """A preset name, or explicit per-channel statistics ``MEAN/STD`` (``0.5,0.5,0.5/0.5,0.5,0.5``).
+
+    Example:
+        >>> parse_normalization("0.5,0.5,0.5/0.25,0.25,0.25").std
+        (0.25, 0.25, 0.25)
+    """
+    if isinstance(text, str) and "/" in text:
+        mean_s, _, std_s = text.partition("/")
+        try:
+            mean = tuple(float(v) for v in mean_s.split(",") if v.strip())
+            std = tuple(float(v) for v in std_s.split(",") if v.strip())
+        except ValueError:
+            mean = std = ()
+        if not mean or len(mean) != len(std) or not all(np.isfinite(mean)) or not all(s > 0 and np.isfinite(s)
+                                                                                       for s in std):
+            raise QuantbenchError(f"normalisation {text!r}: expected MEAN/STD, comma-separated per channel with "
+                                  "finite means and positive stds (e.g. 0.5,0.5,0.5/0.5,0.5,0.5)")
+        return Normalization("custom", f"mean {mean}, std {std}", mean, std)
+    return check_preset(text)
 
 
 def normalize_batch(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

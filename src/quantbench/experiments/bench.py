@@ -48,8 +48,8 @@ from quantbench.errors import QuantbenchError
 from quantbench.experiments.records import RowKey, cost_rows, latency_rows
 from quantbench.store import Result
 
-__all__ = ["BenchResult", "BenchSpec", "bench_rows", "findings", "load_study", "plan_jobs", "public_record",
-           "run_bench", "validate_spec"]
+__all__ = ["BenchResult", "BenchSpec", "bench_rows", "calibration_images", "findings", "plan_jobs", "public_record",
+           "resolve", "run_bench"]
 
 REFERENCE = ("torch", "fp32")
 """The (engine, variant) every speed-up is also measured against: PyTorch eager FP32."""
@@ -63,17 +63,20 @@ class BenchSpec:
     """What to benchmark (stored with the results).
 
     Attributes:
-        model: zoo model name.
-        checkpoint: weights to load (None: random init; speed does not depend on the values).
+        model: a model source (zoo name, ``file.py:factory``, ``.onnx``, ``.pt2``, ...).
+        checkpoint: weights to load (None: as built; speed does not depend on the values).
         quantized: a ``.qbm`` file (or a folder holding one) whose scales ``int8`` deploys.
         engines: engine names, or ``("all",)`` for every installed engine.
         variants: variants to run (empty: every variant each engine supports here).
         batch_sizes: images per call.
-        input_size: square input side (None: the model's default).
+        input_shape: (C, H, W) (None: the model's own).
         threads: intra-op threads for every engine (None: all logical cores).
-        num_classes / in_channels / hyper: ``build_model`` arguments (None: the model's defaults).
-        calib: data spec whose images calibrate ``int8`` when ``quantized`` is None.
+        num_classes / hyper: model arguments (None/empty: the model's defaults).
+        calib: data spec whose images calibrate ``int8`` when ``quantized`` is None (None: seeded
+            random images, enough for timing: integer kernels run the same for any scales).
         calib_size: calibration images (real or random).
+        method: the PTQ method that calibrates ``int8`` when ``quantized`` is None.
+        normalize: normalisation of ``calib`` images.
         warmup / min_iters / min_time_s: :func:`measure_latency` protocol.
         isolate: one fresh process per (engine, variant).
     """
@@ -84,13 +87,14 @@ class BenchSpec:
     engines: tuple[str, ...] = ("all",)
     variants: tuple[str, ...] = ()
     batch_sizes: tuple[int, ...] = (1, 8, 32)
-    input_size: int | None = None
+    input_shape: tuple[int, int, int] | None = None
     threads: int | None = None
     num_classes: int | None = None
-    in_channels: int | None = None
     hyper: dict[str, Any] = field(default_factory=dict)
     calib: str | None = None
     calib_size: int = 32
+    method: str = "w8a8:minmax"
+    normalize: str = "auto"
     warmup: int = 5
     min_iters: int = 10
     min_time_s: float = 1.0
@@ -166,33 +170,15 @@ def plan_jobs(engines: tuple[str, ...], variants: tuple[str, ...]) -> tuple[list
     return jobs, skipped
 
 
-def _input_shape(spec: BenchSpec) -> tuple[int, int, int]:
-    from quantbench.models import model_info
+def resolve(spec: BenchSpec, check: bool = True) -> Any:
+    """The float model of ``spec`` and its input shape (a one-line error when no shape is known)."""
+    from quantbench.models.sources import default_input_shape, resolve_model
 
-    info = model_info(spec.model)
-    c, h, w = info["input_shape"]
-    c = spec.in_channels or c
-    if spec.input_size is not None:
-        if isinstance(spec.input_size, bool) or not isinstance(spec.input_size, int) or spec.input_size < 1:
-            raise QuantbenchError(f"bench: --input-size must be an integer >= 1, got {spec.input_size!r}")
-        h = w = spec.input_size
-    return (c, h, w)
-
-
-def _model_kwargs(spec: BenchSpec, shape: tuple[int, int, int]) -> dict[str, Any]:
-    from quantbench.models import model_info
-
-    return {"num_classes": spec.num_classes or model_info(spec.model)["num_classes"], "in_channels": shape[0],
-            **spec.hyper}
-
-
-def _float_model(spec: BenchSpec, kwargs: dict[str, Any]) -> nn.Module:
-    from quantbench.models import build_model, load_checkpoint
-
-    model = build_model(spec.model, **kwargs)
-    if spec.checkpoint:
-        load_checkpoint(model, spec.checkpoint)
-    return model.eval()
+    loaded = resolve_model(spec.model, hyper=spec.hyper, checkpoint=spec.checkpoint, num_classes=spec.num_classes,
+                           in_channels=spec.input_shape[0] if spec.input_shape else None,
+                           input_shape=spec.input_shape, check=check)
+    default_input_shape(loaded, "bench")
+    return loaded
 
 
 def check_input_size(model: nn.Module, name: str, shape: tuple[int, int, int]) -> None:
@@ -204,7 +190,7 @@ def check_input_size(model: nn.Module, name: str, shape: tuple[int, int, int]) -
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise QuantbenchError(
             f"bench: model {name!r} cannot take a {shape[0]}x{shape[1]}x{shape[2]} input "
-            f"(--input-size {shape[1]}): {first}"
+            f"(--input-shape): {first}"
         ) from None
 
 
@@ -224,45 +210,54 @@ def _find_qbm(path: str) -> Path:
     return p
 
 
-def _quantized_model(spec: BenchSpec, model: nn.Module, shape: tuple[int, int, int], kwargs: dict[str, Any],
-                     workdir: Path) -> tuple[Path, str]:
+def calibration_images(calib: str | None, n: int, shape: tuple[int, int, int], normalize: str = "auto",
+                       seed: int = 0) -> tuple[Any, str]:
+    """Images that calibrate an INT8 deployment, and how to describe them.
+
+    ``calib`` is a data spec (resized to the model's H x W), or None / ``"random"`` for seeded random
+    images - enough for timing (integer kernels run the same for any scales), never for accuracy.
+    """
+    if calib and calib != "random":
+        from quantbench.data import open_dataset, subset
+
+        ds = open_dataset(calib, normalize=normalize, resize=(shape[1], shape[2]))
+        if tuple(ds.input_shape) != tuple(shape):
+            raise QuantbenchError(f"{calib}: images are {ds.input_shape}, the model takes {shape}")
+        if len(ds) < n:
+            raise QuantbenchError(f"{calib}: {len(ds)} images, fewer than the {n} asked for calibration")
+        return subset(ds, n, seed=seed), f"{n} images of {calib}"
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn((n, *shape), generator=gen)
+    return (x, torch.zeros(len(x), dtype=torch.long)), f"{n} seeded random images (timing only)"
+
+
+def _quantized_model(spec: BenchSpec, loaded: Any, shape: tuple[int, int, int], workdir: Path,
+                     quantized: Any = None) -> tuple[Path, str]:
     """A saved ``.qbm`` whose scales the int8 variants deploy, and where it came from."""
     from quantbench.quant.save import load_quantized, read_quantized_meta, save_quantized
 
+    kwargs = {"hyper": dict(spec.hyper), "num_classes": spec.num_classes, "in_channels": shape[0],
+              "input_shape": list(shape) if spec.input_shape else None}
+    if quantized is not None:  # an in-memory QuantizedModel (Python API): deployed as it is
+        path = workdir / "model_int8.qbm"
+        save_quantized(quantized, path, model_name=spec.model, model_kwargs=kwargs, input_shape=shape)
+        return path, "the quantized model passed in"
     if spec.quantized:
         path = _find_qbm(spec.quantized)
         meta = read_quantized_meta(path)
-        saved_name = meta.get("model", {}).get("name")
         saved_shape = tuple(meta.get("model", {}).get("input_shape") or ())
-        if saved_name and saved_name != spec.model:
-            raise QuantbenchError(f"{path}: holds a quantized {saved_name!r}, not {spec.model!r}")
         if saved_shape and saved_shape[0] != shape[0]:
             raise QuantbenchError(f"{path}: was quantized for {saved_shape[0]}-channel input, not {shape[0]}")
-        load_quantized(path, copy.deepcopy(model))  # validates the file now, not in a worker
+        load_quantized(path, copy.deepcopy(loaded.module))  # validates the file now, not in a worker
         return path, f"{path}"
-    from quantbench.quant.ptq import PTQConfig, quantize_ptq
+    from quantbench.quant.ptq import parse_method, quantize_ptq
 
-    if spec.calib:
-        from quantbench.data import open_dataset, subset
-
-        ds = open_dataset(spec.calib, resize=shape[1])
-        if tuple(ds.input_shape) != shape:
-            raise QuantbenchError(f"{spec.calib}: images are {ds.input_shape}, the benchmark input is {shape}")
-        if len(ds) < spec.calib_size:
-            raise QuantbenchError(f"{spec.calib}: {len(ds)} images, fewer than the {spec.calib_size} asked")
-        data: Any = subset(ds, spec.calib_size, seed=0)
-        source = f"w8a8-minmax PTQ calibrated on {spec.calib_size} images of {spec.calib}"
-    else:
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn((spec.calib_size, *shape), generator=gen)
-        data = (x, torch.zeros(len(x), dtype=torch.long))
-        source = (f"w8a8-minmax PTQ calibrated on {spec.calib_size} seeded random images "
-                  "(timing only: integer kernels run the same for any scales)")  # fmt: skip
-    cfg = PTQConfig(scheme="w8a8", algo="minmax", calib_size=spec.calib_size, calib_batch_size=min(32, spec.calib_size))
-    qm = quantize_ptq(model, cfg, data)
-    path = workdir / f"{spec.model}_w8a8.qbm"
-    save_quantized(qm, path, model_name=spec.model, model_kwargs=kwargs, input_shape=shape,
-                   extra={"source": source})
+    data, what = calibration_images(spec.calib, spec.calib_size, shape, spec.normalize)
+    cfg = parse_method(spec.method, calib_size=spec.calib_size, calib_batch_size=min(32, spec.calib_size))
+    source = f"{cfg.label()} PTQ calibrated on {what}"
+    qm = quantize_ptq(loaded.module, cfg, data)
+    path = workdir / "model_int8.qbm"
+    save_quantized(qm, path, model_name=spec.model, model_kwargs=kwargs, input_shape=shape, extra={"source": source})
     return path, source
 
 
@@ -283,8 +278,7 @@ def bench_job(job: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(job["threads"])
         model = job.get("model_obj")
         if model is None:
-            spec = BenchSpec(model=job["model"], checkpoint=job["checkpoint"])
-            model = _float_model(spec, job["model_kwargs"])
+            model = resolve(job["spec"], check=False).module
         qm = None
         if job["variant"] == "int8":
             from quantbench.quant.save import load_quantized
@@ -327,14 +321,17 @@ def _run_isolated(job: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- the benchmark
 
 
-def run_bench(spec: BenchSpec, *, model: nn.Module | None = None, log: Callable[[str], None] | None = None,
-              peaks: bool = True) -> BenchResult:
-    """Benchmark ``spec.model`` (or the given ``model``) on the planned engines.
+def run_bench(spec: BenchSpec, *, model: nn.Module | None = None, quantized: Any = None,
+              log: Callable[[str], None] | None = None, peaks: bool = True) -> BenchResult:
+    """Benchmark ``spec.model`` (or the given in-memory ``model`` / ``quantized``) on the planned engines.
 
     Args:
         spec: what to run.
-        model: a float ``nn.Module`` to use instead of building ``spec.model`` (forces
-            ``isolate=False``; ``spec.model`` is then only its label).
+        model: a float ``nn.Module`` to use instead of building ``spec.model`` (forces ``isolate=False``;
+            ``spec.model`` is then only its label; ``spec.input_shape`` or a ``model.input_shape``
+            attribute gives the input).
+        quantized: a :class:`~quantbench.quant.prepare.QuantizedModel` whose scales ``int8`` deploys as
+            they are (no re-quantization).
         log: progress lines (default: stderr).
         peaks: also measure this machine's GEMM peaks (for ``fraction_of_peak``).
 
@@ -344,6 +341,7 @@ def run_bench(spec: BenchSpec, *, model: nn.Module | None = None, log: Callable[
     """
     from quantbench.measure.macs import count_macs
     from quantbench.measure.params import count_parameters
+    from quantbench.models.sources import LoadedModel, default_input_shape
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     batches = _check_batches(tuple(spec.batch_sizes))
@@ -353,21 +351,19 @@ def run_bench(spec: BenchSpec, *, model: nn.Module | None = None, log: Callable[
     jobs, skipped = plan_jobs(tuple(spec.engines), tuple(spec.variants))
     custom = model is not None
     if custom:
-        from quantbench.models import MODELS
-
-        shape = _input_shape(spec) if spec.model in MODELS.names() else _custom_shape(spec)
-        kwargs: dict[str, Any] = {}
+        shape_attr = spec.input_shape or getattr(model, "input_shape", None)
+        loaded = LoadedModel(model.eval(), spec.model, "module", tuple(shape_attr) if shape_attr else None)
     else:
-        shape = _input_shape(spec)
-        kwargs = _model_kwargs(spec, shape)
-        model = _float_model(spec, kwargs)
+        loaded = resolve(spec)
+    shape = default_input_shape(loaded, "bench")
+    model = loaded.module
     check_input_size(model, spec.model, shape)
-    isolate = spec.isolate and not custom
+    isolate = spec.isolate and not custom and quantized is None
     macs = count_macs(model, shape, batch_size=1).per_image_macs
     with tempfile.TemporaryDirectory(prefix="quantbench-bench-") as tmp:
         qbm, qsource = None, "no int8 variant requested"
         if any(v == "int8" for _, v in jobs):
-            qbm, qsource = _quantized_model(spec, model, shape, kwargs, Path(tmp))
+            qbm, qsource = _quantized_model(spec, loaded, shape, Path(tmp), quantized)
         machine = {}
         if peaks:
             log(f"bench: measuring this machine's GEMM peaks ({threads} threads)")
@@ -375,8 +371,8 @@ def run_bench(spec: BenchSpec, *, model: nn.Module | None = None, log: Callable[
         raw: list[dict[str, Any]] = []
         for i, (engine, variant) in enumerate(jobs, 1):
             log(f"bench: [{i}/{len(jobs)}] {spec.model} {engine} {variant} batch {','.join(map(str, batches))}")
-            job = {"engine": engine, "variant": variant, "model": spec.model, "checkpoint": spec.checkpoint,
-                   "model_kwargs": kwargs, "qbm": str(qbm) if qbm else None, "input_shape": list(shape),
+            job = {"engine": engine, "variant": variant, "model": spec.model, "spec": spec,
+                   "qbm": str(qbm) if qbm else None, "input_shape": list(shape),
                    "batch_sizes": list(batches), "threads": threads, "warmup": spec.warmup,
                    "min_iters": spec.min_iters, "min_time_s": spec.min_time_s, "isolated": isolate}
             if isolate:
@@ -398,31 +394,12 @@ def run_bench(spec: BenchSpec, *, model: nn.Module | None = None, log: Callable[
                        params=count_parameters(model), fp32_size_bytes=fp32_bytes)
 
 
-def validate_spec(spec: BenchSpec) -> None:
-    """Every check :func:`run_bench` makes before timing anything (for a study: all models up front)."""
-    _check_batches(tuple(spec.batch_sizes))
-    if spec.threads is not None and (isinstance(spec.threads, bool) or not isinstance(spec.threads, int)
-                                     or spec.threads < 1):
-        raise QuantbenchError(f"bench: --threads must be an integer >= 1, got {spec.threads!r}")
-    plan_jobs(tuple(spec.engines), tuple(spec.variants))
-    shape = _input_shape(spec)
-    check_input_size(_float_model(spec, _model_kwargs(spec, shape)), spec.model, shape)
-    if spec.quantized:
-        _find_qbm(spec.quantized)
-
-
 def public_record(r: dict[str, Any]) -> dict[str, Any]:
     """A record without the raw per-call samples (what ``--json`` prints)."""
     out = {k: v for k, v in r.items() if k not in ("latency", "info")}
     out["precision"] = r.get("info", {}).get("precision")
     out["version"] = r.get("info", {}).get("version")
     return out
-
-
-def _custom_shape(spec: BenchSpec) -> tuple[int, int, int]:
-    if spec.input_size is None or spec.in_channels is None:
-        raise QuantbenchError("bench: a model not from the zoo needs in_channels and input_size")
-    return (spec.in_channels, spec.input_size, spec.input_size)
 
 
 def _machine_peaks(threads: int) -> dict[str, Any]:
@@ -519,83 +496,3 @@ def bench_rows(result: BenchResult, data_label: str) -> list[Result]:
         rows.append(RowKey(result.model, data_label, prec, "machine").row(
             "peak_gmacs_per_s", p["gmacs_per_s"], "GMAC/s", source=p["source"], threads=p["threads"]))
     return rows
-
-
-# ----------------------------------------------------------------------------- study files
-
-_STUDY_KEYS = {"models", "engines", "variants", "batch_sizes", "threads", "warmup", "min_iters", "min_time_s",
-               "calib_size", "isolate", "name"}
-_MODEL_KEYS = {"name", "checkpoint", "quantized", "input_size", "num_classes", "in_channels", "hyper", "batch_sizes"}
-
-
-def load_study(path: str | Path, **overrides: Any) -> tuple[str, list[BenchSpec]]:
-    """Read a YAML study (several models, one engine/batch grid) into one BenchSpec per model.
-
-    Format (see ``examples/seven_cnns.yaml``)::
-
-        name: seven popular CNNs
-        engines: all            # or a list
-        variants: [fp32, dynamic, int8]
-        batch_sizes: [1, 8]
-        threads: 2
-        models:
-          - resnet18                        # the model's default input size
-          - {name: mobilenet_v2, input_size: 224}
-
-    ``overrides`` (non-None values) replace the file's top-level keys (CLI flags win).
-
-    Raises:
-        QuantbenchError: unreadable file, unknown key (named with the file), bad value.
-    """
-    from quantbench.config import read_yaml_mapping
-
-    p = Path(path)
-    doc = read_yaml_mapping(p, "study file")
-    unknown = sorted(set(doc) - _STUDY_KEYS)
-    if unknown:
-        raise QuantbenchError(f"{path}: unknown key {unknown[0]!r}; expected: {', '.join(sorted(_STUDY_KEYS))}")
-    doc.update({k: v for k, v in overrides.items() if v is not None})
-    models = doc.get("models")
-    if not isinstance(models, list) or not models:
-        raise QuantbenchError(f"{path}: 'models' must be a non-empty list of model names or mappings")
-
-    def as_tuple(key: str, value: Any, kind: type) -> tuple[Any, ...]:
-        if value is None:
-            return ()
-        if isinstance(value, (str, int)) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, kind) and not isinstance(v, bool)
-                                                           for v in value):
-            raise QuantbenchError(f"{path}: '{key}' must be a list of {kind.__name__}, got {value!r}")
-        return tuple(value)
-
-    common: dict[str, Any] = {
-        "engines": as_tuple("engines", doc.get("engines", "all"), str) or ("all",),
-        "variants": as_tuple("variants", doc.get("variants"), str),
-        "batch_sizes": as_tuple("batch_sizes", doc.get("batch_sizes", [1, 8, 32]), int),
-    }
-    for key, kind in (("threads", int), ("warmup", int), ("min_iters", int), ("min_time_s", (int, float)),
-                      ("calib_size", int), ("isolate", bool)):
-        if key in doc:
-            if not isinstance(doc[key], kind) or (kind is int and isinstance(doc[key], bool)):
-                raise QuantbenchError(f"{path}: '{key}' has the wrong type: {doc[key]!r}")
-            common[key] = doc[key]
-    specs = []
-    for i, entry in enumerate(models):
-        if isinstance(entry, str):
-            entry = {"name": entry}
-        if not isinstance(entry, dict) or "name" not in entry:
-            raise QuantbenchError(f"{path}: models[{i}] must be a model name or a mapping with 'name'")
-        bad = sorted(set(entry) - _MODEL_KEYS)
-        if bad:
-            raise QuantbenchError(f"{path}: models[{i}] ({entry['name']}): unknown key {bad[0]!r}; "
-                                  f"expected: {', '.join(sorted(_MODEL_KEYS))}")  # fmt: skip
-        from quantbench.models import MODELS
-
-        MODELS.get(entry["name"])  # unknown model: error listing the known ones
-        per = dict(common)
-        if "batch_sizes" in entry:
-            per["batch_sizes"] = as_tuple(f"models[{i}].batch_sizes", entry["batch_sizes"], int)
-        per.update({k: v for k, v in entry.items() if k not in ("batch_sizes", "hyper", "name")})
-        specs.append(BenchSpec(model=entry["name"], hyper=dict(entry.get("hyper") or {}), **per))
-    return str(doc.get("name") or p.stem), specs

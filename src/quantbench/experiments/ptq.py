@@ -38,12 +38,6 @@ class PTQOutcome:
     eval: EvalResult | None = None
 
 
-def parse_method(text: str) -> PTQConfig:
-    """``"w4a8:adaround"`` -> ``PTQConfig(scheme="w4a8", algo="adaround")``; the algo defaults to mse."""
-    scheme, _, algo = text.partition(":")
-    return PTQConfig(scheme=scheme.strip(), algo=(algo.strip() or "mse"))
-
-
 def sensitivity_rows(key: RowKey, sens: list[LayerSensitivity]) -> list[Result]:
     rows = []
     for i, s in enumerate(sens):
@@ -97,7 +91,7 @@ def record_quantized(qm: Any, label: str, eval_data: Any, base: RowKey, fp32_eva
     """
     key = RowKey(base.model, base.data, label, "torch")
     out_dir.mkdir(parents=True, exist_ok=True)
-    artifact = out_dir / f"model_{label}.qbm"
+    artifact = out_dir / f"model_{label.replace(':', '_')}.qbm"
     size = save_quantized(qm, artifact, model_name=model_name, model_kwargs=model_kwargs, input_shape=input_shape,
                           extra=extra or {})
     ev = evaluate(qm, eval_data, topk=(1, topk), batch_size=eval_batch_size,

@@ -184,9 +184,7 @@ def run_qat(model: nn.Module, cfg: QATConfig, calib: Any, train_data: Any, eval_
     qm, history, start = quantize_qat(model, cfg, calib, train_data, val_data, plan=plan, progress=progress)
     kw = {"model_name": model_name, "model_kwargs": model_kwargs, "input_shape": input_shape, "topk": topk,
           "eval_batch_size": eval_batch_size, "progress": progress}
-    ptq_label = start_label or f"{'mixed' if plan is not None else cfg.scheme}-{cfg.init}"
-    if cfg.first_last != "same" and start_label is None:
-        ptq_label += f"-fl{cfg.first_last}"
+    ptq_label = start_label or (cfg.ptq().label() if plan is None else f"mixed:{cfg.init}")
     ptq_out = record_quantized(start, ptq_label, eval_data, base, fp32_eval, out_dir,
                                extra={"ptq": asdict(cfg.ptq())}, **kw)
     label = cfg.label(plan)

@@ -88,7 +88,7 @@ def _self_macs(model: nn.Module, counts: dict[str, int]) -> dict[str, int]:
 
 
 def _check_shape(input_shape: tuple[int, ...], batch_size: int) -> None:
-    if len(input_shape) != 3 or any(int(d) <= 0 for d in input_shape):
+    if not 1 <= len(input_shape) <= 4 or any(int(d) <= 0 for d in input_shape):  # (C, H, W), or a split's features
         raise QuantbenchError(f"count_macs: input_shape must be (channels, height, width) > 0, got {input_shape}")
     if batch_size <= 0:
         raise QuantbenchError(f"count_macs: batch_size must be > 0, got {batch_size}")
@@ -102,14 +102,15 @@ def count_macs(model: nn.Module, input_shape: tuple[int, int, int], batch_size: 
 
     Args:
         model: an eager PyTorch model.
-        input_shape: ``(channels, height, width)`` of one image.
+        input_shape: ``(channels, height, width)`` of one image (or the shape of one sample of a split
+            point's features, e.g. ``(512,)`` after a flatten).
         batch_size: images in the batch (MACs of CNNs scale linearly with it).
 
     Returns:
         A :class:`MacsResult` (FLOPs = 2 x MACs; conv/matmul only).
 
     Raises:
-        QuantbenchError: malformed ``input_shape`` or ``batch_size``.
+        QuantbenchError: malformed ``input_shape`` or ``batch_size``, or a model that does not run on it.
 
     Example:
         >>> m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
@@ -126,7 +127,12 @@ def count_macs(model: nn.Module, input_shape: tuple[int, int, int], batch_size: 
     try:
         counter = FlopCounterMode(display=False)
         with torch.no_grad(), counter:
-            model(x)
+            try:
+                model(x)
+            except (RuntimeError, ValueError, TypeError, IndexError) as exc:  # the model's own shape error
+                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                raise QuantbenchError(f"count_macs: the model does not run on input_shape "
+                                      f"{tuple(input_shape)}: {first}") from None
     finally:
         model.train(was_training)
     flops = int(counter.get_total_flops())

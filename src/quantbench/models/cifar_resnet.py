@@ -98,6 +98,12 @@ class CifarResNet(nn.Module):
             self.in_planes = planes
         return nn.Sequential(*layers)
 
+    split_unit = "residual block"
+
+    def split_blocks(self) -> list[str]:
+        """Split points after each residual block (point 0: after the stem), as split-computing studies count."""
+        return [f"layer{i}.{j}" for i in (1, 2, 3) for j in range(len(getattr(self, f"layer{i}")))]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))

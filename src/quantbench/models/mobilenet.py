@@ -123,6 +123,12 @@ class MobileNetV2(nn.Module):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
 
+    split_unit = "feature block"
+
+    def split_blocks(self) -> list[str]:
+        """Split points after each feature block (point 0: after the stem, ``features.0``)."""
+        return [f"features.{i}" for i in range(1, len(self.features))]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.avgpool(self.features(x))
         return self.classifier(torch.flatten(x, 1))

@@ -248,6 +248,12 @@ class PhiNet(nn.Module):
             nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(cin, num_classes)
         )
 
+    split_unit = "feature block"
+
+    def split_blocks(self) -> list[str]:
+        """Split points after each feature block (point 0: after the stem, ``_layers.0``)."""
+        return [f"_layers.{i}" for i in range(1, len(self._layers))]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self._layers:
             x = layer(x)

@@ -128,6 +128,12 @@ class ResNet(nn.Module):
         layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
+    split_unit = "residual block"
+
+    def split_blocks(self) -> list[str]:
+        """Split points after each residual block (point 0: after the stem and its max-pool)."""
+        return [f"layer{i}.{j}" for i in (1, 2, 3, 4) for j in range(len(getattr(self, f"layer{i}")))]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))

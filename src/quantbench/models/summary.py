@@ -12,12 +12,12 @@ from quantbench.measure.macs import count_macs
 from quantbench.measure.params import count_parameters
 
 
-def model_summary(name: str) -> dict[str, int]:
-    """``{"params": ..., "macs": ..., "flops": ...}`` of zoo model ``name`` at batch 1."""
+def model_summary(name: str, num_classes: int | None = None) -> dict[str, int]:
+    """``{"params": ..., "macs": ..., "flops": ...}`` of zoo model ``name`` at batch 1 (``num_classes`` outputs)."""
     from quantbench.models import build_model, model_info
 
     with torch.device("meta"):
-        model = build_model(name)
+        model = build_model(name, num_classes=num_classes)
     model.eval()
     macs = count_macs(model, tuple(model_info(name)["input_shape"]), batch_size=1)
     return {"params": count_parameters(model), "macs": macs.per_image_macs, "flops": macs.flops}

@@ -81,6 +81,15 @@ class VGG(nn.Module):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
 
+    split_unit = "stage"
+    split_stem = "input"  # VGG has no stem: point 0 sends the input itself
+
+    def split_blocks(self) -> list[str]:
+        """Split points after each stage (a stage ends with its max-pool)."""
+        ends = [f"features.{i}" for i, m in enumerate(self.features) if isinstance(m, nn.MaxPool2d)]
+        last = f"features.{len(self.features) - 1}"
+        return ends if ends and ends[-1] == last else [*ends, last]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.avgpool(self.features(x))
         return self.classifier(torch.flatten(x, 1))

@@ -95,21 +95,63 @@ class PTQConfig:
         )
 
     def label(self) -> str:
-        """Short method label used in results: ``w4a8-adaround``, ``dynamic``, ``w8a8-mse-pt-mulaw``."""
+        """The method's one spelling, also its label in results: ``w4a8:adaround``, ``dynamic``,
+        ``w8a8:mse-pt-mulaw`` (options that differ from the algorithm's defaults are tags).
+
+        :func:`parse_method` reads every label back, so a label copied from a table is a valid ``--method``.
+        """
         if self.scheme in ("dynamic", "fp32"):
             return self.scheme
-        parts = [self.scheme, self.algo]
+        tags = []
         base, used = ALGOS.get(self.algo), self.algorithm()
         for flag, tag in (("equalize", "cle"), ("bias_correction", "bc")):
             if getattr(used, flag) != getattr(base, flag):  # an override: the label must say so
-                parts.append(tag if getattr(used, flag) else f"no{tag}")
+                tags.append(tag if getattr(used, flag) else f"no{tag}")
         if not self.per_channel:
-            parts.append("pt")
+            tags.append("pt")
         if self.companding != "none":
-            parts.append(self.companding)
+            tags.append(self.companding)
         if self.first_last != "same":
-            parts.append(f"fl{self.first_last}")
-        return "-".join(parts)
+            tags.append(f"fl{self.first_last}")
+        return f"{self.scheme}:{'-'.join([self.algo, *tags])}"
+
+
+_TAGS = {"cle": {"equalize": True}, "nocle": {"equalize": False}, "bc": {"bias_correction": True},
+         "nobc": {"bias_correction": False}, "pt": {"per_channel": False}, "mulaw": {"companding": "mulaw"},
+         "flint8": {"first_last": "int8"}, "flfp32": {"first_last": "fp32"}}
+
+
+def parse_method(text: str, **defaults: Any) -> PTQConfig:
+    """``SCHEME[:ALGO[-TAG...]]`` -> :class:`PTQConfig` (the inverse of :meth:`PTQConfig.label`).
+
+    The algorithm defaults to ``mse``; tags are the label's option tags (``pt`` per-tensor, ``mulaw``,
+    ``flint8``/``flfp32`` first/last layer policy, ``cle``/``bc`` and their ``no`` forms).
+    ``defaults`` are PTQConfig fields set before the tags apply (e.g. ``calib_size``).
+
+    Example:
+        >>> parse_method("w4a8:adaround-flint8").first_last
+        'int8'
+        >>> parse_method("w8a8").label()
+        'w8a8:mse'
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise QuantbenchError(f"method {text!r}: expected SCHEME[:ALGO], e.g. w8a8:mse or w4a8:adaround")
+    scheme, _, rest = text.strip().partition(":")
+    scheme = scheme.strip()
+    rest = rest.strip() or "mse"
+    names = sorted(ALGOS.names(), key=len, reverse=True)
+    algo = next((a for a in names if rest == a or rest.startswith(a + "-")), None)
+    if algo is None:
+        raise QuantbenchError(f"method {text!r}: unknown algorithm in {rest!r}; expected one of: "
+                              f"{', '.join(ALGOS.names())}")
+    fields: dict[str, Any] = dict(defaults)
+    for tag in [t for t in rest[len(algo):].split("-") if t]:
+        if tag not in _TAGS:
+            raise QuantbenchError(f"method {text!r}: unknown option tag {tag!r}; expected: {', '.join(_TAGS)}")
+        fields.update(_TAGS[tag])
+    cfg = PTQConfig(scheme=scheme, algo=algo, **fields)
+    cfg.plan()  # validates the scheme now
+    return cfg
 
 
 def with_observers(plan: QuantPlan, weight_observer: str, act_observer: str) -> QuantPlan:

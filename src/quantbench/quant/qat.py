@@ -80,12 +80,12 @@ class QATConfig:
 
     def label(self, plan: QuantPlan | None = None) -> str:
         base = "mixed" if plan is not None and plan.overrides else self.scheme
-        parts = [base, "qat"]
+        parts = ["qat"]
         if self.act_grad != "lsq":
             parts.append(self.act_grad)
         if self.first_last != "same":
             parts.append(f"fl{self.first_last}")
-        return "-".join(parts)
+        return f"{base}:{'-'.join(parts)}"
 
 
 class QConvBn2d(QConv2d):

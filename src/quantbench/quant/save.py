@@ -89,6 +89,32 @@ def read_quantized_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+def rebuild_float_model(meta: dict[str, Any], path: str | Path) -> nn.Module:
+    """The float architecture a ``.qbm`` header names (its source and arguments); weights are not used.
+
+    Files record the model source (zoo name, ``file.py:factory``, ``.onnx``/``.pt2`` file) and its
+    arguments; a source that is no longer where it was is named in the error.
+    """
+    info = meta.get("model") or {}
+    name = info.get("name")
+    if not name:
+        raise QuantbenchError(f"{path}: the file does not say which model it holds; pass its architecture")
+    kwargs = dict(info.get("kwargs") or {})
+    if "hyper" not in kwargs:  # files written before model sources: zoo build_model arguments
+        from quantbench.models import build_model
+
+        return build_model(name, **kwargs)
+    from quantbench.models.sources import resolve_model
+
+    shape = kwargs.get("input_shape")
+    try:
+        return resolve_model(name, hyper=kwargs["hyper"], num_classes=kwargs.get("num_classes"),
+                             in_channels=kwargs.get("in_channels"), input_shape=tuple(shape) if shape else None,
+                             check=False).module
+    except QuantbenchError as exc:
+        raise QuantbenchError(f"{path}: cannot rebuild its model {name!r}: {exc}") from None
+
+
 def load_quantized(path: str | Path, model: nn.Module | None = None) -> QuantizedModel:
     """Rebuild a saved quantized model; outputs equal the model that was saved.
 
@@ -101,12 +127,7 @@ def load_quantized(path: str | Path, model: nn.Module | None = None) -> Quantize
     if meta.get("format") != FORMAT:
         raise QuantbenchError(f"{path}: not a quantbench quantized model (format {meta.get('format')!r})")
     if model is None:
-        name = meta["model"].get("name")
-        if not name:
-            raise QuantbenchError(f"{path}: the model is not from the zoo; pass its architecture as `model`")
-        from quantbench.models import build_model
-
-        model = build_model(name, **meta["model"].get("kwargs", {}))
+        model = rebuild_float_model(meta, path)
     qm = prepare(model.eval(), QuantPlan.from_dict(meta["plan"]))
     weights = _weight_keys(qm)
     state: dict[str, torch.Tensor] = {}

@@ -117,6 +117,19 @@ def _sections(run: dict[str, Any], rows: list[dict[str, Any]]) -> list[tuple[str
     return out
 
 
+def run_model_data(config: dict[str, Any]) -> tuple[str, str]:
+    """(model, data) a stored run's config names, whatever the kind wrote: strings, or ``{"name"}``/``{"spec"}``.
+
+    Example:
+        >>> run_model_data({"model": "lenet", "data": "digits"}), run_model_data({"model": {"name": "x"}})
+        (('lenet', 'digits'), ('x', 'None'))
+    """
+    m, d = config.get("model"), config.get("data")
+    model = m.get("name") if isinstance(m, dict) else m
+    data = d.get("spec") if isinstance(d, dict) else d
+    return str(model), str(data)
+
+
 def write_report(store_path: str | Path, run_id: str, out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``report.html`` and ``report.md`` (+ ``figures/*.png``) for ``run_id`` into ``out_dir``."""
     with ResultStore(store_path) as store:
@@ -140,7 +153,7 @@ def write_sweep_report(store_path: str | Path, sweep_id: str, out_dir: str | Pat
 
 # Cell parameters every row already shows: the model name, the method label (scheme, algorithm), the
 # engine and the batch size.
-_SHOWN_BY_ROWS = frozenset({"model", "scheme", "algo", "engines", "variants", "batch_sizes"})
+_SHOWN_BY_ROWS = frozenset({"model", "method", "scheme", "algo", "engines", "variants", "batch_sizes"})
 
 
 def cell_labels(params: list[dict[str, Any]]) -> list[str]:
@@ -179,7 +192,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def write_devices_report(store_path: str | Path, model: str, out_dir: str | Path) -> tuple[Path, Path]:
     """One report comparing every device whose results were imported for ``model``."""
     with ResultStore(store_path) as store:
-        runs = [r for r in store.runs(kind="device") if r["config"].get("model", {}).get("name") == model]
+        runs = [r for r in store.runs(kind="device") if run_model_data(r["config"])[0] == model]
         if not runs:
             raise QuantbenchError(f"{store_path}: no device results imported for model {model!r}")
         rows = [row for r in runs for row in store.query(run_id=r["run_id"])]
@@ -190,8 +203,8 @@ def write_devices_report(store_path: str | Path, model: str, out_dir: str | Path
 
 def _combined(runs: list[dict[str, Any]], run_id: str, name: str, kind: str) -> dict[str, Any]:
     """A run-like header for a report over several stored runs (their models and data listed)."""
-    models = sorted({str(r["config"].get("model", {}).get("name")) for r in runs})
-    datas = sorted({str(r["config"].get("data", {}).get("spec")) for r in runs})
+    models = sorted({run_model_data(r["config"])[0] for r in runs})
+    datas = sorted({run_model_data(r["config"])[1] for r in runs})
     return {"run_id": run_id, "name": name, "kind": kind, "status": "finished", "created": runs[-1]["created"],
             "environment": runs[-1]["environment"],
             "config": {"model": {"name": ", ".join(models)}, "data": {"spec": ", ".join(datas)}}}
@@ -232,11 +245,10 @@ def _figure_note() -> str:
 
 
 def _render_html(title: str, run: dict[str, Any], sections: list, figures: list[Figure]) -> str:
-    cfg = run["config"]
+    model, data = run_model_data(run["config"])
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
-             f"<p>Model <code>{html.escape(str(cfg.get('model', {}).get('name')))}</code> on data "
-             f"<code>{html.escape(str(cfg.get('data', {}).get('spec')))}</code>.</p>"]
+             f"<p>Model <code>{html.escape(model)}</code> on data <code>{html.escape(data)}</code>.</p>"]
     head = _head_count(sections)
     for name, table in sections[:head]:
         parts.append(f"<h2>{name}</h2>" + _html_table(*table))

@@ -1,0 +1,85 @@
+"""``mixed``: per-layer weight bits under a size budget, against uniform PTQ at the same activation bits.
+
+Example:
+    >>> from quantbench.experiments.layer import config_for
+    >>> config_for("mixed", {"budget_kb": 170}).bits
+    (2, 3, 4, 5, 6, 8)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from quantbench.config import option
+from quantbench.errors import QuantbenchError
+from quantbench.experiments.layer import Context, register_kind
+from quantbench.experiments.options import Calibration, DataOptions, Pretraining, TrainingData
+
+
+@dataclass(frozen=True)
+class MixedExperiment(Pretraining, Calibration, TrainingData, DataOptions):
+    """Mixed-precision weights: sensitivity per layer and bit-width, then the best bits under the budget."""
+
+    budget_kb: float | None = option(None, "size of the saved file, 1 KB = 1000 bytes", gt=0, metavar="KB")
+    avg_bits: float | None = option(None, "or: parameter-weighted average weight bits", ge=2, le=8, metavar="BITS")
+    bits: tuple[int, ...] = option((2, 3, 4, 5, 6, 8), "candidate weight bit-widths", metavar="B1,B2", ge=2, le=8)
+    metric: str = option("mse", "layer sensitivity: logits MSE or HAWQ Hessian-trace estimate",
+                         choices=("mse", "hessian"))
+    act_bits: int = option(8, "activation bits of both models", ge=2, le=8)
+    algo: str = option("mse", "PTQ algorithm of both the mixed and the uniform model")
+    compare_bits: int = option(4, "weight bits of the uniform model shown beside", ge=2, le=8)
+
+    def check(self) -> None:
+        if (self.budget_kb is None) == (self.avg_bits is None):
+            raise QuantbenchError("config: give exactly one budget: budget_kb (--budget-kb) or avg_bits (--avg-bits)")
+        from quantbench.quant.ptq import ALGOS
+
+        ALGOS.get(self.algo)
+
+
+def mixed_model(cfg: MixedExperiment, ctx: Context) -> dict[str, Any]:
+    from quantbench.experiments.prepare import prepare
+    from quantbench.experiments.ptq import ptq_extra, run_ptq
+    from quantbench.experiments.qat import mixed_rows, search_mixed
+    from quantbench.experiments.records import history_rows
+    from quantbench.experiments.stages import fp32_baseline, pretrain
+    from quantbench.measure.accuracy import evaluate
+    from quantbench.quant.ptq import PTQConfig
+
+    p = prepare(cfg, train=True, calib=True, model=ctx.model, log=ctx.log)
+    if cfg.pretrain_epochs > 0:
+        ctx.commit(history_rows(p.key, pretrain(p.model, p.train, None, cfg, out_dir=ctx.out_dir,
+                                                epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr, progress=ctx.progress)))
+    p.model.eval()
+    fp32 = fp32_baseline(p, cfg, ctx)
+    info = p.rebuild_info()
+    kw = {**info, "topk": cfg.topk, "eval_batch_size": cfg.eval_batch_size, "progress": ctx.progress}
+    uniform = PTQConfig(scheme=f"w{cfg.compare_bits}a{cfg.act_bits}", algo=cfg.algo, calib_size=len(p.calib))
+    uni = run_ptq(p.model, uniform, p.calib, p.test, p.key, fp32, ctx.out_dir, **kw)
+    ctx.commit(uni.rows)
+    mixed_cfg = PTQConfig(scheme=f"w8a{cfg.act_bits}", algo=cfg.algo, calib_size=len(p.calib))
+    budget = ({"budget_bytes": int(cfg.budget_kb * 1000)} if cfg.budget_kb is not None
+              else {"average_bits": float(cfg.avg_bits)})
+    search = search_mixed(p.model, p.calib, bits=tuple(sorted(set(cfg.bits))), act_bits=cfg.act_bits,
+                          metric=cfg.metric, n_images=min(len(p.calib), 512),
+                          observer=mixed_cfg.algorithm().weight_observer, extra=ptq_extra(mixed_cfg, p.calib),
+                          **budget, **info)
+    label = f"mixed-a{cfg.act_bits}:{cfg.algo}"
+    mixed = run_ptq(p.model, mixed_cfg, p.calib, p.test, p.key, fp32, ctx.out_dir, plan=search.plan, label=label, **kw)
+    mkey = dataclasses.replace(p.key, method=label)
+    predicted = evaluate(mixed.model, p.calib, topk=(1,)).top1  # no evaluation image seen
+    ctx.commit(mixed.rows + mixed_rows(mkey, search) + [
+        mkey.row("predicted_top1", predicted, "%", basis="the mixed model's top-1 on the calibration images")])
+    size = (ctx.out_dir / "model_fp32.pt").stat().st_size
+    return {"model": p.loaded.label, "data": cfg.data, "split": p.split, "n_images": fp32.n_images, "method": label,
+            "fp32": {"top1": fp32.top1, "top5": fp32.topk.get(5), "ci": fp32.ci, "size_bytes": size},
+            "quant": mixed.record["quant"], "drop": mixed.record["drop"],
+            "uniform": {"method": uni.record["method"], **uni.record["quant"], "drop": uni.record["drop"]},
+            "mixed": {"bits": search.choice.bits, "average_bits": search.choice.average_bits,
+                      "predicted_damage": search.choice.predicted_damage, "metric": cfg.metric,
+                      "predicted_top1": predicted, "budget": search.budget, "table": search.table()}}
+
+
+register_kind("mixed", MixedExperiment, mixed_model, "mixed-precision weights under a size budget vs uniform PTQ")
