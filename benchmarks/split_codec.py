@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--qbins", type=int, default=16)
     args = p.parse_args(argv)
     from quantbench.measure.latency import measure_latency
-    from quantbench.split import codec as C
+    from quantbench.splitting import codec as C
 
     shape = tuple(int(v) for v in args.shape.split(","))
     rng = np.random.default_rng(0)

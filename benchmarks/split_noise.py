@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _correct(model: torch.nn.Module, after: int, fq: Any, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
     """Per-image top-1 hits of edge -> real quantization -> cloud."""
-    from quantbench.split.splitter import split_model
+    from quantbench.splitting.splitter import split_model
 
     sp = split_model(model.eval(), after)
     with torch.no_grad():
@@ -108,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     from quantbench.data import open_dataset, split_dataset
     from quantbench.measure.accuracy import paired_difference
     from quantbench.measure.environment import environment
-    from quantbench.split.experiment import noise_finetune
-    from quantbench.split.features import FeatureQuantizer
+    from quantbench.splitting.experiment import noise_finetune
+    from quantbench.splitting.features import FeatureQuantizer
 
     spec = f"imagefolder:{args.data}"
     ds = open_dataset(spec, normalize=args.normalize)

@@ -32,7 +32,7 @@ import torch
 from quantbench.bundle_runner import BUNDLE_FORMAT, RESULTS_FORMAT, sha256
 from quantbench.config import option
 from quantbench.errors import QuantbenchError
-from quantbench.experiments.options import ModelSource
+from quantbench.experiments.options import ModelSource, Normalize
 
 __all__ = ["DEVICE_PROFILES", "FORMATS", "BundleConfig", "build_bundle", "import_results"]
 
@@ -49,7 +49,7 @@ DEVICE_PROFILES = {  # GMAC/s (= GFLOPS / 2) that the latency estimate divides M
 
 
 @dataclass(frozen=True)
-class BundleConfig(ModelSource):
+class BundleConfig(Normalize, ModelSource):
     """``quantbench bundle``: what goes into a device bundle (flags and the API share it)."""
 
     out: str | None = option(None, "new folder for the bundle (DIR.zip is written too)", metavar="DIR")
@@ -62,7 +62,6 @@ class BundleConfig(ModelSource):
     calib: str | None = option(None, "images that calibrate int8 and feed the output check (a data spec, or "
                                "random: seeded random images, timing only)", metavar="SPEC|random")
     calib_size: int = option(64, "calibration images", metavar="N", ge=1)
-    normalize: str = option("auto", "normalisation of --calib images (preset or MEAN/STD)")
     batch_sizes: tuple[int, ...] = option((1, 8), "batch sizes the device runner times", metavar="B1,B2", ge=1)
     formats: tuple[str, ...] = option((), "onnx,tflite (default: onnx, plus tflite where litert-torch is installed)",
                                       metavar="LIST", choices=FORMATS)

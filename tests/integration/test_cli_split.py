@@ -78,6 +78,8 @@ def test_options_file_gives_the_flags_and_typed_flags_override_it(tmp_path, caps
     ("model: resnet20\nsplitz: [1]\n", "unknown key 'splitz'"),
     ("model: resnet20\nkind: ptq\n", "is a 'ptq' experiment file; this verb runs 'split'"),
     ("- just a list\n", "must be a mapping"),
+    ("model: resnet20\nqbins: {a: 1}\n", "qbins must be a list"),
+    ("model: resnet20\ncalib_size: -3\n", "calib_size must be >= 1"),
 ])
 def test_bad_options_file_exits_2_naming_file_and_key(tmp_path, capsys, text, needle):
     cfg = tmp_path / "bad.yaml"
@@ -85,18 +87,6 @@ def test_bad_options_file_exits_2_naming_file_and_key(tmp_path, capsys, text, ne
     assert main(["split", "--config", str(cfg), "--data", SYN]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(cfg) in err and needle in err, err
-
-
-@pytest.mark.parametrize("text, needle", [
-    ("model: resnet20\nqbins: {a: 1}\n", "qbins must be a list"),
-    ("model: resnet20\ncalib_size: -3\n", "calib_size must be >= 1"),
-])
-def test_bad_values_in_an_options_file_name_the_key(tmp_path, capsys, text, needle):
-    cfg = tmp_path / "bad.yaml"
-    cfg.write_text(text)
-    assert main(["split", "--config", str(cfg), "--data", SYN]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and needle in err, err
 
 
 def test_list_splits_of_a_users_model(tmp_path, capsys):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from quantbench.errors import QuantbenchError
-from quantbench.split import codec as C
+from quantbench.splitting import codec as C
 
 RANGE = ("range-static", "range-perchannel", "range-adaptive", "range-adaptive-perchannel")
 NO_ZSTD = "zstd codec needs Python >= 3.14 (compression.zstd) or the 'zstandard' package"

@@ -10,10 +10,10 @@ import torch
 from quantbench.errors import QuantbenchError
 from quantbench.measure.macs import count_macs
 from quantbench.models import MODELS, build_model, model_info
-from quantbench.split.experiment import anonymization, split_costs
-from quantbench.split.features import FeatureQuantizer
-from quantbench.split.latency import PROFILES, best_split, estimate_latency, parse_profile
-from quantbench.split.splitter import block_names, num_split_points, split_model
+from quantbench.splitting.experiment import anonymization, split_costs
+from quantbench.splitting.features import FeatureQuantizer
+from quantbench.splitting.latency import PROFILES, best_split, estimate_latency, parse_profile
+from quantbench.splitting.splitter import block_names, num_split_points, split_model
 
 SPLITTABLE = [n for n in MODELS.names() if n != "lenet"]
 SMALL = {"resnet18": 64, "resnet34": 64, "resnet50": 64, "resnet101": 64, "vgg11": 32, "vgg11_bn": 32, "vgg16": 32,

@@ -11,9 +11,9 @@ from torch import nn
 
 from quantbench.errors import QuantbenchError
 from quantbench.models import build_model
-from quantbench.split.experiment import noise_finetune
-from quantbench.split.features import FeatureQuantizer
-from quantbench.split.splitter import split_model
+from quantbench.splitting.experiment import noise_finetune
+from quantbench.splitting.features import FeatureQuantizer
+from quantbench.splitting.splitter import split_model
 
 
 def _relu_features(n: int = 64, seed: int = 0) -> torch.Tensor:

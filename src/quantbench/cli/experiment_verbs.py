@@ -240,7 +240,13 @@ def cmd_experiment(args: argparse.Namespace) -> int:
                                   threads=getattr(args, "threads", None), json_out=args.json,
                                   progress=not args.no_progress)
         file_values = f.values
-    cfg = config_from_args(kind, args, file_values)
+    try:
+        cfg = config_from_args(kind, args, file_values)
+    except QuantbenchError as exc:  # a bad value that came from the file: name the file too
+        key = str(exc).removeprefix("config: ").split(" ", 1)[0].split("[", 1)[0].split(".", 1)[0]
+        if args.config and key in file_values and key not in vars(args):
+            raise QuantbenchError(f"{args.config}: {exc}") from None
+        raise
     log = (lambda m: None) if args.no_progress else (lambda m: print(m, file=sys.stderr))
     outcome = run_experiment(cfg, progress=not args.no_progress, log=log)
     if args.json:

@@ -239,7 +239,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from quantbench.config import build
-    from quantbench.export import ExportConfig, available_formats, export_quantized
+    from quantbench.exporting import ExportConfig, available_formats, export_quantized
     from quantbench.quant.save import load_quantized, read_quantized_meta
 
     values = {k: v for k, v in vars(args).items() if k not in ("verb", "func", "json", "no_progress", "qbm", "debug")}
@@ -289,31 +289,31 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _store_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", default=DEFAULT_STORE, metavar="DB", help=f"SQLite results store (default {DEFAULT_STORE})")
-
-
-def _json_flag(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, *, store: bool = False, progress: bool = False) -> None:
+    """The flags several tool verbs share, spelled and explained as on the experiment verbs."""
+    if store:
+        p.add_argument("--store", default=DEFAULT_STORE, metavar="DB",
+                       help=f"SQLite results store (default: {DEFAULT_STORE})")
+    if progress:
+        p.add_argument("--no-progress", action="store_true", help="hide progress bars and progress lines")
     p.add_argument("--json", action="store_true", help="print the result as JSON on the last stdout line")
 
 
 def add_verbs(sub: Any) -> None:
     from quantbench.bundle import BundleConfig
-    from quantbench.export import ExportConfig
+    from quantbench.exporting import ExportConfig
 
     p = sub.add_parser("bundle", help="a folder/zip to measure a model on a device with only numpy + onnxruntime "
                                       "(or ai-edge-litert for the .tflite files)")
     add_config_flags(p, BundleConfig)
-    p.add_argument("--no-progress", action="store_true", help="hide progress lines")
-    _json_flag(p)
+    _common(p, progress=True)
     p.set_defaults(func=cmd_bundle)
 
     p = sub.add_parser("export", help="write a quantized model (.qbm) as QDQ ONNX, OpenVINO IR and LiteRT .tflite, "
                                       "each checked against the simulation")
     p.add_argument("qbm", help="a quantized model written by quantize/qat/mixed (.qbm)")
     add_config_flags(p, ExportConfig)
-    p.add_argument("--no-progress", action="store_true", help="hide progress lines")
-    _json_flag(p)
+    _common(p, progress=True)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("import", help="store a device's results (from run_bundle.py) and compare devices")
@@ -322,9 +322,8 @@ def add_verbs(sub: Any) -> None:
     p.add_argument("--profile-gmacs", type=float, metavar="RATE",
                    help="device rate for the latency estimate (GMAC/s; FLOPs = 2 x MACs); known: "
                         "raspberry-pi-4b, raspberry-pi-zero-2w, nvidia-a100")
-    _store_flag(p)
     p.add_argument("--out", metavar="DIR", help="report folder (default: devices-MODEL beside the store)")
-    _json_flag(p)
+    _common(p, store=True)
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("sweep", help="run an experiment file's grid of cells; resumes, skipping finished cells")
@@ -334,35 +333,31 @@ def add_verbs(sub: Any) -> None:
                    help="inprocess, pool (local processes), ray (local Ray), ray://HOST:PORT (a Ray cluster)")
     p.add_argument("--workers", type=int, default=1, help="parallel cells for pool/ray (default 1)")
     p.add_argument("--threads", type=int, help="intra-op threads per cell (default: cores / workers)")
-    _store_flag(p)
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    _json_flag(p)
+    _common(p, store=True, progress=True)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="(re)write the HTML/Markdown report of a run or a whole sweep")
     p.add_argument("id", help="run id (or unique prefix) or sweep name")
-    _store_flag(p)
     p.add_argument("--out", metavar="DIR", help="folder (default: the run's folder, or sweeps/NAME beside the store)")
-    _json_flag(p)
+    _common(p, store=True)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("models", help="list the model zoo with parameters and MACs")
     p.add_argument("pattern", nargs="?", default="*", help="glob on model names, e.g. 'resnet*'")
     p.add_argument("--num-classes", type=int, metavar="N", help="count parameters with an N-class head")
     p.add_argument("--no-count", action="store_true", help="skip counting parameters and MACs")
-    _json_flag(p)
+    _common(p)
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("engines", help="list inference engines, their variants, and why any is unavailable")
-    _json_flag(p)
+    _common(p)
     p.set_defaults(func=cmd_engines)
 
     p = sub.add_parser("datasets", help="list the data set kinds and their spec syntax")
-    _json_flag(p)
+    _common(p)
     p.set_defaults(func=cmd_datasets)
 
     p = sub.add_parser("results", help="list, filter and export stored results")
-    _store_flag(p)
     p.add_argument("--runs", action="store_true", help="list runs instead of result rows")
     p.add_argument("--run", help="run id (or unique prefix)")
     for name in ("model", "data", "method", "engine", "metric"):
@@ -370,5 +365,5 @@ def add_verbs(sub: Any) -> None:
     p.add_argument("--batch", type=int, help="filter on batch size")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
     p.add_argument("--out", metavar="FILE", help="write the export to FILE")
-    _json_flag(p)
+    _common(p, store=True)
     p.set_defaults(func=cmd_results)

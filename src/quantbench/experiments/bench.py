@@ -279,8 +279,8 @@ def bench_job(job: dict[str, Any]) -> dict[str, Any]:
         model = job.get("model_obj")
         if model is None:
             model = resolve(job["spec"], check=False).module
-        qm = None
-        if job["variant"] == "int8":
+        qm = job.get("quantized_obj")  # an in-memory QuantizedModel, deployed as it is
+        if job["variant"] == "int8" and qm is None:
             from quantbench.quant.save import load_quantized
 
             qm = load_quantized(job["qbm"], copy.deepcopy(model))
@@ -378,7 +378,7 @@ def run_bench(spec: BenchSpec, *, model: nn.Module | None = None, quantized: Any
             if isolate:
                 out = _run_isolated(job)
             else:
-                out = bench_job({**job, "model_obj": model})
+                out = bench_job({**job, "model_obj": model, "quantized_obj": quantized})
             if "error" in out:
                 out["error"] = " ".join(str(out["error"]).split())  # one line, whatever the engine raised
                 log(f"bench:   skipped: {out['error']}")

@@ -82,6 +82,7 @@ class Context:
     progress: bool = True
     model: Any = None  # an in-memory float model (Python API) used instead of building cfg.model
     quantized: Any = None  # an in-memory QuantizedModel (Python API: bench/export an existing one)
+    data: Any = None  # in-memory images (Python API: a tensor, (images, labels), a DataLoader) instead of cfg.data
     rows: list[Any] = field(default_factory=list)
 
 
@@ -116,12 +117,13 @@ def _threads(cfg: Any) -> None:
 
 
 def run_experiment(cfg: Any, *, progress: bool = True, log: Callable[[str], None] | None = None,
-                   model: Any = None, quantized: Any = None) -> RunOutcome:
+                   model: Any = None, quantized: Any = None, data: Any = None) -> RunOutcome:
     """Run one experiment and store it (unless ``cfg.no_store`` or the kind stores nothing).
 
     Args:
         cfg: A config of a registered kind (:func:`config_for` builds one).
-        model / quantized: In-memory models (Python API) the handler uses instead of building them.
+        model / quantized / data: In-memory models and images (Python API) the handler uses instead of
+            building or opening them.
 
     Returns:
         The outcome: run id (None when not stored), folder, the handler's record, rows, report paths.
@@ -137,7 +139,7 @@ def run_experiment(cfg: Any, *, progress: bool = True, log: Callable[[str], None
         with tempfile.TemporaryDirectory(prefix=f"quantbench-{kind.name}-") as tmp:
             folder = Path(cfg.out) if getattr(cfg, "out", None) else Path(tmp)
             folder.mkdir(parents=True, exist_ok=True)
-            ctx = Context(folder, lambda rows: ctx.rows.extend(rows), log, progress, model, quantized)
+            ctx = Context(folder, lambda rows: ctx.rows.extend(rows), log, progress, model, quantized, data)
             record = kind.handler(cfg, ctx)
             return RunOutcome(None, folder, record, ctx.rows)
     from quantbench.store import ResultStore, new_run_id
@@ -166,7 +168,7 @@ def run_experiment(cfg: Any, *, progress: bool = True, log: Callable[[str], None
         outcome.results.extend(rows)
 
     try:
-        ctx = Context(folder, commit, log, progress, model, quantized)
+        ctx = Context(folder, commit, log, progress, model, quantized, data)
         outcome.record = kind.handler(cfg, ctx)
         start()
         store.finish_run(run_id, "finished")

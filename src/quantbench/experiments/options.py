@@ -19,7 +19,7 @@ from typing import Any
 from quantbench.config import option
 from quantbench.models.sources import SOURCE_FORMS
 
-__all__ = ["BaseOptions", "Calibration", "ModelSource", "DataOptions", "Fitting", "ModelOptions", "Pretraining", "Timing",
+__all__ = ["BaseOptions", "Calibration", "ModelSource", "Normalize", "DataOptions", "Fitting", "ModelOptions", "Pretraining", "Timing",
            "TrainingData"]
 
 DEFAULT_STORE = "runs/quantbench.db"
@@ -58,12 +58,18 @@ class ModelOptions(ModelSource, BaseOptions):
 
 
 @dataclass(frozen=True)
-class DataOptions(ModelOptions):
+class Normalize:
+    """How images become model inputs (every verb that reads images)."""
+
+    normalize: str = option("auto", "normalisation: auto, imagenet, cifar, dataset, none, or MEAN/STD per "
+                            "channel (e.g. 0.5,0.5,0.5/0.5,0.5,0.5)")
+
+
+@dataclass(frozen=True)
+class DataOptions(Normalize, ModelOptions):
     """Which images, and how they are normalised."""
 
     data: str = option("digits", "data spec KIND[:PATH] (see `quantbench datasets`)", metavar="SPEC", path="data")
-    normalize: str = option("auto", "normalisation: auto, imagenet, cifar, dataset, none, or MEAN/STD per "
-                            "channel (e.g. 0.5,0.5,0.5/0.5,0.5,0.5)")
     eval_size: int | None = option(None, "evaluate on at most N of the evaluation images", metavar="N", ge=1)
     eval_batch_size: int = option(256, "images per batch when evaluating accuracy", ge=1)
     topk: int = option(5, "top-k accuracy reported beside top-1", ge=1, le=1000)

@@ -15,7 +15,7 @@ The data is opened at the model's input size when the model fixes one (an ONNX/p
 data (its classes and channels).
 
 Example:
-    >>> p = prepare(config_for("eval", {"model": "lenet"}), calib=False)  # doctest: +SKIP
+    >>> p = prepare(config_for("eval", {"model": "lenet"}))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def prepare_model(cfg: Any, *, num_classes: int | None = None, in_channels: int 
 
     if model is not None:
         shape = cfg.input_shape or getattr(model, "input_shape", None)
-        return LoadedModel(model.eval(), cfg.model if cfg.model != "lenet" else type(model).__name__, "module",
+        return LoadedModel(model.eval(), cfg.model, "module",
                            tuple(shape) if shape else None, None, bool(cfg.input_shape), {},
                            ["an in-memory nn.Module passed to the Python API"])
     return resolve_model(cfg.model, hyper=cfg.hyper, checkpoint=cfg.checkpoint,
@@ -89,11 +89,21 @@ def _open(spec: str, cfg: Any, size: tuple[int, int] | None) -> Any:
     return open_dataset(spec, normalize=cfg.normalize, resize=size)
 
 
-def prepare(cfg: Any, *, train: bool = False, calib: bool = False, val_fraction: float = 0.0,
-            model: nn.Module | None = None, log: Any = None) -> Prepared:
-    """Resolve ``cfg.model`` and split ``cfg.data`` into the roles asked for (see the module docstring)."""
+def prepare(cfg: Any, ctx: Any = None, *, train: bool = False, calib: bool = False,
+            val_fraction: float = 0.0) -> Prepared:
+    """Resolve ``cfg.model`` and split ``cfg.data`` into the roles asked for (see the module docstring).
+
+    ``ctx`` (the handler's :class:`~quantbench.experiments.layer.Context`) may carry an in-memory model
+    and data (the Python API's), used instead of ``cfg.model`` / ``cfg.data``; its ``log`` gets the
+    model's import notes.
+    """
     from quantbench.data import split_dataset, subset
+    from quantbench.data.memory import as_dataset
     from quantbench.models.sources import source_kind
+
+    model = getattr(ctx, "model", None)
+    data = getattr(ctx, "data", None)
+    log = getattr(ctx, "log", None)
 
     fixed = cfg.input_shape
     loaded = None
@@ -101,7 +111,7 @@ def prepare(cfg: Any, *, train: bool = False, calib: bool = False, val_fraction:
         loaded = prepare_model(cfg)
         fixed = loaded.input_shape
     size = (fixed[1], fixed[2]) if fixed is not None else None
-    ds = _open(cfg.data, cfg, size)
+    ds = _open(cfg.data, cfg, size) if data is None else as_dataset(data, resize=size)
     if fixed is not None and ds.input_shape[0] != fixed[0]:
         raise QuantbenchError(f"{cfg.data}: images have {ds.input_shape[0]} channel(s); the model takes {fixed[0]}")
     if loaded is None:

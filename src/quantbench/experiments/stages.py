@@ -25,7 +25,8 @@ from quantbench.experiments.records import TRAIN_PREFIX, RowKey, accuracy_rows, 
 from quantbench.measure.accuracy import EvalResult, evaluate
 from quantbench.store import Result
 
-__all__ = ["fp32_baseline", "int8_latency_rows", "pretrain", "train_eval_subset", "variant_rows"]
+__all__ = ["fp32_baseline", "int8_latency_rows", "pretrain", "pretrained_baseline", "train_eval_subset",
+           "variant_rows"]
 
 
 def pretrain(model: nn.Module, train: Any, val: Any, cfg: Any, *, out_dir: Path, epochs: int, lr: float,
@@ -128,6 +129,23 @@ def fp32_baseline(p: Any, cfg: Any, ctx: Any, *, train_eval: Any = None, desc: s
             rows += latency_rows(p.key, lat)
     ctx.commit(rows)
     return ev
+
+
+def pretrained_baseline(p: Any, cfg: Any, ctx: Any) -> tuple[Any, EvalResult, Any]:
+    """``pretrain_epochs`` of FP32 training (cached; its history committed), then the FP32 baseline.
+
+    Returns (history or None, FP32 evaluation, the training subset train-split accuracy uses).
+    """
+    from quantbench.experiments.records import history_rows
+
+    hist = None
+    if cfg.pretrain_epochs > 0:
+        hist = pretrain(p.model, p.train, None, cfg, out_dir=ctx.out_dir, epochs=cfg.pretrain_epochs,
+                        lr=cfg.pretrain_lr, progress=ctx.progress)
+        ctx.commit(history_rows(p.key, hist))
+    p.model.eval()
+    train_eval = train_eval_subset(p.train, p.test)
+    return hist, fp32_baseline(p, cfg, ctx, train_eval=train_eval), train_eval
 
 
 def variant_rows(p: Any, cfg: Any, method: str, qm: Any, train_eval: Any, log: Callable[[str], None]) -> list[Result]:

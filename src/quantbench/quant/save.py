@@ -149,4 +149,7 @@ def load_quantized(path: str | Path, model: nn.Module | None = None) -> Quantize
     for _, fq in qm.act_quantizers():
         fq.calibrated = True
         fq.mode = "quant"
+    shape = (meta.get("model") or {}).get("input_shape")
+    if shape:
+        qm.input_shape = tuple(shape)
     return qm.eval()

@@ -13,11 +13,11 @@ from typing import Any
 
 from quantbench.config import option
 from quantbench.experiments.layer import Context, register_kind
-from quantbench.experiments.options import ModelOptions
+from quantbench.experiments.options import ModelOptions, Normalize
 
 
 @dataclass(frozen=True)
-class BenchExperiment(ModelOptions):
+class BenchExperiment(Normalize, ModelOptions):
     """Time the model deployed on real engines; INT8 deploys OUR scales (a .qbm, or calibrated here)."""
 
     engines: tuple[str, ...] = option(("all",), "engines, comma-separated, or all (see `quantbench engines`)",
@@ -31,7 +31,6 @@ class BenchExperiment(ModelOptions):
     calib: str | None = option(None, "without --quantized: images that calibrate int8 (default: seeded random "
                                "images; speed does not depend on the scales)", metavar="SPEC", path="data")
     calib_size: int = option(32, "calibration images for int8", metavar="N", ge=1)
-    normalize: str = option("auto", "normalisation of --calib images (preset or MEAN/STD)")
     warmup: int = option(5, "untimed warm-up calls per batch size", ge=0)
     min_iters: int = option(10, "timed calls per batch size, at least", ge=1)
     min_time_s: float = option(1.0, "timed seconds per cell, at least", gt=0)

@@ -26,7 +26,7 @@ def evaluate_model(cfg: EvalConfig, ctx: Context) -> dict[str, Any]:
     from quantbench.experiments.records import accuracy_rows
     from quantbench.measure.accuracy import evaluate
 
-    p = prepare(cfg, model=ctx.model, log=ctx.log)
+    p = prepare(cfg, ctx)
     ev = evaluate(p.model, p.test, topk=(1, cfg.topk), batch_size=cfg.eval_batch_size,
                   progress=f"eval {p.loaded.label}" if ctx.progress else False)
     ctx.commit(accuracy_rows(p.key, ev, "all" if p.test is p.ds else "test"))

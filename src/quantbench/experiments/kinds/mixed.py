@@ -27,46 +27,50 @@ class MixedExperiment(Pretraining, Calibration, TrainingData, DataOptions):
     bits: tuple[int, ...] = option((2, 3, 4, 5, 6, 8), "candidate weight bit-widths", metavar="B1,B2", ge=2, le=8)
     metric: str = option("mse", "layer sensitivity: logits MSE or HAWQ Hessian-trace estimate",
                          choices=("mse", "hessian"))
-    act_bits: int = option(8, "activation bits of both models", ge=2, le=8)
-    algo: str = option("mse", "PTQ algorithm of both the mixed and the uniform model")
-    compare_bits: int = option(4, "weight bits of the uniform model shown beside", ge=2, le=8)
+    method: str = option("w4a8:mse", "the uniform model shown beside, wXaY:ALGO; the mixed model uses its "
+                         "activation bits and algorithm")
+
+    def uniform(self, calib_size: int) -> Any:
+        """The uniform PTQ config, validated (a wXaY scheme with both bit-widths in 2..8)."""
+        from quantbench.quant.ptq import parse_method
+
+        cfg = parse_method(self.method, calib_size=calib_size)
+        plan = cfg.plan()
+        w, a = plan.default.weight, plan.default.act
+        if w is None or a is None or a.dynamic or not (2 <= w.bits <= 8 and 2 <= a.bits <= 8):
+            raise QuantbenchError(f"config: method {self.method!r}: mixed precision compares with a static wXaY "
+                                  "method, X and Y in 2..8 (e.g. w4a8:mse)")
+        return cfg
 
     def check(self) -> None:
         if (self.budget_kb is None) == (self.avg_bits is None):
             raise QuantbenchError("config: give exactly one budget: budget_kb (--budget-kb) or avg_bits (--avg-bits)")
-        from quantbench.quant.ptq import ALGOS
-
-        ALGOS.get(self.algo)
+        self.uniform(1)
 
 
 def mixed_model(cfg: MixedExperiment, ctx: Context) -> dict[str, Any]:
     from quantbench.experiments.prepare import prepare
     from quantbench.experiments.ptq import ptq_extra, run_ptq
     from quantbench.experiments.qat import mixed_rows, search_mixed
-    from quantbench.experiments.records import history_rows
-    from quantbench.experiments.stages import fp32_baseline, pretrain
+    from quantbench.experiments.stages import pretrained_baseline
     from quantbench.measure.accuracy import evaluate
-    from quantbench.quant.ptq import PTQConfig
 
-    p = prepare(cfg, train=True, calib=True, model=ctx.model, log=ctx.log)
-    if cfg.pretrain_epochs > 0:
-        ctx.commit(history_rows(p.key, pretrain(p.model, p.train, None, cfg, out_dir=ctx.out_dir,
-                                                epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr, progress=ctx.progress)))
-    p.model.eval()
-    fp32 = fp32_baseline(p, cfg, ctx)
+    p = prepare(cfg, ctx, train=True, calib=True)
+    _, fp32, _ = pretrained_baseline(p, cfg, ctx)
     info = p.rebuild_info()
     kw = {**info, "topk": cfg.topk, "eval_batch_size": cfg.eval_batch_size, "progress": ctx.progress}
-    uniform = PTQConfig(scheme=f"w{cfg.compare_bits}a{cfg.act_bits}", algo=cfg.algo, calib_size=len(p.calib))
+    uniform = cfg.uniform(len(p.calib))
+    act_bits = int(uniform.plan().default.act.bits)
     uni = run_ptq(p.model, uniform, p.calib, p.test, p.key, fp32, ctx.out_dir, **kw)
     ctx.commit(uni.rows)
-    mixed_cfg = PTQConfig(scheme=f"w8a{cfg.act_bits}", algo=cfg.algo, calib_size=len(p.calib))
+    mixed_cfg = dataclasses.replace(uniform, scheme=f"w8a{act_bits}")
     budget = ({"budget_bytes": int(cfg.budget_kb * 1000)} if cfg.budget_kb is not None
               else {"average_bits": float(cfg.avg_bits)})
-    search = search_mixed(p.model, p.calib, bits=tuple(sorted(set(cfg.bits))), act_bits=cfg.act_bits,
+    search = search_mixed(p.model, p.calib, bits=tuple(sorted(set(cfg.bits))), act_bits=act_bits,
                           metric=cfg.metric, n_images=min(len(p.calib), 512),
                           observer=mixed_cfg.algorithm().weight_observer, extra=ptq_extra(mixed_cfg, p.calib),
                           **budget, **info)
-    label = f"mixed-a{cfg.act_bits}:{cfg.algo}"
+    label = f"mixed-a{act_bits}:{uniform.label().split(':', 1)[1]}"
     mixed = run_ptq(p.model, mixed_cfg, p.calib, p.test, p.key, fp32, ctx.out_dir, plan=search.plan, label=label, **kw)
     mkey = dataclasses.replace(p.key, method=label)
     predicted = evaluate(mixed.model, p.calib, topk=(1,)).top1  # no evaluation image seen

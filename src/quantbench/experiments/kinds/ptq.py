@@ -82,19 +82,11 @@ def needs_calibration(ptq: Any) -> bool:
 def quantize_model(cfg: PTQExperiment, ctx: Context) -> dict[str, Any]:
     from quantbench.experiments.prepare import prepare
     from quantbench.experiments.ptq import run_ptq
-    from quantbench.experiments.records import history_rows
-    from quantbench.experiments.stages import fp32_baseline, pretrain, train_eval_subset, variant_rows
+    from quantbench.experiments.stages import pretrained_baseline, variant_rows
 
     ptq = cfg.ptq_config(cfg.method, cfg.calib_size)
-    pre = cfg.pretrain_epochs > 0
-    p = prepare(cfg, train=pre, calib=needs_calibration(ptq), model=ctx.model, log=ctx.log)
-    if pre:
-        hist = pretrain(p.model, p.train, None, cfg, out_dir=ctx.out_dir, epochs=cfg.pretrain_epochs,
-                        lr=cfg.pretrain_lr, progress=ctx.progress)
-        ctx.commit(history_rows(p.key, hist))
-    p.model.eval()
-    train_eval = train_eval_subset(p.train, p.test)
-    fp32 = fp32_baseline(p, cfg, ctx, train_eval=train_eval)
+    p = prepare(cfg, ctx, train=cfg.pretrain_epochs > 0, calib=needs_calibration(ptq))
+    _, fp32, train_eval = pretrained_baseline(p, cfg, ctx)
     calib = p.calib
     ptq = dataclasses.replace(ptq, calib_size=min(ptq.calib_size, len(calib)) if calib is not None else 0)
     out = run_ptq(p.model, ptq, calib, p.test, p.key, fp32, ctx.out_dir, **p.rebuild_info(), topk=cfg.topk,

@@ -70,19 +70,11 @@ class QATExperiment(Timing, AdaRoundOptions, Pretraining, Calibration, Fitting, 
 def qat_model(cfg: QATExperiment, ctx: Context) -> dict[str, Any]:
     from quantbench.experiments.prepare import prepare
     from quantbench.experiments.qat import mixed_rows, qat_extra, run_qat, search_mixed
-    from quantbench.experiments.records import history_rows
-    from quantbench.experiments.stages import fp32_baseline, pretrain, train_eval_subset, variant_rows
+    from quantbench.experiments.stages import pretrained_baseline, variant_rows
 
     qcfg = cfg.qat_config()
-    p = prepare(cfg, train=True, calib=True, model=ctx.model, log=ctx.log)
-    hist = None
-    if cfg.pretrain_epochs > 0:
-        hist = pretrain(p.model, p.train, None, cfg, out_dir=ctx.out_dir, epochs=cfg.pretrain_epochs,
-                        lr=cfg.pretrain_lr, progress=ctx.progress)
-        ctx.commit(history_rows(p.key, hist))
-    p.model.eval()
-    train_eval = train_eval_subset(p.train, p.test)
-    fp32 = fp32_baseline(p, cfg, ctx, train_eval=train_eval)
+    p = prepare(cfg, ctx, train=True, calib=True)
+    hist, fp32, train_eval = pretrained_baseline(p, cfg, ctx)
     info = p.rebuild_info()
     record: dict[str, Any] = {}
     plan = None

@@ -1,6 +1,6 @@
 """``split``: split computing - cut after point N, quantize and entropy-code the features, finish in the cloud.
 
-Split points come from the model's traced graph (:mod:`quantbench.split.splitter`), so any model
+Split points come from the model's traced graph (:mod:`quantbench.splitting.splitter`), so any model
 splits; ``list_splits`` (``--list-splits``) prints them with edge/cloud MACs and feature shapes.
 
 Example:
@@ -33,7 +33,7 @@ class SplitExperiment(Calibration, TrainingData, DataOptions):
                                          choices=("none", "mulaw"))
     range: str = option("sample", "per-sample min/max (sent as side info) or one calibrated range",
                         choices=("sample", "calibrated"))
-    codec: str = option("range-perchannel", "entropy coder (see quantbench.split.codec)")
+    codec: str = option("range-perchannel", "entropy coder (see quantbench.splitting.codec)")
     noise_train: int = option(0, "fine-tune with quantization noise at the split for N epochs (and without, for "
                               "comparison)", ge=0, metavar="EPOCHS")
     noise_qbins: tuple[int, ...] = option((4,), "qbins of the noise while fine-tuning", metavar="Q", ge=2, le=256)
@@ -50,8 +50,8 @@ class SplitExperiment(Calibration, TrainingData, DataOptions):
                                            metavar="MBPS", gt=0)
 
     def check(self) -> None:
-        from quantbench.split.codec import CODECS, available_codecs
-        from quantbench.split.latency import parse_profile
+        from quantbench.splitting.codec import CODECS, available_codecs
+        from quantbench.splitting.latency import parse_profile
 
         if self.codec not in available_codecs():
             why = "not installed here" if self.codec in CODECS else "unknown"
@@ -67,8 +67,8 @@ def default_splits(n_points: int) -> tuple[int, ...]:
 
 def list_points(model: Any, input_shape: tuple[int, int, int]) -> list[dict[str, Any]]:
     """Each candidate split point with its edge/cloud MACs and feature shape."""
-    from quantbench.split.experiment import split_costs
-    from quantbench.split.splitter import split_points
+    from quantbench.splitting.experiment import split_costs
+    from quantbench.splitting.splitter import split_points
 
     return [{"index": p.index, "label": p.label, "unit": p.unit, **split_costs(model, p.index, input_shape)}
             for p in split_points(model, input_shape)]
@@ -78,7 +78,7 @@ def split_model_experiment(cfg: SplitExperiment, ctx: Context) -> dict[str, Any]
     from quantbench.experiments.prepare import prepare
 
     listing = cfg.list_splits
-    p = prepare(cfg, train=cfg.noise_train > 0 and not listing, calib=not listing, model=ctx.model, log=ctx.log)
+    p = prepare(cfg, ctx, train=cfg.noise_train > 0 and not listing, calib=not listing)
     points = list_points(p.model, p.input_shape)
     if listing:
         return {"model": p.loaded.label, "input_shape": list(p.input_shape), "points": points}
@@ -92,9 +92,9 @@ def split_model_experiment(cfg: SplitExperiment, ctx: Context) -> dict[str, Any]
 
 def _run(cfg: SplitExperiment, ctx: Context, p: Any, splits: list[int], points: list[dict[str, Any]]
          ) -> dict[str, Any]:
-    from quantbench.split.experiment import anonymization, grid_png, noise_finetune, run_split
-    from quantbench.split.features import FeatureQuantizer
-    from quantbench.split.latency import best_split, estimate_latency, parse_profile
+    from quantbench.splitting.experiment import anonymization, grid_png, noise_finetune, run_split
+    from quantbench.splitting.features import FeatureQuantizer
+    from quantbench.splitting.latency import best_split, estimate_latency, parse_profile
 
     edge, cloud = parse_profile(cfg.edge), parse_profile(cfg.cloud)
     test_xy, calib_xy = p.test.tensors(), p.calib.tensors()

@@ -35,8 +35,8 @@ def train_stage(cfg: Any, ctx: Context) -> tuple[Any, Any, Any, Any]:
     from quantbench.experiments.records import history_rows
     from quantbench.experiments.stages import fp32_baseline, pretrain, train_eval_subset
 
-    p = prepare(cfg, train=cfg.epochs > 0, calib=bool(getattr(cfg, "methods", ())),
-                val_fraction=cfg.val_fraction if cfg.epochs > 0 else 0.0, model=ctx.model, log=ctx.log)
+    p = prepare(cfg, ctx, train=cfg.epochs > 0, calib=bool(getattr(cfg, "methods", ())),
+                val_fraction=cfg.val_fraction if cfg.epochs > 0 else 0.0)
     ctx.log(f"data: {cfg.data} ({len(p.ds)} images, {p.ds.num_classes} classes, input "
             f"{'x'.join(map(str, p.input_shape))}); " + "; ".join(f"{k}: {v}" for k, v in p.split.items()))
     hist = None

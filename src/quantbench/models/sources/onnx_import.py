@@ -31,6 +31,7 @@ import torch
 import torch.fx as fx
 
 from quantbench.errors import QuantbenchError
+from quantbench.models.sources import onnx_shapes  # noqa: F401 - registers the shape operators
 from quantbench.models.sources.graph import GraphBuilder
 from quantbench.models.sources.onnx_ops import CONVERTERS, Ctx, V, fold
 

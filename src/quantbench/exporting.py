@@ -33,6 +33,7 @@ import torch
 
 from quantbench.config import option
 from quantbench.errors import QuantbenchError
+from quantbench.experiments.options import Normalize
 
 __all__ = ["EXPORT_FORMATS", "ExportConfig", "ExportedFile", "available_formats", "export_quantized", "format_of"]
 
@@ -40,7 +41,7 @@ EXPORT_FORMATS = ("onnx", "openvino", "tflite")
 
 
 @dataclass(frozen=True)
-class ExportConfig:
+class ExportConfig(Normalize):
     """``quantbench export QBM``: which files to write and which images check them."""
 
     out: str | None = option(None, "folder for the exported files", metavar="DIR")
@@ -48,7 +49,6 @@ class ExportConfig:
                                       metavar="LIST", choices=EXPORT_FORMATS)
     data: str | None = option(None, "images to check the files on (default: 8 seeded random images)",
                               metavar="SPEC")
-    normalize: str = option("auto", "normalisation of --data images (preset or MEAN/STD)")
     check_images: int = option(8, "images the check runs", metavar="N", ge=1, le=10000)
 
     def check(self) -> None:

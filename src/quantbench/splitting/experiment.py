@@ -1,8 +1,8 @@
 """The split-computing experiment: split x qbins x companding -> accuracy, real coded bytes, bpp, latency.
 
 For every split point the edge part runs on the evaluation images, its feature maps are quantized
-(:class:`~quantbench.split.features.FeatureQuantizer`), entropy-coded into REAL bytes
-(:mod:`quantbench.split.codec`, decoded back and checked), dequantized and finished by the cloud
+(:class:`~quantbench.splitting.features.FeatureQuantizer`), entropy-coded into REAL bytes
+(:mod:`quantbench.splitting.codec`, decoded back and checked), dequantized and finished by the cloud
 part. Sizes come from totals: ``bpp = total coded bits / (N x H x W of the input images)``,
 ``CR = 24-bit RGB input bits / coded bits``, side information (per-sample ranges, the coder's
 probability tables) included. Noise-aware fine-tuning (:func:`noise_finetune`) trains with the
@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from quantbench.errors import QuantbenchError
-from quantbench.split.features import FeatureQuantizer
-from quantbench.split.splitter import split_model
+from quantbench.splitting.features import FeatureQuantizer
+from quantbench.splitting.splitter import split_model
 
 __all__ = ["FINETUNE_PARTS", "anonymization", "noise_finetune", "run_split", "split_costs"]
 
@@ -64,7 +64,7 @@ def run_split(model: nn.Module, calib: tuple[torch.Tensor, torch.Tensor], test: 
     ``model`` for that cell, by label (``{"noise": m, "no-noise": m2}``); the record's ``noise``
     field names the model (``"none"`` = the original).
     """
-    from quantbench.split import codec as codec_mod
+    from quantbench.splitting import codec as codec_mod
 
     log = log or (lambda m: None)
     x, y = test

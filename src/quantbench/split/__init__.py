@@ -1,1 +1,0 @@
-"""quantbench.split."""
