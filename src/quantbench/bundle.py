@@ -199,11 +199,12 @@ def build_bundle(model: str, *, checkpoint: str | None = None, hyper: dict[str, 
 
 def _stem(model: str) -> str:
     """A file-name stem for a model source (``nets/my.py:build`` -> ``my_build``)."""
+    from quantbench.paths import safe_component
+
     base = Path(model.split(":", 1)[0]).stem if ("/" in model or model.endswith((".onnx", ".pt2"))
                                                  or ".py:" in model) else model
     tail = model.rsplit(":", 1)[1] if ":" in model and not model.startswith(("torchvision:", "timm:")) else ""
-    text = f"{base}_{tail}" if tail else base.replace(":", "_")
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text) or "model"
+    return safe_component(f"{base}_{tail}" if tail else base, "model")
 
 
 def method_of(meta: dict[str, Any], fallback: str) -> str:
@@ -274,24 +275,78 @@ def _tflite_files(dep: Any, variant: str, scheme: str, out: Path, tmp: Path, bat
             **_expected_entry(out / f"expected_{scheme}_tflite.npy", expected)}
 
 
+def _finite(v: Any, lo: float = 0.0, strict: bool = True) -> bool:
+    import math
+
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > lo if strict
+                                                                                              else v >= lo)
+
+
+def _count(v: Any, lo: int = 1, hi: int = 1 << 20) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _name(v: Any, n: int = 200) -> bool:
+    return isinstance(v, str) and 0 < len(v) <= n and v.isprintable()
+
+
 def _load_results(path: str | Path) -> dict[str, Any]:
+    """A device results file, validated completely before anything is stored: types, finiteness, signs, sizes."""
     p = Path(path)
     try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
+        if p.stat().st_size > 64 << 20:
+            raise QuantbenchError(f"{path}: {p.stat().st_size:,} bytes is too large for a device results file")
+        doc = json.loads(p.read_text(encoding="utf-8"), parse_constant=lambda c: float("nan"))
     except OSError as exc:
         raise QuantbenchError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except ValueError as exc:
-        raise QuantbenchError(f"{path}: not valid JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:
+        raise QuantbenchError(f"{path}: not valid JSON ({' '.join(str(exc).split())[:160]})") from None
     if not isinstance(doc, dict) or doc.get("format") != RESULTS_FORMAT:
         raise QuantbenchError(f"{path}: not a device results file (format {doc.get('format') if isinstance(doc, dict) else None!r}; "
                               f"expected {RESULTS_FORMAT!r})")
     for key in ("device", "bundle", "facts", "records", "checks"):
         if key not in doc:
             raise QuantbenchError(f"{path}: missing key {key!r}")
+
+    def need(ok: bool, key: str, expected: str) -> None:
+        if not ok:
+            raise QuantbenchError(f"{path}: {key}: expected {expected}")
+
+    need(_name(doc["device"], 100), "device", "a printable name of at most 100 characters")
+    need(isinstance(doc["facts"], dict), "facts", "a mapping")
+    b = doc["bundle"]
+    need(isinstance(b, dict), "bundle", "a mapping")
+    need(_name(b.get("model")), "bundle.model", "the model's name")
+    shape = b.get("input_shape")
+    need(isinstance(shape, list) and len(shape) == 3 and all(_count(d, 1, 8192) for d in shape), "bundle.input_shape",
+         "[C, H, W] of positive integers")
+    need(isinstance(b.get("models"), list), "bundle.models", "a list")
+    for i, m in enumerate(b["models"]):
+        need(isinstance(m, dict) and _name(m.get("scheme"), 100), f"bundle.models[{i}].scheme", "a name")
+        need(_count(m.get("macs"), 0, 1 << 50), f"bundle.models[{i}].macs", "a count of MACs >= 0")
+    need(isinstance(doc["records"], list), "records", "a list")
     for i, r in enumerate(doc["records"]):
-        missing = [k for k in ("scheme", "batch", "median_ms", "p90_ms") if k not in r]
-        if missing:
-            raise QuantbenchError(f"{path}: records[{i}] misses {missing[0]!r}")
+        key = f"records[{i}]"
+        need(isinstance(r, dict), key, "a mapping")
+        for k in ("scheme", "batch", "median_ms", "p90_ms"):
+            if k not in r:
+                raise QuantbenchError(f"{path}: {key} misses {k!r}")
+        need(_name(r["scheme"], 100), f"{key}.scheme", "a name")
+        need(_count(r["batch"], 1, 65536), f"{key}.batch", "an integer batch size in 1..65536")
+        for k in ("median_ms", "p90_ms"):
+            need(_finite(r[k]), f"{key}.{k}", "a finite time in ms > 0")
+        need(r.get("engine") is None or _name(r["engine"], 50), f"{key}.engine", "an engine name")
+        need(r.get("format") is None or _name(r["format"], 20), f"{key}.format", "a format name")
+        for k in ("threads", "iterations"):
+            need(r.get(k) is None or _count(r[k], 0, 1 << 30), f"{key}.{k}", "a count >= 0")
+    need(isinstance(doc["checks"], list), "checks", "a list")
+    for i, c in enumerate(doc["checks"]):
+        key = f"checks[{i}]"
+        need(isinstance(c, dict) and _name(c.get("scheme"), 100), f"{key}.scheme", "a name")
+        need(isinstance(c.get("ok"), bool), f"{key}.ok", "true or false")
+        for k in ("cosine", "top1_agreement"):
+            need(c.get(k) is None or _finite(c[k], -1.0, strict=False), f"{key}.{k}", "a finite number")
+        need(c.get("engine") is None or _name(c["engine"], 50), f"{key}.engine", "an engine name")
     return doc
 
 
@@ -307,9 +362,11 @@ def import_results(path: str | Path, *, store_path: str, device: str | None = No
     from quantbench.store import ResultStore
 
     doc = _load_results(path)
+    if device is not None and not _name(device, 100):
+        raise QuantbenchError(f"import: --device {device!r}: expected a printable name of at most 100 characters")
     name = device or doc["device"]
     rate = profile_gmacs if profile_gmacs is not None else DEVICE_PROFILES.get(name)
-    if rate is not None and rate <= 0:
+    if rate is not None and not _finite(rate):
         raise QuantbenchError(f"import: --profile-gmacs must be > 0, got {rate}")
     model = doc["bundle"]["model"]
     macs = {m["scheme"]: m["macs"] for m in doc["bundle"]["models"]}

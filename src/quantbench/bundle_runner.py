@@ -65,12 +65,71 @@ def load_manifest(folder: Path) -> dict:
         raise BundleError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
     except ValueError as exc:
         raise BundleError(f"{path}: not valid JSON ({exc})") from None
-    if manifest.get("format") not in BUNDLE_FORMATS_READ:
-        raise BundleError(f"{path}: format {manifest.get('format')!r}; expected one of {', '.join(BUNDLE_FORMATS_READ)}")
-    for m in manifest.get("models", []):
-        m.setdefault("format", "onnx")
-        m.setdefault("engine", "onnxruntime")
+    if not isinstance(manifest, dict) or manifest.get("format") not in BUNDLE_FORMATS_READ:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise BundleError(f"{path}: format {got!r}; expected one of {', '.join(BUNDLE_FORMATS_READ)}")
+    for m in manifest.get("models", []) if isinstance(manifest.get("models"), list) else []:
+        if isinstance(m, dict):
+            m.setdefault("format", "onnx")
+            m.setdefault("engine", "onnxruntime")
+    validate_manifest(folder, manifest, path)
     return manifest
+
+
+def _need(ok: bool, path: Path, key: str, expected: str) -> None:
+    if not ok:
+        raise BundleError(f"{path}: {key}: expected {expected}")
+
+
+def _is_int(v, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _within(path: Path, folder: Path) -> bool:
+    """``path`` (links resolved) lies inside ``folder`` (works on the old Pythons small devices run)."""
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _file_ref(folder: Path, entry, path: Path, key: str, file_key: str = "file", sha_key: str = "sha256") -> None:
+    """A file named by the manifest: a plain name inside the bundle folder, with a SHA-256."""
+    _need(isinstance(entry, dict), path, key, "a mapping")
+    name, digest = entry.get(file_key), entry.get(sha_key)
+    _need(isinstance(name, str) and bool(name), path, f"{key}.{file_key}", "a file name")
+    parts = Path(name).parts
+    inside = not Path(name).is_absolute() and ".." not in parts and _within(folder / name, folder)
+    _need(inside, path, f"{key}.{file_key}", f"a file inside the bundle folder, not {name!r}")
+    _need(isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest), path,
+          f"{key}.{sha_key}", "a SHA-256 hex digest")
+
+
+def validate_manifest(folder: Path, m: dict, path: Path) -> None:
+    """Every key the runner uses, with its type and range; file names confined to the bundle folder."""
+    shape = m.get("input_shape")
+    _need(isinstance(shape, list) and len(shape) == 3 and all(_is_int(d, 1, 8192) for d in shape), path,
+          "input_shape", "[C, H, W] of positive integers")
+    batches = m.get("batch_sizes")
+    _need(isinstance(batches, list) and bool(batches) and all(_is_int(b, 1, 4096) for b in batches), path,
+          "batch_sizes", "a list of integers in 1..4096")
+    _file_ref(folder, m.get("samples"), path, "samples")
+    models = m.get("models")
+    _need(isinstance(models, list) and bool(models), path, "models", "a non-empty list")
+    for i, e in enumerate(models):
+        key = f"models[{i}]"
+        _need(isinstance(e, dict), path, key, "a mapping")
+        _need(isinstance(e.get("scheme"), str) and 0 < len(e["scheme"]) <= 100, path, f"{key}.scheme", "a name")
+        _need(e.get("format") in ("onnx", "tflite"), path, f"{key}.format", "onnx or tflite")
+        _need(isinstance(e.get("engine"), str), path, f"{key}.engine", "a name")
+        _file_ref(folder, e, path, key)
+        _file_ref(folder, e, path, key, "expected", "expected_sha256")
+        files = e.get("batch_files", {})
+        _need(isinstance(files, dict), path, f"{key}.batch_files", "a mapping of batch size -> file")
+        for b, f in files.items():
+            _need(str(b).isdigit(), path, f"{key}.batch_files", "batch sizes as keys")
+            _file_ref(folder, f, path, f"{key}.batch_files[{b}]")
 
 
 def verify(folder: Path, manifest: dict) -> None:
@@ -246,7 +305,10 @@ def run(folder: Path, device: str, threads: int | None, batch_sizes: list[int] |
 
     manifest = load_manifest(folder)
     verify(folder, manifest)
-    samples = np.load(folder / manifest["samples"]["file"])
+    samples = np.load(folder / manifest["samples"]["file"], allow_pickle=False)
+    if samples.dtype != np.float32 or tuple(samples.shape[1:]) != tuple(manifest["input_shape"]):
+        raise BundleError(f"{manifest['samples']['file']}: samples of shape {samples.shape} {samples.dtype}; "
+                          f"expected float32 (N, {', '.join(map(str, manifest['input_shape']))})")
     batches = batch_sizes or manifest["batch_sizes"]
     if any(b < 1 for b in batches):
         raise BundleError(f"batch sizes must be >= 1, got {batches}")
@@ -284,7 +346,7 @@ def run(folder: Path, device: str, threads: int | None, batch_sizes: list[int] |
             got = first(samples)
         else:  # the batch-1 file, one sample at a time
             got = np.concatenate([first(samples[i:i + 1]) for i in range(len(samples))])
-        checks.append(_check(entry, got, np.load(folder / entry["expected"])))
+        checks.append(_check(entry, got, np.load(folder / entry["expected"], allow_pickle=False)))
         for b in batches:
             if fmt == "tflite":
                 spec = entry.get("batch_files", {}).get(str(b))
@@ -331,6 +393,10 @@ def main(argv: list[str] | None = None) -> int:
     except BundleError as exc:
         print(f"run_bundle: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - a runtime's own failure: one line, not a traceback
+        print(f"run_bundle: error: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}",
+              file=sys.stderr)
+        return 1
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     bad = [f"{c['scheme']} ({c['format']})" for c in result["checks"] if not c["ok"]]
     for r in result["records"]:

@@ -44,7 +44,7 @@ from typing import Any
 
 from quantbench.errors import QuantbenchError
 
-__all__ = ["Cell", "Sweep", "SweepOutcome", "expand", "load_sweep", "run_cell", "run_sweep"]
+__all__ = ["Cell", "Sweep", "SweepOutcome", "expand", "load_sweep", "run_cell", "run_sweep", "sweep_folder"]
 
 
 @dataclass(frozen=True)
@@ -160,8 +160,25 @@ def _inprocess(jobs: list[tuple[Any, ...]], workers: int) -> Iterator[dict[str, 
         yield run_cell(*job)
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Pool-worker initializer: a thread that ends the worker when the driver is gone (kill -9 included)."""
+    import os
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="quantbench-parent-watch").start()
+
+
 def _pool(jobs: list[tuple[Any, ...]], workers: int) -> Iterator[dict[str, Any]]:
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    import os
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(run_cell, *job) for job in jobs]
         for fut in as_completed(futures):
             yield fut.result()
@@ -192,6 +209,13 @@ def _ray(jobs: list[tuple[Any, ...]], workers: int, address: str | None) -> Iter
             ray.shutdown()
 
 
+def sweep_folder(sweep: Sweep) -> Path:
+    """The folder of a sweep's cells and report: its ``out`` folder / its name as one safe component."""
+    from quantbench.paths import safe_component
+
+    return Path(sweep.out_dir) / safe_component(sweep.name)
+
+
 def run_sweep(sweep: Sweep, *, store_path: str, executor: str = "inprocess", workers: int = 1,
               progress: bool = True, threads: int | None = None,
               log: Callable[[str], None] | None = None) -> SweepOutcome:
@@ -220,7 +244,7 @@ def run_sweep(sweep: Sweep, *, store_path: str, executor: str = "inprocess", wor
             log(f"sweep {sweep.name}: {len(outcome.skipped)} of {len(cells)} cells already finished; "
                 f"running the other {len(todo)}")
         threads = threads or max(1, (os.cpu_count() or 1) // max(workers, 1))
-        out_root = str(Path(sweep.out_dir) / sweep.name)
+        out_root = str(sweep_folder(sweep))
         jobs = [(sweep.kind, c.cell_id, c.params, out_root, threads) for c in todo]
         by_id = {c.cell_id: c for c in todo}
         if executor == "inprocess":

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -48,22 +49,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is: a stored run is then marked ``interrupted``, not left running."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (0 ok, 1 failed, 2 bad input, 130 interrupted)."""
+    """Entry point; returns the exit code (0 ok, 1 failed, 2 bad input, 130 interrupted, 143 terminated)."""
     args_list = list(argv) if argv is not None else sys.argv[1:]
     debug = "--debug" in args_list
     args_list = [a for a in args_list if a != "--debug"]  # accepted anywhere on the line
     verb = next((a for a in args_list if not a.startswith("-")), "quantbench")
     try:
+        if argv is None:  # the real command line (tests call main(argv) and keep their own handlers)
+            signal.signal(signal.SIGTERM, _on_sigterm)
         parser = build_parser()
         args = parser.parse_args(args_list)
         return int(args.func(args) or 0)
     except QuantbenchError as exc:
         print(f"quantbench: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("quantbench: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print("quantbench: " + ("terminated" if isinstance(exc, Terminated) else "interrupted"), file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except BrokenPipeError:  # `quantbench results | head -1`: the reader left; nothing is wrong
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

@@ -101,7 +101,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         if args.run:
             store.run(args.run)  # an id that matches nothing is a one-line error
         rows = store.query(run_id=args.run, model=args.model, data=args.data, method=args.method,
-                           engine=args.engine, metric=args.metric, batch=args.batch)
+                           engine=args.engine, metric=args.metric, batch=args.batch, unfinished=args.all)
     fmt = "json" if args.json else args.format
     if fmt in ("csv", "json"):
         text = export_rows(rows, fmt)
@@ -144,7 +144,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         is_sweep = args.id in store.sweeps()
         run = None if is_sweep else store.run(args.id)  # one-line error when nothing matches
     if is_sweep:
-        html, md = write_sweep_report(args.store, args.id, args.out or Path(args.store).parent / "sweeps" / args.id)
+        from quantbench.paths import safe_component
+
+        html, md = write_sweep_report(args.store, args.id,
+                                      args.out or Path(args.store).parent / "sweeps" / safe_component(args.id))
     else:
         html, md = write_report(args.store, run["run_id"],
                                 args.out or run.get("out_dir") or Path(args.store).parent / run["run_id"])
@@ -161,7 +164,7 @@ def run_sweep_file(path: str, *, kind: str | None = None, store: str | None = No
     """Run (or list, ``dry_run``) the sweep in ``path``; prints its summary; returns the exit code."""
     from quantbench.report import write_sweep_report
     from quantbench.store import ResultStore
-    from quantbench.sweep import expand, load_sweep, run_sweep
+    from quantbench.sweep import expand, load_sweep, run_sweep, sweep_folder
 
     sweep = load_sweep(path, kind)
     store = store or DEFAULT_STORE
@@ -180,7 +183,7 @@ def run_sweep_file(path: str, *, kind: str | None = None, store: str | None = No
     out = run_sweep(sweep, store_path=store, executor=executor, workers=workers, progress=progress, threads=threads)
     report = None
     if out.ran or out.skipped:
-        report, _ = write_sweep_report(store, sweep.name, Path(sweep.out_dir) / sweep.name)
+        report, _ = write_sweep_report(store, sweep.name, sweep_folder(sweep))
     summary = {"sweep": sweep.name, "cells": len(cells), "ran": len(out.ran), "skipped": len(out.skipped),
                "failed": out.failed, "wall_s": out.wall_s, "store": store, "report": str(report) if report else None}
     if json_out:
@@ -279,8 +282,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     with ResultStore(args.store) as store:
         run = store.run(run_id)
     model = run_model_data(run["config"])[0]
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model).strip(".") or "model"
-    html, _ = write_devices_report(args.store, model, args.out or Path(args.store).parent / f"devices-{safe}")
+    from quantbench.paths import safe_component
+
+    html, _ = write_devices_report(args.store, model,
+                                   args.out or Path(args.store).parent / f"devices-{safe_component(model)}")
     if args.json:
         emit_json({"run_id": run_id, "rows": n, "device": run["config"]["device"], "report": str(html)})
     else:
@@ -363,6 +368,7 @@ def add_verbs(sub: Any) -> None:
     for name in ("model", "data", "method", "engine", "metric"):
         p.add_argument(f"--{name}", help=f"filter on {name} (SQL LIKE pattern, e.g. 'top%%')")
     p.add_argument("--batch", type=int, help="filter on batch size")
+    p.add_argument("--all", action="store_true", help="also rows of runs that failed or were interrupted")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
     p.add_argument("--out", metavar="FILE", help="write the export to FILE")
     _common(p, store=True)

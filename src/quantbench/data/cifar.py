@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import codecs
 import importlib
+import io
 import pickle
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from quantbench.errors import QuantbenchError
 CIFAR10_DIR = "cifar-10-batches-py"
 CIFAR100_DIR = "cifar-100-python"
 CIFAR10_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
+MAX_BATCH_BYTES = 512 << 20  # official batches are ~31 MB (CIFAR-10) and ~155 MB (CIFAR-100 train)
 
 
 def _multiarray() -> Any:
@@ -63,11 +65,14 @@ def read_batch(path: Path) -> dict[bytes, Any]:
     """Unpickle one CIFAR batch/meta file (bytes keys, as written by Python 2)."""
     if not path.is_file():
         raise QuantbenchError(f"missing CIFAR batch file {str(path)!r}")
+    if path.stat().st_size > MAX_BATCH_BYTES:
+        raise QuantbenchError(f"CIFAR batch file {str(path)!r} has {path.stat().st_size:,} bytes; an official batch "
+                              f"has about 31 MB (at most {MAX_BATCH_BYTES:,} accepted)")
     try:
         with path.open("rb") as f:
-            obj = _SafeUnpickler(f, encoding="bytes").load()
+            obj = _SafeUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, AttributeError,
-            ImportError, KeyError, OSError) as exc:
+            ImportError, KeyError, OSError, MemoryError, OverflowError, RecursionError) as exc:
         raise QuantbenchError(f"CIFAR batch file {str(path)!r} is truncated or not a CIFAR python pickle "
                               f"({type(exc).__name__}: {exc})") from None
     if not isinstance(obj, dict):

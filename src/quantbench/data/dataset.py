@@ -125,6 +125,7 @@ class ImageDataset(Dataset):
         Filled chunk by chunk so peak memory is about the size of the result.
         """
         idx = np.arange(len(self), dtype=np.int64) if indices is None else np.asarray(indices, np.int64)
+        check_memory(len(idx), self.input_shape, self.spec)
         out = torch.empty((len(idx), *self.input_shape), dtype=torch.float32)
         for start, (x, _) in zip(range(0, len(idx), CHUNK), self.batches(CHUNK, idx, normalized=normalized),
                                  strict=True):
@@ -140,6 +141,27 @@ class ImageDataset(Dataset):
     def __repr__(self) -> str:
         return (f"ImageDataset(spec={self.spec!r}, items={len(self)}, classes={self.num_classes}, "
                 f"input_shape={self.input_shape}, normalization={self.normalization['name']!r})")
+
+
+def memory_budget_bytes() -> int:
+    """Bytes one tensor of images may take: half of the memory available now (at least 256 MB)."""
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as fh:
+            info = {ln.split(":")[0]: int(ln.split()[1]) * 1024 for ln in fh if ln.split()[1:2]}
+        free = info.get("MemAvailable", info.get("MemTotal", 0))
+    except (OSError, ValueError, IndexError):
+        free = 8 << 30
+    return max(256 << 20, free // 2)
+
+
+def check_memory(n: int, shape: Sequence[int], spec: str) -> None:
+    """Refuse, in one line, a float32 image tensor this machine cannot hold (instead of a MemoryError)."""
+    need = int(n) * int(np.prod(shape)) * 4
+    budget = memory_budget_bytes()
+    if need > budget:
+        raise QuantbenchError(f"{spec}: {n:,} images of {'x'.join(map(str, shape))} need {need / 1e9:.1f} GB as float32, "
+                              f"more than the {budget / 1e9:.1f} GB this machine can spare; use fewer images "
+                              "(--eval-size) or a smaller --input-shape")
 
 
 def _raw_source(source: Source, indices: np.ndarray) -> torch.Tensor:

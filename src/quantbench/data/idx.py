@@ -31,12 +31,21 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 UBYTE = 0x08
 
 
+MAX_IDX_BYTES = 2 << 30  # the largest official file (EMNIST/KMNIST-49 train images) is well under this
+
+
 def _read_bytes(path: Path) -> bytes:
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
+                data = f.read(MAX_IDX_BYTES + 1)  # bounded: a small .gz can inflate without end
+        else:
+            if path.stat().st_size > MAX_IDX_BYTES:
+                raise QuantbenchError(f"idx file {str(path)!r} is larger than {MAX_IDX_BYTES:,} bytes")
+            data = path.read_bytes()
+        if len(data) > MAX_IDX_BYTES:
+            raise QuantbenchError(f"idx file {str(path)!r} inflates to more than {MAX_IDX_BYTES:,} bytes")
+        return data
     except (OSError, EOFError, zlib.error) as exc:
         raise QuantbenchError(f"cannot read idx file {str(path)!r}: {exc}") from None
 

@@ -362,7 +362,7 @@ def run_bench(spec: BenchSpec, *, model: nn.Module | None = None, quantized: Any
     macs = count_macs(model, shape, batch_size=1).per_image_macs
     with tempfile.TemporaryDirectory(prefix="quantbench-bench-") as tmp:
         qbm, qsource = None, "no int8 variant requested"
-        if any(v == "int8" for _, v in jobs):
+        if any(v == "int8" for _, v in jobs) or spec.quantized:  # a given .qbm is always validated
             qbm, qsource = _quantized_model(spec, loaded, shape, Path(tmp), quantized)
         machine = {}
         if peaks:

@@ -147,6 +147,8 @@ def run_experiment(cfg: Any, *, progress: bool = True, log: Callable[[str], None
     env = environment()
     run_id = new_run_id(kind.name)
     folder = Path(cfg.out) if cfg.out else Path(cfg.store).parent / run_id
+    if folder.exists() and not folder.is_dir():
+        raise QuantbenchError(f"{folder}: --out names a file; expected a folder for the run's files")
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     store: Any = None
@@ -172,9 +174,9 @@ def run_experiment(cfg: Any, *, progress: bool = True, log: Callable[[str], None
         outcome.record = kind.handler(cfg, ctx)
         start()
         store.finish_run(run_id, "finished")
-    except BaseException:
+    except BaseException as exc:
         if started:
-            store.finish_run(run_id, "failed")
+            store.finish_run(run_id, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
         elif created:
             import shutil
 

@@ -72,7 +72,8 @@ class DataOptions(Normalize, ModelOptions):
     data: str = option("digits", "data spec KIND[:PATH] (see `quantbench datasets`)", metavar="SPEC", path="data")
     eval_size: int | None = option(None, "evaluate on at most N of the evaluation images", metavar="N", ge=1)
     eval_batch_size: int = option(256, "images per batch when evaluating accuracy", ge=1)
-    topk: int = option(5, "top-k accuracy reported beside top-1", ge=1, le=1000)
+    topk: int | None = option(None, "top-k accuracy reported beside top-1 (default 5, or the number of classes "
+                              "when fewer)", ge=1, le=1000)
 
 
 @dataclass(frozen=True)

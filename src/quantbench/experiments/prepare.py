@@ -43,6 +43,7 @@ class Prepared:
     val: Any = None
     calib: Any = None
     split: dict[str, str] = field(default_factory=dict)
+    topk: int = 5
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -121,7 +122,11 @@ def prepare(cfg: Any, ctx: Any = None, *, train: bool = False, calib: bool = Fal
                               f"{loaded.num_classes}")
     for note in loaded.notes:
         (log or (lambda m: None))(f"model: {note}")
-    out = Prepared(loaded, loaded.module, ds, ds)
+    classes = loaded.num_classes or ds.num_classes
+    if cfg.topk is not None and cfg.topk > classes:
+        raise QuantbenchError(f"config: topk {cfg.topk} exceeds the {classes} classes of the model and data; "
+                              "top-k would be 100% by construction")
+    out = Prepared(loaded, loaded.module, ds, ds, topk=cfg.topk or min(5, classes))
     rest = ds
     seed = cfg.seed
     if train:

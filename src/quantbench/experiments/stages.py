@@ -94,11 +94,12 @@ def train_eval_subset(train: Any, test: Any) -> Any | None:
     return DatasetView(train, list(range(min(len(train), len(test)))), name="train")
 
 
-def train_accuracy_rows(key: RowKey, model: nn.Module | None, train_eval: Any, cfg: Any) -> list[Result]:
+def train_accuracy_rows(key: RowKey, model: nn.Module | None, train_eval: Any, topk: int,
+                        batch_size: int) -> list[Result]:
     """Top-1/top-k and loss of ``model`` on the training subset (``train_top1``, ``train_loss`` ...)."""
     if train_eval is None or model is None:
         return []
-    ev = evaluate(model, train_eval, topk=(1, cfg.topk), batch_size=cfg.eval_batch_size, progress=False)
+    ev = evaluate(model, train_eval, topk=(1, topk), batch_size=batch_size, progress=False)
     return accuracy_rows(key, ev, "train", prefix=TRAIN_PREFIX)
 
 
@@ -117,11 +118,11 @@ def fp32_baseline(p: Any, cfg: Any, ctx: Any, *, train_eval: Any = None, desc: s
     from quantbench.measure.params import count_parameters
     from quantbench.measure.size import save_fp32
 
-    ev = evaluate(p.model, p.test, topk=(1, cfg.topk), batch_size=cfg.eval_batch_size,
+    ev = evaluate(p.model, p.test, topk=(1, p.topk), batch_size=cfg.eval_batch_size,
                   progress=desc if ctx.progress else False)
     size = save_fp32(p.model, ctx.out_dir / "model_fp32.pt")
     batches = tuple(getattr(cfg, "batch_sizes", ()) or ())
-    rows = (accuracy_rows(p.key, ev, "test") + train_accuracy_rows(p.key, p.model, train_eval, cfg)
+    rows = (accuracy_rows(p.key, ev, "test") + train_accuracy_rows(p.key, p.model, train_eval, p.topk, cfg.eval_batch_size)
             + cost_rows(p.key, params=count_parameters(p.model), size_bytes=size, size_file="model_fp32.pt",
                         macs=count_macs(p.model, p.input_shape), batch_sizes=batches))
     if batches:
@@ -152,7 +153,7 @@ def variant_rows(p: Any, cfg: Any, method: str, qm: Any, train_eval: Any, log: C
     """What a quantized variant adds beside its test rows: train-split accuracy and, with
     ``cfg.batch_sizes``, its latency vs batch on ``torch-int8``."""
     vkey = dataclasses.replace(p.key, method=method)
-    rows = train_accuracy_rows(vkey, qm, train_eval, cfg)
+    rows = train_accuracy_rows(vkey, qm, train_eval, p.topk, cfg.eval_batch_size)
     if getattr(cfg, "batch_sizes", ()):
         rows += int8_latency_rows(vkey, p.model, qm, p.input_shape, cfg, log)
     return rows

@@ -144,7 +144,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True) 
 
     Raises:
         QuantbenchError: Missing, unsafe or corrupt file; no state dict inside; key or
-            shape mismatch (the message names the keys and shapes).
+            shape mismatch (the message names the keys and shapes); NaN/Inf weights.
 
     Example:
         >>> net = load_checkpoint(build_model("resnet20"), "weights/resnet20-12fca82f.th")
@@ -174,5 +174,10 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True) 
             f"vs model {tuple(own[k].shape)}{more}"
         )
 
+    nonfinite = [k for k, v in sd.items() if k in own and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if nonfinite:
+        raise QuantbenchError(f"checkpoint {path}: tensor {nonfinite[0]!r} holds NaN or Inf values"
+                              + (f" (and {len(nonfinite) - 1} more)" if len(nonfinite) > 1 else "")
+                              + "; a model with them computes nothing meaningful")
     model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=strict)
     return model

@@ -123,32 +123,64 @@ def load_quantized(path: str | Path, model: nn.Module | None = None) -> Quantize
         model: A float template of the same architecture, needed when the file names no zoo
             model (a user's own ``nn.Module``); its weights are not used.
     """
+    from quantbench.quant.artifact import read_header
+
     meta, tensors = load_artifact(path)
     if meta.get("format") != FORMAT:
         raise QuantbenchError(f"{path}: not a quantbench quantized model (format {meta.get('format')!r})")
+    bits_of = {e["name"]: e["bits"] for e in read_header(path)["tensors"] if e["kind"] == "packed"}
+    for key, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise QuantbenchError(f"{path}: tensor {key!r} holds NaN or Inf values; the file is not usable")
+    try:
+        plan = QuantPlan.from_dict(meta["plan"])
+    except QuantbenchError as exc:
+        raise QuantbenchError(f"{path}: its quantization plan is malformed ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - any malformed header field
+        raise QuantbenchError(f"{path}: its quantization plan is malformed ({type(exc).__name__})") from None
     if model is None:
         model = rebuild_float_model(meta, path)
-    qm = prepare(model.eval(), QuantPlan.from_dict(meta["plan"]))
+    qm = prepare(model.eval(), plan)
     weights = _weight_keys(qm)
+    if not weights and not any(True for _ in qm.act_quantizers()):
+        raise QuantbenchError(f"{path}: its plan quantizes nothing; a .qbm holds a quantized model")
     state: dict[str, torch.Tensor] = {}
     for key, value in tensors.items():
         if key in weights:
             continue
         state[key] = value
-    qm.load_state_dict(state, strict=False)  # weights are set below from their integer codes
+    try:
+        qm.load_state_dict(state, strict=False)  # weights are set below from their integer codes
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise QuantbenchError(f"{path}: does not match the rebuilt model "
+                              f"({first[-1].strip() if first else 'size mismatch'})") from None
     for key, (layer, fq) in weights.items():
         if key not in tensors:
             raise QuantbenchError(f"{path}: missing quantized weight {key!r}")
+        if bits_of.get(key) != fq.spec.bits:
+            raise QuantbenchError(f"{path}: weight {key!r} is stored with {bits_of.get(key)} bits but its plan says "
+                                  f"{fq.spec.bits}")
+        if tensors[key].numel() != layer.weight.numel():
+            raise QuantbenchError(f"{path}: weight {key!r} has {tensors[key].numel()} values; the model's has "
+                                  f"{layer.weight.numel()}")
         scale, zp = fq.qparams()
+        if not bool(torch.isfinite(scale).all()) or not bool((scale > 0).all()):
+            raise QuantbenchError(f"{path}: the scales of {key!r} are not finite positive numbers")
         w = dequantize(tensors[key], scale, zp, fq.spec).reshape(layer.weight.shape)
         with torch.no_grad():
             layer.weight.copy_(w)
     missing = [k for k in qm.state_dict() if k not in tensors]
     if missing:
         raise QuantbenchError(f"{path}: does not match the rebuilt model; missing {missing[:3]}")
-    for _, fq in qm.act_quantizers():
+    for name, fq in qm.act_quantizers():
         fq.calibrated = True
         fq.mode = "quant"
+        if not fq.spec.dynamic:
+            scale, _ = fq.qparams()
+            if not bool(torch.isfinite(scale).all()) or not bool((scale > 0).all()):
+                raise QuantbenchError(f"{path}: the scale of activation quantizer {name!r} is not a finite positive "
+                                      "number")
     shape = (meta.get("model") or {}).get("input_shape")
     if shape:
         qm.input_shape = tuple(shape)

@@ -58,12 +58,19 @@ def _html_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
 
-def _md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    def esc(s: str) -> str:
-        return str(s).replace("|", "\\|")
+def _md_escape(text: Any) -> str:
+    """User strings in Markdown: HTML-escaped (viewers render inline HTML) and table-safe.
 
-    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in body]
+    Example:
+        >>> _md_escape("<img src=x onerror=alert(1)>")
+        '&lt;img src=x onerror=alert(1)&gt;'
+    """
+    return html.escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in body]
     return "\n".join(lines)
 
 
@@ -251,7 +258,7 @@ def _render_html(title: str, run: dict[str, Any], sections: list, figures: list[
              f"<p>Model <code>{html.escape(model)}</code> on data <code>{html.escape(data)}</code>.</p>"]
     head = _head_count(sections)
     for name, table in sections[:head]:
-        parts.append(f"<h2>{name}</h2>" + _html_table(*table))
+        parts.append(f"<h2>{html.escape(name)}</h2>" + _html_table(*table))
     parts.append("<h2>Figures</h2>")
     if not figures:
         parts.append(f"<p>{html.escape(_figure_note() or 'No figures for this run.')}</p>")
@@ -260,7 +267,7 @@ def _render_html(title: str, run: dict[str, Any], sections: list, figures: list[
         parts.append(f"<figure id='{f.name}'><img alt='{html.escape(f.name)}' src='data:image/png;base64,{b64}'>"
                      f"<figcaption>{html.escape(f.caption)}</figcaption></figure>")
     for name, table in sections[head:]:
-        parts.append(f"<h2>{name}</h2>" + _html_table(*table))
+        parts.append(f"<h2>{html.escape(name)}</h2>" + _html_table(*table))
     parts.append("<h2>Definitions</h2><dl>" + "".join(
         f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in DEFINITIONS) + "</dl>")
     parts.append("</body></html>")
@@ -268,16 +275,16 @@ def _render_html(title: str, run: dict[str, Any], sections: list, figures: list[
 
 
 def _render_md(title: str, run: dict[str, Any], sections: list, figures: list[Figure]) -> str:
-    lines = [f"# {title}", ""]
+    lines = [f"# {_md_escape(title)}", ""]
     head = _head_count(sections)
     for name, table in sections[:head]:
-        lines += [f"## {name}", "", _md_table(*table), ""]
+        lines += [f"## {_md_escape(name)}", "", _md_table(*table), ""]
     lines += ["## Figures", ""]
     if not figures:
         lines += [_figure_note() or "No figures for this run.", ""]
     for f in figures:
-        lines += [f"![{f.name}](figures/{f.name}.png)", "", f"*{f.caption}*", ""]
+        lines += [f"![{_md_escape(f.name)}](figures/{f.name}.png)", "", f"*{_md_escape(f.caption)}*", ""]
     for name, table in sections[head:]:
-        lines += [f"## {name}", "", _md_table(*table), ""]
+        lines += [f"## {_md_escape(name)}", "", _md_table(*table), ""]
     lines += ["## Definitions", ""] + [f"- **{k}**: {v}" for k, v in DEFINITIONS] + [""]
     return "\n".join(lines)

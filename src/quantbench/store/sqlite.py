@@ -20,6 +20,8 @@ import datetime as _dt
 import io
 import json
 import math
+import os
+import socket
 import sqlite3
 import uuid
 from collections.abc import Iterable, Sequence
@@ -29,7 +31,9 @@ from typing import Any
 
 from quantbench.errors import QuantbenchError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+APPLICATION_ID = 0x51424E43  # "QBNC": PRAGMA application_id of every quantbench store
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -43,7 +47,9 @@ CREATE TABLE IF NOT EXISTS runs (
     git_sha     TEXT,
     config      TEXT NOT NULL,
     environment TEXT NOT NULL,
-    out_dir     TEXT
+    out_dir     TEXT,
+    pid         INTEGER,
+    host        TEXT
 );
 CREATE TABLE IF NOT EXISTS results (
     id       INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -107,30 +113,98 @@ def new_run_id(kind: str) -> str:
     return f"{stamp}-{kind}-{uuid.uuid4().hex[:6]}"
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
 class ResultStore:
-    """A results database at ``path`` (created with its folder when missing)."""
+    """A results database at ``path`` (created with its folder when missing).
+
+    Opening checks before it writes anything: the file must be a SQLite database that passes
+    ``PRAGMA quick_check`` and carries quantbench's application id (or, from older versions, our
+    tables); a damaged file or another application's database is refused by path and never
+    modified. Runs left ``running`` by a process that no longer exists (``kill -9``) are marked
+    ``interrupted``; their rows are left out of queries unless asked for.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
+        fresh = True
         if self.path != ":memory:":
             p = Path(self.path)
             if p.exists() and p.is_dir():
                 raise QuantbenchError(f"{p}: is a folder; expected a SQLite results file")
+            fresh = _check_file(p)
             p.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(self.path, timeout=30)
             self._db.row_factory = sqlite3.Row
+            if not fresh:
+                self._verify()
             if self.path != ":memory:":
                 self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             with self._db:
+                self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 self._db.executescript(_SCHEMA)
                 self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            self._migrate()
+            self._mark_interrupted()
         except sqlite3.DatabaseError as exc:
-            raise QuantbenchError(f"{self.path}: not a quantbench results database ({exc})") from None
-        version = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
-        if int(version) != SCHEMA_VERSION:
-            raise QuantbenchError(f"{self.path}: results schema version {version}; expected {SCHEMA_VERSION}")
+            raise QuantbenchError(f"{self.path}: not a usable quantbench results database ({exc})") from None
+
+    def _verify(self) -> None:
+        """An existing file: intact, and ours (by application id, or by the tables of older versions)."""
+        try:
+            check = [r[0] for r in self._db.execute("PRAGMA quick_check").fetchall()]
+        except sqlite3.DatabaseError as exc:
+            check = [str(exc)]
+        if check != ["ok"]:
+            self._db.close()
+            raise QuantbenchError(f"{self.path}: the database is damaged (quick_check: {'; '.join(check)[:200]}); "
+                                  "it was not modified - restore it from a copy")
+        app = self._db.execute("PRAGMA application_id").fetchone()[0]
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        legacy = app == 0 and {"meta", "runs", "results"} <= tables
+        if app != APPLICATION_ID and not legacy and not (app == 0 and not tables):
+            self._db.close()
+            raise QuantbenchError(f"{self.path}: is another application's SQLite database, not a quantbench results "
+                                  "store; refusing to modify it (pass --store with a new file)")
+
+    def _migrate(self) -> None:
+        raw = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+        try:
+            version = int(raw)
+        except (TypeError, ValueError):
+            raise QuantbenchError(f"{self.path}: results schema version {raw!r} is not a number; the file is not a "
+                                  "store this quantbench wrote") from None
+        if version == 1:  # v2 records which process owns a running run
+            with self._db:
+                cols = {r[1] for r in self._db.execute("PRAGMA table_info(runs)")}
+                for col, tp in (("pid", "INTEGER"), ("host", "TEXT")):
+                    if col not in cols:
+                        self._db.execute(f"ALTER TABLE runs ADD COLUMN {col} {tp}")
+                self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+        elif version != SCHEMA_VERSION:
+            raise QuantbenchError(f"{self.path}: results schema version {version}; this quantbench reads "
+                                  f"{SCHEMA_VERSION} (a newer quantbench wrote it)")
+
+    def _mark_interrupted(self) -> None:
+        host = socket.gethostname()
+        stale = [r["run_id"] for r in self._db.execute("SELECT run_id, pid, host FROM runs WHERE status='running'")
+                 if r["pid"] is None or (r["host"] == host and not _pid_alive(int(r["pid"])))]
+        if stale:
+            with self._db:
+                self._db.executemany("UPDATE runs SET status='interrupted', finished=? WHERE run_id=?",
+                                     [(_now(), rid) for rid in stale])
 
     def close(self) -> None:
         self._db.close()
@@ -148,10 +222,10 @@ class ResultStore:
         run_id = run_id or new_run_id(kind)
         with self._db:
             self._db.execute(
-                "INSERT INTO runs (run_id, kind, name, created, status, git_sha, config, environment, out_dir)"
-                " VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+                "INSERT INTO runs (run_id, kind, name, created, status, git_sha, config, environment, out_dir, pid,"
+                " host) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
                 (run_id, kind, name, _now(), environment.get("git_sha"), json.dumps(config, default=str),
-                 json.dumps(environment, default=str), out_dir),
+                 json.dumps(environment, default=str), out_dir, os.getpid(), socket.gethostname()),
             )
         return run_id
 
@@ -215,15 +289,15 @@ class ResultStore:
     def sweep_cells(self, sweep_id: str) -> dict[str, dict[str, Any]]:
         """Finished cells of a sweep: cell id -> {run_id, params, finished}."""
         out = {}
-        for row in self._db.execute("SELECT * FROM sweep_cells WHERE sweep_id=? ORDER BY finished", (sweep_id,)):
+        for row in self._read("SELECT * FROM sweep_cells WHERE sweep_id=? ORDER BY finished", (sweep_id,)):
             d = dict(row)
-            d["params"] = json.loads(d["params"])
+            d["params"] = self._json(d["params"], "sweep cell")
             out[d["cell_id"]] = d
         return out
 
     def sweeps(self) -> list[str]:
         """Ids of every sweep with at least one finished cell."""
-        return [r[0] for r in self._db.execute("SELECT DISTINCT sweep_id FROM sweep_cells ORDER BY sweep_id")]
+        return [r[0] for r in self._read("SELECT DISTINCT sweep_id FROM sweep_cells ORDER BY sweep_id", ())]
 
     # ------------------------------------------------------------------ reads
     def runs(self, kind: str | None = None) -> list[dict[str, Any]]:
@@ -231,12 +305,24 @@ class ResultStore:
         if kind:
             sql, args = sql + " WHERE kind=?", [kind]
         out = []
-        for row in self._db.execute(sql + " ORDER BY created, run_id", args):
+        for row in self._read(sql + " ORDER BY created, run_id", args):
             d = dict(row)
-            d["config"] = json.loads(d["config"])
-            d["environment"] = json.loads(d["environment"])
+            d["config"] = self._json(d["config"], "config")
+            d["environment"] = self._json(d["environment"], "environment")
             out.append(d)
         return out
+
+    def _read(self, sql: str, args: Sequence[Any]) -> list[Any]:
+        try:
+            return self._db.execute(sql, list(args)).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise QuantbenchError(f"{self.path}: cannot read the results ({exc}); the file may be damaged") from None
+
+    def _json(self, text: str, what: str) -> Any:
+        try:
+            return json.loads(text)
+        except (TypeError, ValueError):
+            raise QuantbenchError(f"{self.path}: a stored {what} is not valid JSON; the file is damaged") from None
 
     def run(self, run_id: str) -> dict[str, Any]:
         """The run row for ``run_id``; a prefix is accepted when it is unique."""
@@ -248,8 +334,12 @@ class ResultStore:
 
     def query(self, *, run_id: str | None = None, model: str | None = None, data: str | None = None,
               method: str | None = None, engine: str | None = None, metric: str | None = None,
-              batch: int | None = None) -> list[dict[str, Any]]:
-        """Result rows matching every filter given (SQL LIKE patterns allowed, e.g. ``top%``)."""
+              batch: int | None = None, unfinished: bool = False) -> list[dict[str, Any]]:
+        """Result rows matching every filter given (SQL LIKE patterns allowed, e.g. ``top%``).
+
+        Rows of runs that did not finish (failed, interrupted, still running) are left out unless
+        ``unfinished`` or the run is named by ``run_id``.
+        """
         where, args = [], []
         for col, val in (("run_id", run_id), ("model", model), ("data", data), ("method", method),
                          ("engine", engine), ("metric", metric)):
@@ -259,13 +349,30 @@ class ResultStore:
         if batch is not None:
             where.append("batch = ?")
             args.append(batch)
+        if not unfinished and run_id is None:
+            where.append("run_id IN (SELECT run_id FROM runs WHERE status='finished')")
         sql = "SELECT * FROM results" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
         out = []
-        for row in self._db.execute(sql, args):
+        for row in self._read(sql, args):
             d = dict(row)
-            d["extra"] = json.loads(d["extra"])
+            d["extra"] = self._json(d["extra"], "result")
             out.append(d)
         return out
+
+
+def _check_file(p: Path) -> bool:
+    """True for a new store (missing or empty file); refuses anything that is not a SQLite file."""
+    if not p.exists() or p.stat().st_size == 0:
+        return True
+    try:
+        with p.open("rb") as fh:
+            head = fh.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        raise QuantbenchError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    if head != SQLITE_MAGIC:
+        raise QuantbenchError(f"{p}: is not a SQLite database (a quantbench results store is one); refusing to "
+                              "modify it")
+    return False
 
 
 def export_rows(rows: Sequence[dict[str, Any]], fmt: str) -> str:

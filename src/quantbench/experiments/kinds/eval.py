@@ -27,7 +27,7 @@ def evaluate_model(cfg: EvalConfig, ctx: Context) -> dict[str, Any]:
     from quantbench.measure.accuracy import evaluate
 
     p = prepare(cfg, ctx)
-    ev = evaluate(p.model, p.test, topk=(1, cfg.topk), batch_size=cfg.eval_batch_size,
+    ev = evaluate(p.model, p.test, topk=(1, p.topk), batch_size=cfg.eval_batch_size,
                   progress=f"eval {p.loaded.label}" if ctx.progress else False)
     ctx.commit(accuracy_rows(p.key, ev, "all" if p.test is p.ds else "test"))
     record = {"model": p.loaded.label, "checkpoint": cfg.checkpoint, "data": cfg.data, "n_images": ev.n_images,

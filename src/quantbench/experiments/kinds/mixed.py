@@ -58,7 +58,7 @@ def mixed_model(cfg: MixedExperiment, ctx: Context) -> dict[str, Any]:
     p = prepare(cfg, ctx, train=True, calib=True)
     _, fp32, _ = pretrained_baseline(p, cfg, ctx)
     info = p.rebuild_info()
-    kw = {**info, "topk": cfg.topk, "eval_batch_size": cfg.eval_batch_size, "progress": ctx.progress}
+    kw = {**info, "topk": p.topk, "eval_batch_size": cfg.eval_batch_size, "progress": ctx.progress}
     uniform = cfg.uniform(len(p.calib))
     act_bits = int(uniform.plan().default.act.bits)
     uni = run_ptq(p.model, uniform, p.calib, p.test, p.key, fp32, ctx.out_dir, **kw)

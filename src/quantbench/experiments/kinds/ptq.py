@@ -89,7 +89,7 @@ def quantize_model(cfg: PTQExperiment, ctx: Context) -> dict[str, Any]:
     _, fp32, train_eval = pretrained_baseline(p, cfg, ctx)
     calib = p.calib
     ptq = dataclasses.replace(ptq, calib_size=min(ptq.calib_size, len(calib)) if calib is not None else 0)
-    out = run_ptq(p.model, ptq, calib, p.test, p.key, fp32, ctx.out_dir, **p.rebuild_info(), topk=cfg.topk,
+    out = run_ptq(p.model, ptq, calib, p.test, p.key, fp32, ctx.out_dir, **p.rebuild_info(), topk=p.topk,
                   eval_batch_size=cfg.eval_batch_size, sensitivity_images=cfg.sensitivity_images,
                   progress=ctx.progress)
     ctx.commit(out.rows + variant_rows(p, cfg, out.record["method"], out.model, train_eval, ctx.log))

@@ -88,7 +88,7 @@ def qat_model(cfg: QATExperiment, ctx: Context) -> dict[str, Any]:
                            "predicted_file_bytes": search.predicted_file_bytes}
     fp32_epoch_s = hist.wall_s / len(hist.epochs) if hist is not None and hist.epochs else None
     out = run_qat(p.model, qcfg, p.calib, p.train, p.test, p.key, fp32, ctx.out_dir, plan=plan, **info,
-                  topk=cfg.topk, eval_batch_size=cfg.eval_batch_size, progress=ctx.progress,
+                  topk=p.topk, eval_batch_size=cfg.eval_batch_size, progress=ctx.progress,
                   fp32_epoch_s=fp32_epoch_s, fp32_finetune=cfg.fp32_finetune)
     ctx.commit(out.rows + [row for part in (out.ptq, out.qat)
                            for row in variant_rows(p, cfg, part.record["method"], part.model, train_eval, ctx.log)])

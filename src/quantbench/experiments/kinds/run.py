@@ -65,7 +65,7 @@ def run_default(cfg: RunExperiment, ctx: Context) -> dict[str, Any]:
 
     p, hist, fp32, train_eval = train_stage(cfg, ctx)
     info = p.rebuild_info()
-    kw = {**info, "topk": cfg.topk, "eval_batch_size": cfg.eval_batch_size, "progress": ctx.progress}
+    kw = {**info, "topk": p.topk, "eval_batch_size": cfg.eval_batch_size, "progress": ctx.progress}
     variants = []
     for method in cfg.methods:
         ptq = cfg.ptq_config(method, cfg.calib_size)
