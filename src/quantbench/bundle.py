@@ -335,6 +335,7 @@ def _load_results(path: str | Path) -> dict[str, Any]:
         need(_count(r["batch"], 1, 65536), f"{key}.batch", "an integer batch size in 1..65536")
         for k in ("median_ms", "p90_ms"):
             need(_finite(r[k]), f"{key}.{k}", "a finite time in ms > 0")
+        need(r["p90_ms"] >= r["median_ms"], f"{key}.p90_ms", "a 90th percentile >= the median")
         need(r.get("engine") is None or _name(r["engine"], 50), f"{key}.engine", "an engine name")
         need(r.get("format") is None or _name(r["format"], 20), f"{key}.format", "a format name")
         for k in ("threads", "iterations"):

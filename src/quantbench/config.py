@@ -112,6 +112,8 @@ def parse_hyper(items: Any, key: str = "hyper") -> dict[str, Any]:
         return {str(k): v for k, v in items.items()}
     if isinstance(items, str):
         items = [items]
+    if not isinstance(items, (list, tuple)):
+        raise QuantbenchError(f"config: {key} expects KEY=VALUE items or a mapping, got {items!r}")
     out: dict[str, Any] = {}
     for item in items:
         if not isinstance(item, str):

@@ -45,3 +45,23 @@ def test_help_of_one_concept_is_the_same_text_everywhere():
                 if opt in ("--threads", "--store", "--hyper", "--input-shape", "--model", "--normalize"):
                     texts.setdefault(opt, set()).add(a.help)
     assert all(len(v) == 1 for v in texts.values()), texts
+
+
+def test_an_unexpected_error_is_one_line_exit_1_and_its_traceback_needs_debug(monkeypatch, capsys):
+    import dataclasses
+
+    import pytest
+
+    from quantbench.cli import main
+    from quantbench.experiments.layer import KINDS
+
+    def broken(cfg, ctx):
+        raise RuntimeError("something inside broke\nsecond line")
+
+    kind = KINDS.get("eval")
+    monkeypatch.setitem(KINDS._items, "eval", dataclasses.replace(kind, handler=broken))
+    assert main(["eval", "--no-store"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "eval: RuntimeError: something inside broke" in err and "--debug" in err
+    with pytest.raises(RuntimeError):
+        main(["eval", "--no-store", "--debug"])

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     if len(data) < header:
         raise QuantbenchError(f"idx file {str(path)!r} is truncated: {len(data)} bytes, header needs {header}")
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    size = int(np.prod(dims, dtype=np.int64))
+    size = math.prod(dims)  # Python ints: a forged header cannot overflow the check
     found = len(data) - header
     if found != size:
         what = "truncated" if found < size else "longer than its header says"

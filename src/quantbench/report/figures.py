@@ -136,7 +136,7 @@ def latency_vs_batch(rows: Sequence[Row]) -> Figure | None:
             pts.sort()
             b, m, p90 = zip(*pts, strict=True)
             batches += b
-            ax_l.errorbar(b, m, yerr=[[0] * len(m), [q - x for q, x in zip(p90, m, strict=True)]], marker="o",
+            ax_l.errorbar(b, m, yerr=[[0] * len(m), [max(0.0, q - x) for q, x in zip(p90, m, strict=True)]], marker="o",
                           capsize=3, label=_label(key))
             ax_t.plot(b, [bb / (mm / 1000.0) for bb, mm in zip(b, m, strict=True)], marker="o", label=_label(key))
         ax_l.set(yscale="log", xlabel="batch size", ylabel="latency per batch (ms)", title=f"{model}: latency")

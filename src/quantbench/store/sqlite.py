@@ -149,13 +149,15 @@ class ResultStore:
             self._db.row_factory = sqlite3.Row
             if not fresh:
                 self._verify()
-            if self.path != ":memory:":
+            if self.path != ":memory:" and self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA foreign_keys=ON")
-            with self._db:
-                self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                self._db.executescript(_SCHEMA)
-                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            if fresh or self._db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+                with self._db:  # writes only what is missing: opening to read leaves the file as it was
+                    self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                    self._db.executescript(_SCHEMA)
+                    self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                                     (str(SCHEMA_VERSION),))
             self._migrate()
             self._mark_interrupted()
         except sqlite3.DatabaseError as exc:
