@@ -198,3 +198,70 @@ def test_a_busy_neighbour_shows_in_other_cpu_share() -> None:
     # this process sleeps; the spinner alone keeps one core busy: others' share is well above a quiet machine's 0
     assert r.other_cpu_share is not None and r.other_cpu_share > 0.25
     assert r.as_dict()["other_cpu_share"] == r.other_cpu_share
+
+
+# ----------------------------------------------------------------------------- the median's interval
+
+
+def _skewed(n: int, seed: int) -> list[float]:
+    """Latency-like samples: a floor plus a long right tail (scheduler hiccups)."""
+    rng = np.random.default_rng(seed)
+    return (1.0 + rng.gamma(2.0, 0.05, size=n) + (rng.random(n) < 0.1) * rng.exponential(2.0, size=n)).tolist()
+
+
+def test_bootstrap_ci_is_deterministic_and_brackets_the_median() -> None:
+    from quantbench.measure.latency import bootstrap_median_ci
+
+    for n, seed in [(10, 0), (37, 1), (200, 2), (1000, 3)]:
+        xs = _skewed(n, seed)
+        lo, hi = bootstrap_median_ci(xs)
+        assert (lo, hi) == bootstrap_median_ci(list(xs))  # same samples, same interval, bit for bit
+        assert lo <= float(np.median(xs)) <= hi
+        assert lo >= min(xs) and hi <= max(xs)
+    wide = np.subtract(*bootstrap_median_ci(_skewed(10, 4))[::-1])
+    narrow = np.subtract(*bootstrap_median_ci(_skewed(1000, 4))[::-1])
+    assert narrow < wide  # more calls, a tighter median
+    assert bootstrap_median_ci([2.5]) == (2.5, 2.5)
+    with pytest.raises(QuantbenchError, match="no samples"):
+        bootstrap_median_ci([])
+
+
+def test_measure_latency_reports_the_interval_of_its_own_samples() -> None:
+    from quantbench.experiments.records import RowKey, latency_rows
+    from quantbench.measure.latency import bootstrap_median_ci
+
+    clock = FakeClock([i / 1000 for i in (3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8)])
+    r = measure_latency(clock.fn, batch_size=2, warmup=0, min_iters=12, max_iters=12, min_time_s=0, clock=clock)
+    assert (r.median_ci_low_ms, r.median_ci_high_ms) == pytest.approx(bootstrap_median_ci(r.samples_ms))
+    assert r.median_ci_low_ms <= r.median_ms <= r.median_ci_high_ms
+    d = r.as_dict()
+    assert d["median_ci_low_ms"] == r.median_ci_low_ms and d["median_ci_high_ms"] == r.median_ci_high_ms
+    (median_row, *_) = latency_rows(RowKey("m", "d"), r)
+    assert median_row.metric == "latency_median_ms"
+    assert median_row.extra["median_ci_low_ms"] == r.median_ci_low_ms
+    assert median_row.extra["median_ci_high_ms"] == r.median_ci_high_ms
+    assert "samples_ms" not in median_row.extra
+
+
+def test_medians_differ_only_when_the_intervals_are_apart() -> None:
+    from quantbench.measure.latency import medians_differ
+
+    def ci(lo: float, hi: float) -> dict[str, float]:
+        return {"median_ci_low_ms": lo, "median_ci_high_ms": hi}
+
+    assert medians_differ(ci(1.0, 1.1), ci(1.2, 1.3)) and medians_differ(ci(1.2, 1.3), ci(1.0, 1.1))
+    assert not medians_differ(ci(1.0, 1.2), ci(1.1, 1.3))
+    assert not medians_differ(ci(1.0, 1.2), ci(1.2, 1.3))  # touching is overlapping
+    assert not medians_differ(ci(1.0, 1.1), {"median_ms": 5.0})  # no interval, no verdict
+
+
+def test_one_busy_test_for_console_and_report() -> None:
+    from quantbench.machine_load import BUSY_SHARE, busy_shares, busy_warning
+    from quantbench.measure import latency
+
+    assert latency.busy_shares is busy_shares and latency.BUSY_SHARE == BUSY_SHARE
+    assert busy_shares([None, BUSY_SHARE, BUSY_SHARE + 0.01, 0.0]) == [BUSY_SHARE + 0.01]
+    line = busy_warning([0.02, 0.6, 0.77, None])
+    assert line is not None and "\n" not in line
+    assert "up to 77%" in line and "2 of 4 cells" in line and "no faster/slower verdicts" in line
+    assert busy_warning([0.02, None]) is None and busy_warning([]) is None

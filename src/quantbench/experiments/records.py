@@ -14,7 +14,9 @@ params                  count    parameters (unique tensors)
 size_bytes              bytes    bytes of the saved file (extra: file)
 macs / flops            MACs /   per image at batch 1, and per batch (batch=b);
                         FLOPs    FLOPs = 2 x MACs
-latency_median_ms       ms       one batch, median (extra: p90, threads, iters...)
+latency_median_ms       ms       one batch, median (extra: p90, threads, iters,
+                                 median_ci_low_ms/_high_ms: bootstrap 95%
+                                 interval, other_cpu_share: machine load)
 latency_p90_ms          ms       one batch, 90th percentile
 throughput_ips          img/s    batch / median latency
 train_time_s            s        wall-clock training time
@@ -89,7 +91,8 @@ def cost_rows(key: RowKey, *, params: int, size_bytes: int, size_file: str, macs
 
 
 def latency_rows(key: RowKey, lat: Any) -> list[Result]:
-    """Rows for one :class:`~quantbench.measure.latency.LatencyResult`."""
+    """Rows for one :class:`~quantbench.measure.latency.LatencyResult`; every field but the raw samples
+    (the median's interval and the machine load included) goes into each row's extra."""
     info = {k: v for k, v in lat.as_dict().items() if k != "samples_ms"}
     b = lat.batch_size
     return [
