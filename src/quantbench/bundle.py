@@ -33,6 +33,7 @@ from quantbench.bundle_runner import BUNDLE_FORMAT, RESULTS_FORMAT, sha256
 from quantbench.config import option
 from quantbench.errors import QuantbenchError
 from quantbench.experiments.options import ModelSource, Normalize
+from quantbench.progress import bar
 
 __all__ = ["DEVICE_PROFILES", "FORMATS", "BundleConfig", "build_bundle", "import_results"]
 
@@ -78,7 +79,7 @@ def build_bundle(model: str, *, checkpoint: str | None = None, hyper: dict[str, 
                  quantized: Any = None, calib: str | None = None, calib_size: int = 64, normalize: str = "auto",
                  batch_sizes: tuple[int, ...] = (1, 8), n_samples: int = 8, out_dir: str | Path,
                  make_zip: bool = True, formats: tuple[str, ...] | None = None,
-                 log: Any = None) -> Path:
+                 log: Any = None, progress: bool = False) -> Path:
     """Write a self-contained bundle folder for ``model`` (any model source; see the module docstring).
 
     ``variants``: fp32, dynamic (the runtime's own dynamic-range quantization) and int8 (OUR scales).
@@ -87,6 +88,8 @@ def build_bundle(model: str, *, checkpoint: str | None = None, hyper: dict[str, 
     calibration (timing only) must be asked for explicitly with ``calib="random"``.
     ``formats``: a subset of :data:`FORMATS`; None means ONNX, plus ``tflite`` where the LiteRT
     engine (litert-torch and ai-edge-litert) is installed.
+    ``progress``: bars on stderr for the int8 calibration and for each file built and checked (a
+    LiteRT conversion takes tens of seconds); ``log`` gets the one-off notes.
 
     Raises:
         QuantbenchError: a bad variant/method/batch size, int8 without calibration, an existing
@@ -140,7 +143,7 @@ def build_bundle(model: str, *, checkpoint: str | None = None, hyper: dict[str, 
         if calib in (None, "random"):
             log("bundle: int8 calibrated on seeded random images (timing only: its accuracy means nothing)")
         qm = quantize_ptq(float_model, parse_method(method, calib_size=len(calib_x)),
-                          (calib_x, torch.zeros(len(calib_x), dtype=torch.long)))
+                          (calib_x, torch.zeros(len(calib_x), dtype=torch.long)), progress=progress)
         method = parse_method(method).label()
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
@@ -152,16 +155,17 @@ def build_bundle(model: str, *, checkpoint: str | None = None, hyper: dict[str, 
     opts.log_severity_level = 3
     x_np = samples.numpy().astype(np.float32)
     name = _stem(model)
-    with tempfile.TemporaryDirectory(prefix="quantbench-bundle-") as tmp:
+    shown = bar(total=len(variants) * len(formats), desc="bundle", unit="file", enabled=progress)
+    with shown, tempfile.TemporaryDirectory(prefix="quantbench-bundle-") as tmp:
         for variant in variants:
             scheme = method if variant == "int8" else variant
-            log(f"bundle: {scheme} ({', '.join(formats)})")
             dep = Deployable(float_model, qm if variant == "int8" else None, shape, name=name)
             common = {"scheme": scheme, "variant": variant, "macs": int(macs), "flops": 2 * int(macs),
                       "quantized_with": (f"{method}, calibrated on {calib_what}" if quantized is None
                                          else f"{method} from {quantized if isinstance(quantized, str) else 'memory'}")
                       if variant == "int8" else None}
             if "onnx" in formats:
+                shown.set_postfix_str(f"{scheme} onnx")
                 built = build_onnx(dep, variant, Path(tmp))
                 dest = out / f"{name}_{variant}.onnx"
                 shutil.copyfile(built, dest)
@@ -169,9 +173,12 @@ def build_bundle(model: str, *, checkpoint: str | None = None, hyper: dict[str, 
                 expected = sess.run(None, {sess.get_inputs()[0].name: x_np})[0]
                 entries.append({**common, "format": "onnx", "engine": "onnxruntime", **_file_entry(dest),
                                 **_expected_entry(out / f"expected_{variant}.npy", expected)})
+                shown.update(1)
             if "tflite" in formats:
+                shown.set_postfix_str(f"{scheme} tflite (batch {', '.join(map(str, sorted({1, *batch_sizes})))})")
                 entries.append({**common, "format": "tflite", "engine": "litert",
                                 **_tflite_files(dep, variant, variant, out, Path(tmp), batch_sizes, x_np)})
+                shown.update(1)
     manifest = {"format": BUNDLE_FORMAT, "model": model, "checkpoint": Path(checkpoint).name if checkpoint
                 else None, "input_shape": list(shape), "batch_sizes": list(batch_sizes),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "quantbench": __version__,

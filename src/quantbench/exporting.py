@@ -34,6 +34,7 @@ import torch
 from quantbench.config import option
 from quantbench.errors import QuantbenchError
 from quantbench.experiments.options import Normalize
+from quantbench.progress import bar
 
 __all__ = ["EXPORT_FORMATS", "ExportConfig", "ExportedFile", "available_formats", "export_quantized", "format_of"]
 
@@ -116,8 +117,7 @@ def _check(name: str, runtime: str, run: Callable[[np.ndarray], np.ndarray], ref
 
 def export_quantized(qm: Any, out_dir: str | Path, *, formats: Sequence[str] = ("onnx",),
                      input_shape: tuple[int, int, int], name: str = "model", samples: Any = None,
-                     float_model: torch.nn.Module | None = None,
-                     log: Callable[[str], None] | None = None) -> list[ExportedFile]:
+                     float_model: torch.nn.Module | None = None, progress: bool = False) -> list[ExportedFile]:
     """Write ``qm`` in each of ``formats`` into ``out_dir`` and check every file against the simulation.
 
     Args:
@@ -126,6 +126,8 @@ def export_quantized(qm: Any, out_dir: str | Path, *, formats: Sequence[str] = (
         name: Stem of the written files.
         samples: Images to check on (N x C x H x W tensor or array); default 8 seeded random images.
         float_model: The float model (LiteRT conversion needs one; default: ``qm``'s own graph).
+        progress: A bar of formats written and checked, on stderr (OpenVINO and LiteRT conversions take
+            seconds to minutes).
 
     Raises:
         QuantbenchError: an unknown format, a runtime that is not installed (naming the package), a
@@ -133,7 +135,6 @@ def export_quantized(qm: Any, out_dir: str | Path, *, formats: Sequence[str] = (
     """
     from quantbench.quant.prepare import QuantizedModel
 
-    log = log or (lambda m: None)
     if not isinstance(qm, QuantizedModel):
         raise QuantbenchError(f"export needs a quantized model (from quantize/load_quantized), got {type(qm).__name__}")
     unknown = [f for f in formats if f not in EXPORT_FORMATS]
@@ -149,9 +150,12 @@ def export_quantized(qm: Any, out_dir: str | Path, *, formats: Sequence[str] = (
         reference = qm.eval()(x).numpy()
     x_np = x.numpy()
     files: list[ExportedFile] = []
-    for fmt in dict.fromkeys(formats):
-        log(f"export: {fmt}")
-        files.append(_EXPORTERS[fmt](qm, out, name, input_shape, x_np, reference, float_model))
+    todo = list(dict.fromkeys(formats))
+    with bar(total=len(todo), desc="export", unit="file", enabled=progress) as shown:
+        for fmt in todo:
+            shown.set_postfix_str(fmt)
+            files.append(_EXPORTERS[fmt](qm, out, name, input_shape, x_np, reference, float_model))
+            shown.update(1)
     return files
 
 

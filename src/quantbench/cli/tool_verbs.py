@@ -25,25 +25,22 @@ __all__ = ["add_verbs", "run_sweep_file"]
 def cmd_models(args: argparse.Namespace) -> int:
     from quantbench.models import MODELS, model_info
     from quantbench.models.summary import model_summary
+    from quantbench.progress import bar as progress_bar
     from quantbench.report.tables import human_count
 
     names = MODELS.names(args.pattern)
     records = []
-    bar = None
-    if not args.no_count and not args.json and len(names) > 3:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(names), desc="counting parameters and MACs", unit="model", file=sys.stderr, leave=False)
+    bar = progress_bar(total=len(names), desc="counting parameters and MACs", unit="model",
+                       enabled=not args.no_count and not args.no_progress)  # stderr: --json stdout stays clean
     for name in names:
         info = model_info(name)
         if args.num_classes:
             info["num_classes"] = args.num_classes
         records.append({"name": name, **info,
                         **(model_summary(name, num_classes=args.num_classes) if not args.no_count else {})})
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        bar.set_postfix_str(name)
+        bar.update(1)
+    bar.close()
     if args.json:
         emit_json(records)
         return 0
@@ -225,7 +222,8 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     out = build_bundle(cfg.model, checkpoint=cfg.checkpoint, hyper=cfg.hyper, input_shape=cfg.input_shape,
                        variants=cfg.variants, method=cfg.method, quantized=cfg.quantized, calib=cfg.calib,
                        calib_size=cfg.calib_size, normalize=cfg.normalize, batch_sizes=cfg.batch_sizes,
-                       out_dir=cfg.out, make_zip=not cfg.no_zip, formats=cfg.formats or None, log=log)
+                       out_dir=cfg.out, make_zip=not cfg.no_zip, formats=cfg.formats or None, log=log,
+                       progress=not args.no_progress)
     manifest = json.loads((out / "manifest.json").read_text())
     if args.json:
         emit_json({"bundle": str(out), "zip": None if cfg.no_zip else str(out) + ".zip", "manifest": manifest})
@@ -259,9 +257,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         data, _ = calibration_images(cfg.data, cfg.check_images, shape, cfg.normalize)
         samples = data.tensors()[0]
-    log = (lambda m: None) if args.no_progress else (lambda m: print(m, file=sys.stderr))
     files = export_quantized(qm, cfg.out, formats=formats, input_shape=shape, name=Path(args.qbm).stem,
-                             samples=samples, log=log)
+                             samples=samples, progress=not args.no_progress)
     if args.json:
         emit_json({"qbm": args.qbm, "files": [f.as_dict() for f in files]})
         return 0
@@ -351,7 +348,7 @@ def add_verbs(sub: Any) -> None:
     p.add_argument("pattern", nargs="?", default="*", help="glob on model names, e.g. 'resnet*'")
     p.add_argument("--num-classes", type=int, metavar="N", help="count parameters with an N-class head")
     p.add_argument("--no-count", action="store_true", help="skip counting parameters and MACs")
-    _common(p)
+    _common(p, progress=True)
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("engines", help="list inference engines, their variants, and why any is unavailable")

@@ -30,7 +30,6 @@ Example:
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from quantbench.errors import QuantbenchError
+from quantbench.progress import bar, note
 from quantbench.quant.bias_correction import (
     bypass_uncalibrated,
     collect_images,
@@ -91,6 +91,7 @@ def round_layer(
     beta: tuple[float, float] = (20.0, 2.0),
     warmup: float = 0.2,
     generator: torch.Generator | None = None,
+    on_step: Callable[[], object] | None = None,
 ) -> dict[str, float]:
     """AdaRound one quantized conv/linear in place (its weight ends on the quantizer's grid).
 
@@ -106,6 +107,7 @@ def round_layer(
         beta: Start and end of the annealed regulariser exponent.
         warmup: Fraction of ``iters`` without regulariser.
         generator: Seeds the batch sampling.
+        on_step: Called after every Adam step (a progress bar's ``update``); draws no random numbers.
 
     Returns:
         ``{"loss_nearest", "loss_adaround"}``: reconstruction loss (see :func:`_rec_loss`)
@@ -149,6 +151,8 @@ def round_layer(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if on_step is not None:
+            on_step()
     with torch.no_grad():
         hard = (rectified_sigmoid(v) >= 0.5).to(w.dtype)
         layer.weight.copy_(soft_weight(hard))
@@ -204,7 +208,8 @@ def adaround(
         relu_aware: Apply the ReLU that follows a layer to output and target (the paper's
             ``f_a`` variant): errors on units the ReLU zeroes do not count.
         seed: Seed of the batch sampling (results are reproducible).
-        progress: Print one line per layer (loss with nearest and AdaRound rounding, time).
+        progress: A bar per layer on stderr (``adaround layer 12/57 NAME``, Adam iterations) and one
+            line per finished layer (loss with nearest and AdaRound rounding, time).
 
     Raises:
         QuantbenchError: ``float_model`` does not match, a companded (non-uniform) weight
@@ -240,24 +245,24 @@ def adaround(
     qm.eval()
     try:
         with bypass_uncalibrated(qm):
-            for name, _ in todo:
+            for i, (name, _) in enumerate(todo, 1):
                 t0 = time.perf_counter()
                 layer = qm.layer(name)
                 act = F.relu if relu_aware and relu_follows(qm.net, name) else None
+                # Cached once per layer, before its iterations: the quantized network's inputs (earlier
+                # layers already rounded) and the float network's outputs; every Adam step samples them.
                 x = _collect(qm, layer, images, "input", 128)
                 target = _collect(ref, ref.get_submodule(name), images, "output", 128)
                 if act is not None:
                     target = act(target)
-                stats = round_layer(
-                    layer, x, target, act=act, iters=iters, batch_size=batch_size, lr=lr,
-                    reg_weight=reg_weight, beta=beta, warmup=warmup, generator=generator,
-                )  # fmt: skip
+                with bar(total=iters, desc=f"adaround layer {i}/{len(todo)} {name}", unit="iter",
+                         enabled=progress) as shown:
+                    stats = round_layer(
+                        layer, x, target, act=act, iters=iters, batch_size=batch_size, lr=lr,
+                        reg_weight=reg_weight, beta=beta, warmup=warmup, generator=generator, on_step=shown.update,
+                    )  # fmt: skip
                 del x, target
-                if progress:
-                    print(
-                        f"adaround {name}: loss nearest {stats['loss_nearest']:.4g} -> "
-                        f"{stats['loss_adaround']:.4g} ({time.perf_counter() - t0:.1f} s)",
-                        file=sys.stderr,
-                    )
+                note(f"adaround layer {i}/{len(todo)} {name}: loss nearest {stats['loss_nearest']:.4g} -> "
+                     f"{stats['loss_adaround']:.4g} ({time.perf_counter() - t0:.1f} s)", enabled=progress)
     finally:
         qm.train(was_training)

@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from quantbench.errors import QuantbenchError
+from quantbench.progress import bar, note
 from quantbench.quant.fake import FakeQuant, broadcast_param
 from quantbench.quant.fold import fold_batchnorm
 from quantbench.quant.prepare import LayerInfo, QuantizedModel, iterate_batches
@@ -225,7 +225,7 @@ def bias_correction(
         n_images: Images to average over (None: all).
         batch_size: Images per forward pass.
         relu_aware: Match means after a following ReLU (see above).
-        progress: Print each layer's largest correction to stderr.
+        progress: A bar of corrected layers on stderr and each layer's largest correction.
 
     Raises:
         QuantbenchError: ``float_model`` does not match ``qm``, or there are no images.
@@ -265,7 +265,8 @@ def bias_correction(
         for h in hooks:
             h.remove()
     try:
-        with bypass_uncalibrated(qm):
+        with bypass_uncalibrated(qm), bar(total=len(layers), desc="bias correction", unit="layer",
+                                          enabled=progress) as shown:
             for info in layers:
                 layer = qm.layer(info.name)
                 float_mean = sums[info.name] / counts[info.name]
@@ -286,10 +287,7 @@ def bias_correction(
                     if layer.bias is None:
                         layer.bias = nn.Parameter(torch.zeros_like(shift).to(layer.weight.device))
                     layer.bias.sub_(shift.to(layer.bias.device))
-                if progress:
-                    print(
-                        f"bias correction {info.name}: max |shift| {float(shift.abs().max()):.4g}",
-                        file=sys.stderr,
-                    )
+                shown.update(1)
+                note(f"bias correction {info.name}: max |shift| {float(shift.abs().max()):.4g}", enabled=progress)
     finally:
         qm.train(was_training)

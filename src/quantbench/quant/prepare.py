@@ -264,10 +264,29 @@ def iterate_batches(data: Any, n_images: int | None, batch_size: int) -> Iterato
         yield xb
 
 
+def count_images(data: Any, n_images: int | None) -> int | None:
+    """How many images :func:`iterate_batches` yields, where that is known without reading them (else None)."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        data = data[0]
+    try:
+        if isinstance(data, torch.utils.data.DataLoader):
+            n = len(data.dataset)  # type: ignore[arg-type]
+        elif isinstance(data, torch.Tensor) or hasattr(data, "tensors"):
+            n = len(data)
+        else:
+            return n_images
+    except TypeError:
+        return n_images
+    return n if n_images is None else min(n, n_images)
+
+
 def calibrate(
-    qm: QuantizedModel, data: Any, *, n_images: int | None = None, batch_size: int = 64
+    qm: QuantizedModel, data: Any, *, n_images: int | None = None, batch_size: int = 64, progress: bool = False
 ) -> QuantizedModel:
     """Observe activation ranges on calibration images, then freeze every static quantizer.
+
+    ``progress``: a bar of images seen on stderr (calibrating a large model on a few thousand
+    images takes minutes on a CPU).
 
     Raises:
         QuantbenchError: Non-finite activations (naming the value where they appeared), or no images.
@@ -290,13 +309,18 @@ def calibrate(
 
     for name, fq in static:
         hooks.append(fq.register_forward_pre_hook(check(name)))
+    from quantbench.progress import bar
+
     seen = 0
+    shown = bar(total=count_images(data, n_images), desc="calibrate", unit="img", enabled=progress)
     try:
         with torch.no_grad():
             for xb in iterate_batches(data, n_images, batch_size):
                 qm(xb)
                 seen += len(xb)
+                shown.update(len(xb))
     finally:
+        shown.close()
         for h in hooks:
             h.remove()
     if seen == 0:

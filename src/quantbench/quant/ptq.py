@@ -168,7 +168,7 @@ def with_observers(plan: QuantPlan, weight_observer: str, act_observer: str) -> 
 
 
 def quantize_ptq(model: nn.Module, cfg: PTQConfig, calib_data: Any = None, *,
-                 plan: QuantPlan | None = None) -> QuantizedModel:
+                 plan: QuantPlan | None = None, progress: bool = False) -> QuantizedModel:
     """Quantize a float model after training.
 
     Args:
@@ -179,6 +179,7 @@ def quantize_ptq(model: nn.Module, cfg: PTQConfig, calib_data: Any = None, *,
             and weight-only schemes unless a rescue step needs it.
         plan: A per-layer plan (e.g. mixed precision) used instead of ``cfg.scheme``; the
             algorithm's observers are applied to every quantizer of it.
+        progress: Bars on stderr for calibration, AdaRound and bias correction.
 
     Returns:
         The prepared, calibrated :class:`QuantizedModel` in quantized mode.
@@ -203,13 +204,13 @@ def quantize_ptq(model: nn.Module, cfg: PTQConfig, calib_data: Any = None, *,
 
         # AdaRound reconstructs each layer from the quantized network's inputs, so activation
         # ranges are calibrated first and refreshed once the weights have changed.
-        calibrate(qm, calib_data, n_images=n, batch_size=cfg.calib_batch_size)
-        adaround(qm, float_model, calib_data, n_images=n, iters=cfg.adaround_iters)
+        calibrate(qm, calib_data, n_images=n, batch_size=cfg.calib_batch_size, progress=progress)
+        adaround(qm, float_model, calib_data, n_images=n, iters=cfg.adaround_iters, progress=progress)
     if any(not fq.spec.dynamic for _, fq in qm.act_quantizers()):
-        calibrate(qm, calib_data, n_images=n, batch_size=cfg.calib_batch_size)
+        calibrate(qm, calib_data, n_images=n, batch_size=cfg.calib_batch_size, progress=progress)
     if algo.bias_correction:
         from quantbench.quant.bias_correction import bias_correction
 
-        bias_correction(qm, float_model, calib_data, n_images=n)
+        bias_correction(qm, float_model, calib_data, n_images=n, progress=progress)
     qm.set_mode("quant")
     return qm.eval()
