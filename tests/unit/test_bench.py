@@ -178,3 +178,93 @@ def test_study_file_is_a_bench_sweep_with_one_cell_per_model(tmp_path):
     f.write_text("kind: bench\ncells: [{engines: [nosuchengine]}]\n")
     with pytest.raises(QuantbenchError, match="nosuchengine"):
         load_sweep(f)
+
+
+# ----------------------------------------------------------------------------- verdicts the numbers can carry
+
+
+def _cell(engine, variant, med, lo, hi, same, ref, share=0.01):
+    """A bench record with its median's 95% interval and the machine load while it was timed."""
+    return {**_rec(engine, variant, 1, med, same, ref), "median_ci_low_ms": lo, "median_ci_high_ms": hi,
+            "other_cpu_share": share}
+
+
+def _cells(share_of_int8=0.01):
+    return [_cell("torch", "fp32", 10.0, 9.8, 10.2, 10.0, 10.0), _cell("ort", "fp32", 2.0, 1.9, 2.1, 2.0, 10.0),
+            _cell("ort", "dynamic", 8.0, 7.9, 8.1, 2.0, 10.0),  # apart from ort fp32: a verdict
+            _cell("ort", "int8", 1.0, 0.9, 1.1, 2.0, 10.0, share=share_of_int8)]
+
+
+def test_a_busy_machine_gives_one_warning_and_no_verdict():
+    from quantbench.experiments.bench import findings
+
+    quiet = findings(_cells())
+    assert any("SLOWER" in t for t in quiet) and any("fastest is ort int8" in t for t in quiet)
+    text = findings(_cells(share_of_int8=0.77))
+    assert len(text) == 1 and "\n" not in text[0]
+    assert text[0].startswith("WARNING: busy machine") and "up to 77%" in text[0] and "1 of 4 cells" in text[0]
+    assert not any(w in t for t in text for w in ("SLOWER", "fastest", "no measurable", "PyTorch eager"))
+
+
+def test_the_report_and_the_console_agree_on_busy(tmp_path):
+    from quantbench.experiments.bench import BenchResult, bench_rows, findings
+    from quantbench.report.tables import busy_machine_lines
+
+    recs = []
+    for c in _cells(share_of_int8=0.3):
+        lat = {"median_ms": c["median_ms"], "p90_ms": c["median_ms"] * 1.1, "mean_ms": c["median_ms"],
+               "min_ms": c["median_ms"], "std_ms": 0.0, "iterations": 10, "warmup": 1, "threads": 1, "batch_size": 1,
+               "throughput_ips": 1000.0 / c["median_ms"], "samples_ms": [], "other_cpu_share": c["other_cpu_share"],
+               "median_ci_low_ms": c["median_ci_low_ms"], "median_ci_high_ms": c["median_ci_high_ms"]}
+        recs.append({**c, "latency": lat, "gmacs_per_s": None, "fraction_of_peak": None, "peak_rss_bytes": None,
+                     "model_bytes": None, "info": {}, "peak_precision": "fp32"})
+    res = BenchResult("m", (1, 8, 8), 1000, recs, [], {}, "test", params=10, fp32_size_bytes=100)
+    with ResultStore(tmp_path / "b.db") as store:
+        run = store.start_run("bench", config={}, environment={})
+        store.add_results(run, bench_rows(res, "input:1x8x8"))
+        rows = store.query(run_id=run)
+    medians = [r for r in rows if r["metric"] == "latency_median_ms"]
+    assert {r["extra"]["median_ci_high_ms"] for r in medians} == {10.2, 2.1, 8.1, 1.1}  # stored with the row
+    (report_line,) = busy_machine_lines(rows)
+    (console_line,) = findings(recs)
+    assert "up to 30%" in report_line and "up to 30%" in console_line
+
+
+def test_overlapping_intervals_say_no_measurable_difference():
+    from quantbench.experiments.bench import findings
+
+    cells = _cells()
+    cells[2] = _cell("ort", "dynamic", 2.1, 1.95, 2.3, 2.0, 10.0)  # slower median, overlapping interval
+    text = findings(cells)
+    assert not any("dynamic is SLOWER" in t for t in text)
+    (line,) = [t for t in text if t.startswith("m ort dynamic vs ort fp32")]
+    assert "no measurable difference" in line and "2.1 ms [1.95, 2.3]" in line and "2 ms [1.9, 2.1]" in line
+    # the fastest int8 and the fastest fp32 overlap: the fastest cell is named, the ratio is not a verdict
+    cells[3] = _cell("ort", "int8", 1.95, 1.8, 2.05, 2.0, 10.0)
+    text = findings(cells)
+    assert any("fastest is ort int8" in t for t in text)
+    assert not any("what quantization buys" in t for t in text)
+    assert any("fastest quantized model (ort int8" in t and "no measurable difference" in t for t in text)
+    # nothing measurably faster than eager PyTorch: no "fastest is" at all
+    flat = [_cell("torch", "fp32", 10.0, 9.0, 11.0, 10.0, 10.0), _cell("ort", "int8", 9.5, 9.2, 10.4, 10.0, 10.0)]
+    text = findings(flat)
+    assert not any("fastest is" in t for t in text)
+    assert any("and PyTorch eager fp32" in t and "no measurable difference" in t for t in text)
+
+
+def test_bench_prints_each_median_with_its_interval_and_the_busy_warning(capsys):
+    from types import SimpleNamespace
+
+    from quantbench.cli.experiment_verbs import EXPERIMENT_VERBS
+    from quantbench.experiments.bench import findings, public_record
+
+    recs = [{**c, "p90_ms": c["median_ms"] * 1.2, "throughput_ips": 1.0, "gmacs_per_s": None,
+             "fraction_of_peak": None, "peak_rss_bytes": None} for c in _cells(share_of_int8=0.65)]
+    record = {"model": "m", "input_shape": [1, 8, 8], "per_image_macs": 1000, "quantized_from": "test",
+              "records": [public_record(r) for r in recs], "skipped": [], "peaks": {}, "findings": findings(recs)}
+    _kind, printer = EXPERIMENT_VERBS["bench"]
+    assert printer(None, SimpleNamespace(record=record)) == 0
+    out = capsys.readouterr().out
+    assert "median ms [95% CI]" in out and "10.000 [9.800, 10.200]" in out and "1.000 [0.900, 1.100]" in out
+    assert "WARNING: busy machine: other processes used up to 65%" in out
+    assert "SLOWER" not in out and "fastest" not in out

@@ -367,7 +367,9 @@ def run_bench(spec: BenchSpec, *, model: nn.Module | None = None, quantized: Any
         machine = {}
         if peaks:
             log(f"bench: measuring this machine's GEMM peaks ({threads} threads)")
-            machine = {k: v.as_dict() for k, v in _machine_peaks(threads).items()}
+            from quantbench.measure.peaks import machine_peaks
+
+            machine = {k: v.as_dict() for k, v in machine_peaks(threads).items()}
         raw: list[dict[str, Any]] = []
         for i, (engine, variant) in enumerate(jobs, 1):
             log(f"bench: [{i}/{len(jobs)}] {spec.model} {engine} {variant} batch {','.join(map(str, batches))}")
@@ -402,12 +404,6 @@ def public_record(r: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _machine_peaks(threads: int) -> dict[str, Any]:
-    from quantbench.measure.peaks import machine_peaks
-
-    return machine_peaks(threads)
-
-
 def _derive(raw: list[dict[str, Any]], per_image_macs: int, peaks: dict[str, Any]) -> list[dict[str, Any]]:
     """One flat record per (engine, variant, batch) with every derived ratio."""
     from quantbench.measure.peaks import peak_precision
@@ -428,7 +424,9 @@ def _derive(raw: list[dict[str, Any]], per_image_macs: int, peaks: dict[str, Any
             ref = median.get((*REFERENCE, b))
             records.append({
                 "engine": r["engine"], "variant": r["variant"], "batch": b,
-                "median_ms": med, "p90_ms": lat["p90_ms"], "mean_ms": lat["mean_ms"], "min_ms": lat["min_ms"],
+                "median_ms": med, "median_ci_low_ms": lat.get("median_ci_low_ms"),
+                "median_ci_high_ms": lat.get("median_ci_high_ms"), "other_cpu_share": lat.get("other_cpu_share"),
+                "p90_ms": lat["p90_ms"], "mean_ms": lat["mean_ms"], "min_ms": lat["min_ms"],
                 "iterations": lat["iterations"], "warmup": lat["warmup"], "threads": lat["threads"],
                 "throughput_ips": lat["throughput_ips"], "macs_batch": macs_batch, "gmacs_per_s": rate,
                 "peak_precision": prec, "fraction_of_peak": rate / peak if rate and peak else None,
@@ -444,10 +442,11 @@ def _derive(raw: list[dict[str, Any]], per_image_macs: int, peaks: dict[str, Any
 
 
 def findings(records: list[dict[str, Any]]) -> list[str]:
-    """Plain sentences about the records (see :func:`quantbench.report.tables.speed_findings`)."""
-    from quantbench.report.tables import speed_findings
+    """Plain sentences about the records: no verdict from a busy machine or overlapping intervals
+    (:func:`quantbench.experiments.bench_findings.bench_findings`)."""
+    from quantbench.experiments.bench_findings import bench_findings
 
-    return speed_findings(records)
+    return bench_findings(records)
 
 
 def bench_rows(result: BenchResult, data_label: str) -> list[Result]:
