@@ -109,3 +109,16 @@ def test_quantize_json_with_progress_on(tmp_path, capsys):
     assert json.loads(line)["method"].startswith("w4a8")
     for needle in ("calibrate", "adaround layer 1/", "sensitivity"):
         assert needle in err, needle
+
+
+def test_bundle_progress_is_on_stderr_only(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from quantbench.bundle import build_bundle
+
+    kw = {"variants": ("fp32", "int8"), "calib": "random", "calib_size": 8, "n_samples": 2, "make_zip": False,
+          "formats": ("onnx",)}
+    build_bundle("lenet", out_dir=tmp_path / "a", progress=False, **kw)
+    assert capsys.readouterr() == ("", "")
+    build_bundle("lenet", out_dir=tmp_path / "b", progress=True, **kw)
+    out, err = capsys.readouterr()
+    assert out == "" and "bundle" in err and "calibrate" in err
