@@ -239,6 +239,38 @@ def lint(model: nn.Module, input_shape: tuple[int, int, int] | None = None) -> l
     return lint_model(model, input_shape)
 
 
+def compare(run_a: str, run_b: str, *, store: str | Path = "runs/quantbench.db",
+            out: str | Path | None = None) -> dict[str, Any]:
+    """Differences of stored run B against run A: accuracy (paired on the same images when both runs
+    stored per-image hits of them, else unpaired with the reason), size and latency, plus a report.
+
+    Args:
+        run_a: id (or unique prefix) of the reference run.
+        run_b: id (or unique prefix) of the run compared with it.
+        store: the results store both runs are in.
+        out: report folder (default: ``compare-A-B`` beside the store).
+
+    Returns:
+        ``{"accuracy": [...], "size": [...], "latency": [...], "notes": [...], "html": ..., "markdown": ...}``;
+        accuracy differences are B - A in points with a 95% CI.
+
+    Raises:
+        QuantbenchError: an unknown run, or a run with no accuracy, size or latency rows.
+
+    Example:
+        >>> import quantbench as qb
+        >>> from quantbench.api import compare
+        >>> a = qb.run("eval", model="lenet", data="digits", store="q.db")  # doctest: +SKIP
+        >>> b = qb.run("ptq", model="lenet", data="digits", store="q.db")  # doctest: +SKIP
+        >>> compare(a.record["run_id"], b.record["run_id"], store="q.db")["accuracy"][0]["paired"]  # doctest: +SKIP
+        False
+    """
+    from quantbench.report.compare import write_compare_report
+
+    c, html, md = write_compare_report(store, run_a, run_b, out)
+    return {**c.as_dict(), "html": str(html), "markdown": str(md)}
+
+
 def export(qmodel: QuantizedModel, path: str | Path, *, formats: Sequence[str] | None = None,
            input_shape: tuple[int, int, int] | None = None, samples: Any = None) -> list[ExportedFile]:
     """Write ``qmodel`` for deployment and check each file against the simulation.

@@ -155,6 +155,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from quantbench.report.compare import write_compare_report
+
+    c, html, md = write_compare_report(args.store, args.run_a, args.run_b, args.out)
+    if args.json:
+        emit_json({**c.as_dict(), "html": str(html), "markdown": str(md)})
+        return 0
+    for note in c.notes:
+        print(note, file=sys.stderr)
+    print_table(["A", "B", "B - A top-1 points [95% CI]", "how"],
+                [[r["a"], r["b"], f"{r['diff_points']:+.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]",
+                  "paired" if r["paired"] else "unpaired"] for r in c.accuracy])
+    print(f"report: {html}\nmarkdown: {md}")
+    return 0
+
+
 def run_sweep_file(path: str, *, kind: str | None = None, store: str | None = None, executor: str = "inprocess",
                    workers: int = 1, threads: int | None = None, json_out: bool = False, progress: bool = True,
                    dry_run: bool = False) -> int:
@@ -343,6 +359,13 @@ def add_verbs(sub: Any) -> None:
     p.add_argument("--out", metavar="DIR", help="folder (default: the run's folder, or sweeps/NAME beside the store)")
     _common(p, store=True)
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="paired accuracy, size and latency differences of run B against run A")
+    p.add_argument("run_a", help="run id (or unique prefix) of A, the reference")
+    p.add_argument("run_b", help="run id (or unique prefix) of B")
+    p.add_argument("--out", metavar="DIR", help="report folder (default: compare-A-B beside the store)")
+    _common(p, store=True)
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("models", help="list the model zoo with parameters and MACs")
     p.add_argument("pattern", nargs="?", default="*", help="glob on model names, e.g. 'resnet*'")

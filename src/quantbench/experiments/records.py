@@ -6,7 +6,9 @@ the same way, and the report can rely on them:
 ======================  =======  ===============================================
 metric                  unit     meaning
 ======================  =======  ===============================================
-top1, top{k}            %        accuracy; extra: ci_low, ci_high, n_images, split
+top1, top{k}            %        accuracy; extra: ci_low, ci_high, n_images, split;
+                                 test top1 also: correct_bits (per-image hits,
+                                 packed, base64), images_sha256 (which images)
 loss                    nats     mean cross-entropy on the same images
 top1_drop               points   FP32 top-1 minus this top-1 (paired, same images);
                                  extra: ci_low, ci_high, p_value
@@ -57,9 +59,73 @@ def accuracy_rows(key: RowKey, ev: Any, split: str, prefix: str = "") -> list[Re
     rows = []
     for k, acc in sorted(ev.topk.items()):
         lo, hi = ev.ci[k]
-        rows.append(key.row(f"{prefix}top{k}", acc, "%", ci_low=lo, ci_high=hi, n_images=ev.n_images, split=split))
+        hits = correctness_extra(ev, key.data, split) if k == 1 and not prefix else {}
+        rows.append(key.row(f"{prefix}top{k}", acc, "%", ci_low=lo, ci_high=hi, n_images=ev.n_images, split=split,
+                            **hits))
     rows.append(key.row(f"{prefix}loss", ev.loss, "nats", n_images=ev.n_images, split=split))
     return rows
+
+
+def images_identity(data: str, split: str, labels: Any) -> str:
+    """Hash naming which images were scored, in which order: the data spec, the split and every label.
+
+    Two runs with the same hash scored the same images in the same order, so their per-image hits
+    pair up (see ``docs/decisions.md``, "Per-image correctness in the store").
+
+    Example:
+        >>> images_identity("digits", "test", [0, 1]) == images_identity("digits", "test", [0, 1])
+        True
+    """
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256(f"{data}\x00{split}\x00".encode())
+    h.update(np.asarray(labels, dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
+def correctness_extra(ev: Any, data: str, split: str) -> dict[str, Any]:
+    """``correct_bits`` (top-1 hit per image, ``np.packbits`` then base64: n/8 bytes) and ``images_sha256``.
+
+    Example:
+        >>> class E: correct, labels = np.array([True, False, True]), np.array([3, 1, 2])  # doctest: +SKIP
+        >>> correct_from_extra(correctness_extra(E, "digits", "test"))  # doctest: +SKIP
+        array([ True, False,  True])
+    """
+    import base64
+
+    import numpy as np
+
+    if getattr(ev, "labels", None) is None:
+        return {}
+    bits = np.packbits(np.asarray(ev.correct, dtype=bool))
+    return {"correct_bits": base64.b64encode(bits.tobytes()).decode("ascii"),
+            "images_sha256": images_identity(data, split, ev.labels)}
+
+
+def correct_from_extra(extra: dict[str, Any]) -> Any:
+    """The per-image top-1 hits a ``top1`` row stored (bool array), or None when it stored none.
+
+    Example:
+        >>> correct_from_extra({"n_images": 3, "correct_bits": "oA=="}).tolist()
+        [True, False, True]
+    """
+    import base64
+    import binascii
+
+    import numpy as np
+
+    bits, n = extra.get("correct_bits"), extra.get("n_images")
+    if not isinstance(bits, str) or not isinstance(n, int) or n <= 0:
+        return None
+    try:
+        raw = np.frombuffer(base64.b64decode(bits, validate=True), dtype=np.uint8)
+    except (binascii.Error, ValueError):
+        return None
+    if raw.size != (n + 7) // 8:
+        return None
+    return np.unpackbits(raw)[:n].astype(bool)
 
 
 def _negate(x: float) -> float:

@@ -52,6 +52,8 @@ class EvalResult:
         correct: bool per image, top-1 hit, in data order (feed it to :func:`paired_difference`).
         correct_k: bool per image for each k.
         logits: ``(n_images, num_classes)`` float32 logits when ``keep_logits=True``, else None.
+        labels: int64 label per image, in data order (stored rows hash them to tell whether two
+            runs scored the same images, for paired comparisons across runs).
     """
 
     n_images: int
@@ -62,6 +64,7 @@ class EvalResult:
     correct: np.ndarray = field(repr=False)
     correct_k: dict[int, np.ndarray] = field(repr=False)
     logits: np.ndarray | None = field(default=None, repr=False)
+    labels: np.ndarray | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (no per-image arrays).
@@ -442,6 +445,7 @@ def evaluate(
     batches, total = _batches(data, batch_size)
     hits: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
     kept: list[torch.Tensor] = []
+    seen_labels: list[torch.Tensor] = []
     loss_sum = 0.0
     n = 0
     num_classes: int | None = None
@@ -476,6 +480,7 @@ def evaluate(
                 for k in ks:
                     if k <= num_classes:
                         hits[k].append(match[:, :k].any(dim=1).cpu())
+                seen_labels.append(labels.cpu())
                 if keep_logits:
                     kept.append(logits.cpu())
                 n += int(labels.shape[0])
@@ -500,4 +505,5 @@ def evaluate(
         correct=correct_k[1],
         correct_k=correct_k,
         logits=torch.cat(kept).numpy() if keep_logits else None,
+        labels=torch.cat(seen_labels).numpy().astype(np.int64),
     )

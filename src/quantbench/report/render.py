@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from quantbench.errors import QuantbenchError
+from quantbench.report.answer import answer_lines
 from quantbench.report.figures import Figure, make_figures, matplotlib_available
 from quantbench.report.tables import (
     bench_records,
@@ -46,7 +47,8 @@ _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}
-th{background:#f3f3f3}figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
+th{background:#f3f3f3}figure{margin:1em 0}.answer{font-size:1.1em;background:#f4f8ff;border-left:4px solid #4C72B0;padding:.4em 1em}
+.answer p{margin:.4em 0}figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:.85em;color:#555;max-width:900px}code{background:#f5f5f5;padding:0 .2em}
 dl dt{font-weight:600}dl dd{margin:0 0 .5em 1em}
 """
@@ -87,8 +89,12 @@ def _environment_rows(run: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def _sections(run: dict[str, Any], rows: list[dict[str, Any]]) -> list[tuple[str, tuple[list[str], list[list[str]]]]]:
-    out = [("Results: FP32 vs quantized", summary_table(rows))]
+Section = tuple[str, tuple[list[str], list[list[str]]]]
+
+
+def _sections(run: dict[str, Any], rows: list[dict[str, Any]], lead: Sequence[Section] = ()) -> list[Section]:
+    """The report's tables in reading order; a table with no rows is left out (no empty section)."""
+    out = [*lead, ("Results: FP32 vs quantized", summary_table(rows))]
     busy = busy_machine_lines(rows)
     if busy:
         out.insert(0, ("Measurement warning", (["read this before the latencies"], [[line] for line in busy])))
@@ -121,7 +127,7 @@ def _sections(run: dict[str, Any], rows: list[dict[str, Any]]) -> list[tuple[str
     if st[1]:
         out.append(("Per-layer sensitivity", st))
     out.append(("Environment", (["what", "value"], _environment_rows(run))))
-    return out
+    return [sec for sec in out if sec[1][1]]
 
 
 def run_model_data(config: dict[str, Any]) -> tuple[str, str]:
@@ -138,62 +144,21 @@ def run_model_data(config: dict[str, Any]) -> tuple[str, str]:
 
 
 def write_report(store_path: str | Path, run_id: str, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``report.html`` and ``report.md`` (+ ``figures/*.png``) for ``run_id`` into ``out_dir``."""
+    """Write ``report.html`` and ``report.md`` (+ ``figures/*.png``) for ``run_id`` into ``out_dir``.
+
+    Raises:
+        QuantbenchError: no run matches ``run_id``; the run stored no rows and did not finish.
+
+    Example:
+        >>> write_report("runs/quantbench.db", "20240101-120000-eval", "out")  # doctest: +SKIP
+        (PosixPath('out/report.html'), PosixPath('out/report.md'))
+    """
     with ResultStore(store_path) as store:
         run = store.run(run_id)
         rows = store.query(run_id=run["run_id"])
+    if not rows and run["status"] != "finished":
+        raise QuantbenchError(f"run {run['run_id']}: {run['status']} before storing any result; nothing to report")
     return render_rows(run, rows, out_dir)
-
-
-def write_sweep_report(store_path: str | Path, sweep_id: str, out_dir: str | Path) -> tuple[Path, Path]:
-    """One report over every finished cell of a sweep (all their rows together)."""
-    with ResultStore(store_path) as store:
-        cells = store.sweep_cells(sweep_id)
-        if not cells:
-            raise QuantbenchError(f"{store_path}: no finished cell of a sweep named {sweep_id!r}")
-        runs = [store.run(c["run_id"]) for c in cells.values()]
-        labels = cell_labels([c["params"] for c in cells.values()])
-        rows = [{**r, "model": f"{r['model']} {label}".rstrip()}
-                for c, label in zip(cells.values(), labels, strict=True) for r in store.query(run_id=c["run_id"])]
-    return render_rows(_combined(runs, sweep_id, f"sweep {sweep_id} ({len(runs)} cells)", "sweep"), rows, out_dir)
-
-
-# Cell parameters every row already shows: the model name, the method label (scheme, algorithm), the
-# engine and the batch size.
-_SHOWN_BY_ROWS = frozenset({"model", "method", "scheme", "algo", "engines", "variants", "batch_sizes"})
-
-
-def cell_labels(params: list[dict[str, Any]]) -> list[str]:
-    """Per cell, ``[key=value, ...]`` of the parameters that differ between cells and no row shows.
-
-    Without it, two cells of the same model and method (PhiNet with ``hyper.divisor`` 1 and 8, a
-    model at two learning rates) would share every row key and the report would keep one of them.
-
-    Example:
-        >>> cell_labels([{"model": "phinet", "hyper": {"divisor": 1}}, {"model": "phinet", "hyper": {"divisor": 8}}])
-        ['[hyper.divisor=1]', '[hyper.divisor=8]']
-        >>> cell_labels([{"scheme": "w8a8"}, {"scheme": "w4a8", "plan": "mixed:170"}])
-        ['', '[plan=mixed:170]']
-    """
-    flat = [_flatten(p) for p in params]
-    keys = sorted({k for p in flat for k in p} - _SHOWN_BY_ROWS)
-    varying = [k for k in keys if len({repr(p.get(k)) for p in flat}) > 1]
-    labels = []
-    for p in flat:
-        shown = [f"{k}={p[k]}" for k in varying if p.get(k) is not None]  # unset: the default, not named
-        labels.append("[" + ", ".join(shown) + "]" if shown else "")
-    return labels
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"hyper": {"divisor": 8}}`` -> ``{"hyper.divisor": 8}`` (the dotted form sweep files use)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def write_devices_report(store_path: str | Path, model: str, out_dir: str | Path) -> tuple[Path, Path]:
@@ -205,10 +170,11 @@ def write_devices_report(store_path: str | Path, model: str, out_dir: str | Path
         rows = [row for r in runs for row in store.query(run_id=r["run_id"])]
     devices = sorted({str(r["config"].get("device")) for r in runs})
     title = f"{model} on {len(devices)} device(s): {', '.join(devices)}"
-    return render_rows(_combined(runs, f"devices-{model}", title, "devices"), rows, out_dir)
+    machine = f"Measured on the device(s) {', '.join(devices)} by run_bundle.py, imported here."
+    return render_rows(combined_run(runs, f"devices-{model}", title, "devices"), rows, out_dir, machine=machine)
 
 
-def _combined(runs: list[dict[str, Any]], run_id: str, name: str, kind: str) -> dict[str, Any]:
+def combined_run(runs: list[dict[str, Any]], run_id: str, name: str, kind: str) -> dict[str, Any]:
     """A run-like header for a report over several stored runs (their models and data listed)."""
     models = sorted({run_model_data(r["config"])[0] for r in runs})
     datas = sorted({run_model_data(r["config"])[1] for r in runs})
@@ -217,55 +183,118 @@ def _combined(runs: list[dict[str, Any]], run_id: str, name: str, kind: str) -> 
             "config": {"model": {"name": ", ".join(models)}, "data": {"spec": ", ".join(datas)}}}
 
 
-def render_rows(run: dict[str, Any], rows: list[dict[str, Any]], out_dir: str | Path) -> tuple[Path, Path]:
-    """Render ``rows`` (of one run, or of many: a sweep) with ``run``'s title and environment."""
+def machine_sentence(run: dict[str, Any]) -> str:
+    """Where a run's numbers were measured, for figure captions.
+
+    Example:
+        >>> machine_sentence({"environment": {"cpu_model": "EPYC", "logical_cores": 2, "torch_threads": 2}})
+        'Measured on EPYC (2 logical cores, 2 torch threads).'
+    """
+    env = run.get("environment") or {}
+    if not env.get("cpu_model"):
+        return ""
+    return (f"Measured on {env['cpu_model']} ({env.get('logical_cores', '?')} logical cores, "
+            f"{env.get('torch_threads', '?')} torch threads).")
+
+
+def render_rows(run: dict[str, Any], rows: list[dict[str, Any]], out_dir: str | Path, *,
+                lead: Sequence[Section] = (), answer: Sequence[str] | None = None,
+                machine: str | None = None) -> tuple[Path, Path]:
+    """Render ``rows`` (of one run, or of many: a sweep) with ``run``'s title and environment.
+
+    The report opens with ``answer`` (default: :func:`~quantbench.report.answer.answer_lines`),
+    then ``lead`` tables (a sweep's pivot), the results, figures and the other tables.
+
+    Example:
+        >>> render_rows(run, rows, "out")  # doctest: +SKIP
+        (PosixPath('out/report.html'), PosixPath('out/report.md'))
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    figures = make_figures(rows)
+    lines = list(answer) if answer is not None else answer_lines(run, rows)
+    figures = make_figures(rows, machine_sentence(run) if machine is None else machine)
     for name in sorted({r["extra"].get("file") for r in rows if r["metric"] == "split.recover_psnr_db"} - {None}):
         png = out / str(name)
         if png.is_file():  # anonymization grids written by `quantbench split` into the run folder
             figures.append(Figure(png.stem, png.read_bytes(),
                                   "Per sample: the input image, four feature maps at the split, and the same maps "
                                   "after feature quantization (what the cloud receives)."))
-    fig_dir = out / "figures"
-    if figures:
-        fig_dir.mkdir(exist_ok=True)
-        for f in figures:
-            (fig_dir / f"{f.name}.png").write_bytes(f.png)
+    return write_page(run, out, lines, _sections(run, rows, lead), figures)
+
+
+def write_page(run: dict[str, Any], out_dir: str | Path, answer: Sequence[str], sections: Sequence[Section],
+               figures: Sequence[Figure]) -> tuple[Path, Path]:
+    """Write one report page (HTML + Markdown + figure PNGs): the answer, tables, figures, definitions.
+
+    Every user string is escaped. A folder this call created is removed again when writing
+    fails, so a refused report leaves nothing behind.
+
+    Example:
+        >>> write_page({"run_id": "x", "kind": "eval", "config": {}}, "out", ["It works."], [], [])  # doctest: +SKIP
+        (PosixPath('out/report.html'), PosixPath('out/report.md'))
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise QuantbenchError(f"{out}: is a file; a report needs a folder")
     title = f"quantbench report — {run.get('name') or run['kind']} ({run['run_id']})"
-    sections = _sections(run, rows)
-    html_path = out / "report.html"
-    html_path.write_text(_render_html(title, run, sections, figures), encoding="utf-8")
-    md_path = out / "report.md"
-    md_path.write_text(_render_md(title, run, sections, figures), encoding="utf-8")
+    html_text = _render_html(title, run, answer, list(sections), list(figures))
+    md_text = _render_md(title, run, answer, list(sections), list(figures))
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if figures:
+            fig_dir = out / "figures"
+            fig_dir.mkdir(exist_ok=True)
+            for f in figures:
+                (fig_dir / f"{f.name}.png").write_bytes(f.png)
+        html_path = out / "report.html"
+        html_path.write_text(html_text, encoding="utf-8")
+        md_path = out / "report.md"
+        md_path.write_text(md_text, encoding="utf-8")
+    except BaseException:
+        if created:
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return html_path, md_path
 
 
-def _head_count(sections: list) -> int:
-    """How many sections come before the figures: any warning, then the results table."""
-    return next((i + 1 for i, (name, _) in enumerate(sections) if name.startswith("Results")), 1)
+_BEFORE_FIGURES = ("Measurement warning", "Results: FP32 vs quantized")
+
+
+def _head_count(sections: list[Section]) -> int:
+    """How many sections come before the figures: a sweep's pivot, any warning, the results table; else the
+    first table (a split or device report's own), never the environment."""
+    names = [name for name, _ in sections]
+    idx = [i for i, n in enumerate(names) if n in _BEFORE_FIGURES or n.startswith("Sweep")]
+    if idx:
+        return max(idx) + 1
+    return 1 if names and names[0] != "Environment" else 0
 
 
 def _figure_note() -> str:
     return "" if matplotlib_available() else "Figures omitted: matplotlib is not installed (pip install quantbench[report])."
 
 
-def _render_html(title: str, run: dict[str, Any], sections: list, figures: list[Figure]) -> str:
+def _render_html(title: str, run: dict[str, Any], answer: Sequence[str], sections: list[Section],
+                 figures: list[Figure]) -> str:
     model, data = run_model_data(run["config"])
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+             "<section class='answer' id='answer'>" + "".join(f"<p>{html.escape(line)}</p>" for line in answer)
+             + "</section>",
              f"<p>Model <code>{html.escape(model)}</code> on data <code>{html.escape(data)}</code>.</p>"]
     head = _head_count(sections)
     for name, table in sections[:head]:
         parts.append(f"<h2>{html.escape(name)}</h2>" + _html_table(*table))
-    parts.append("<h2>Figures</h2>")
-    if not figures:
-        parts.append(f"<p>{html.escape(_figure_note() or 'No figures for this run.')}</p>")
+    if figures or _figure_note():
+        parts.append("<h2>Figures</h2>")
+    if not figures and _figure_note():
+        parts.append(f"<p>{html.escape(_figure_note())}</p>")
     for f in figures:
         b64 = base64.b64encode(f.png).decode("ascii")
-        parts.append(f"<figure id='{f.name}'><img alt='{html.escape(f.name)}' src='data:image/png;base64,{b64}'>"
-                     f"<figcaption>{html.escape(f.caption)}</figcaption></figure>")
+        parts.append(f"<figure id='{html.escape(f.name)}'><img alt='{html.escape(f.name)}' "
+                     f"src='data:image/png;base64,{b64}'><figcaption>{html.escape(f.caption)}</figcaption></figure>")
     for name, table in sections[head:]:
         parts.append(f"<h2>{html.escape(name)}</h2>" + _html_table(*table))
     parts.append("<h2>Definitions</h2><dl>" + "".join(
@@ -274,14 +303,19 @@ def _render_html(title: str, run: dict[str, Any], sections: list, figures: list[
     return "\n".join(parts)
 
 
-def _render_md(title: str, run: dict[str, Any], sections: list, figures: list[Figure]) -> str:
+def _render_md(title: str, run: dict[str, Any], answer: Sequence[str], sections: list[Section],
+               figures: list[Figure]) -> str:
     lines = [f"# {_md_escape(title)}", ""]
+    for line in answer:
+        lines += [f"> {_md_escape(line)}", ">"]
+    lines[-1] = ""
     head = _head_count(sections)
     for name, table in sections[:head]:
         lines += [f"## {_md_escape(name)}", "", _md_table(*table), ""]
-    lines += ["## Figures", ""]
-    if not figures:
-        lines += [_figure_note() or "No figures for this run.", ""]
+    if figures or _figure_note():
+        lines += ["## Figures", ""]
+    if not figures and _figure_note():
+        lines += [_figure_note(), ""]
     for f in figures:
         lines += [f"![{_md_escape(f.name)}](figures/{f.name}.png)", "", f"*{_md_escape(f.caption)}*", ""]
     for name, table in sections[head:]:

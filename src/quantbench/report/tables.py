@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from quantbench.experiments.records import TRAIN_PREFIX
+from quantbench.machine_load import BUSY_SHARE, busy_shares  # THE busy test, shared with the console
 
 Row = dict[str, Any]
 
@@ -108,16 +109,19 @@ def latency_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
     for r in rows:
         if r["metric"] in ("latency_median_ms", "latency_p90_ms", "throughput_ips"):
             by[(*variant_key(r), r["batch"])][r["metric"]] = r
-    header = ["model", "method", "engine", "batch", "median ms", "p90 ms", "images/s", "threads", "iterations",
-              "others' CPU % while timing"]
+    with_ci = any(latency_ci(m["latency_median_ms"]["extra"]) for m in by.values() if "latency_median_ms" in m)
+    header = ["model", "method", "engine", "batch", "median ms"] + (["95% CI ms"] if with_ci else []) + [
+        "p90 ms", "images/s", "threads", "iterations", "others' CPU % while timing"]
     body = []
     for (model, method, engine, batch), m in sorted(by.items(), key=lambda kv: tuple(str(x) for x in kv[0][:3]) + (kv[0][3],)):
         med = m.get("latency_median_ms")
         extra = med["extra"] if med else {}
         share = extra.get("other_cpu_share")
+        ci = latency_ci(extra)
         body.append([model, method, engine, str(batch),
-                     f"{med['value']:.3f}" if med else "–",
-                     f"{m['latency_p90_ms']['value']:.3f}" if "latency_p90_ms" in m
+                     f"{med['value']:.3f}" if med else "–"]
+                    + ([f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "–"] if with_ci else [])
+                    + [f"{m['latency_p90_ms']['value']:.3f}" if "latency_p90_ms" in m
                      else (f"{extra['p90_ms']:.3f}" if "p90_ms" in extra else "–"),
                      f"{m['throughput_ips']['value']:.1f}" if "throughput_ips" in m else "–",
                      str(extra.get("threads", "–")), str(extra.get("iterations", "–")),
@@ -125,8 +129,18 @@ def latency_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-BUSY_SHARE = 0.2
-"""Above this ``other_cpu_share`` (see :mod:`quantbench.measure.latency`) a latency is reported as busy."""
+def latency_ci(extra: dict[str, Any]) -> tuple[float, float] | None:
+    """The 95% interval of a median latency when the row carries one (``ci_low_ms``/``ci_high_ms``, or
+    ``median_ci_low_ms``/``median_ci_high_ms``), else None.
+
+    Example:
+        >>> latency_ci({"ci_low_ms": 1.0, "ci_high_ms": 1.2}), latency_ci({})
+        ((1.0, 1.2), None)
+    """
+    for lo, hi in (("ci_low_ms", "ci_high_ms"), ("median_ci_low_ms", "median_ci_high_ms")):
+        if isinstance(extra.get(lo), (int, float)) and isinstance(extra.get(hi), (int, float)):
+            return (float(extra[lo]), float(extra[hi]))
+    return None
 
 
 def busy_machine_lines(rows: Sequence[Row], threshold: float = BUSY_SHARE) -> list[str]:
@@ -138,7 +152,7 @@ def busy_machine_lines(rows: Sequence[Row], threshold: float = BUSY_SHARE) -> li
     """
     lat = [r for r in rows if r["metric"] == "latency_median_ms"]
     shares = [r["extra"].get("other_cpu_share") for r in lat]
-    busy = [x for x in shares if x is not None and x > threshold]
+    busy = busy_shares(shares, threshold)
     if not busy:
         return []
     return [f"{len(busy)} of {len(lat)} latencies were timed while other processes used more than "
@@ -182,19 +196,25 @@ def histories(rows: Sequence[Row]) -> dict[str, dict[str, list[tuple[int, float]
 
 
 def sensitivity_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
-    """Per-layer SQNR and top-1 with only that layer quantized, per quantized variant."""
+    """Per-layer SQNR and top-1 with only that layer quantized, per quantized variant, beside the float
+    top-1 on the same images (a row's top-1 read against FP32 on other images looks like a gain)."""
     cells: dict[tuple[str, int], dict[str, Any]] = {}
     for r in rows:
-        if r["metric"] in ("layer_sqnr_db", "layer_only_top1"):
+        if r["metric"] in ("layer_sqnr_db", "layer_only_top1") and "mode" not in r["extra"]:  # mode: debug rows
             c = cells.setdefault((r["method"], r["extra"]["index"]), {"extra": r["extra"]})
             c[r["metric"]] = r["value"]
-    header = ["method", "layer", "type", "spec", "params", "SQNR dB", "top-1 % (only this layer quantized)"]
+    ns = {c["extra"].get("n_images") for c in cells.values()}
+    n = next(iter(ns)) if len(ns) == 1 else None
+    same = f"FP32 top-1 % on the same {n} images" if n else "FP32 top-1 % on the same images"
+    header = ["method", "layer", "type", "spec", "params", "SQNR dB", "top-1 % (only this layer quantized)", same]
     body = []
     for (method, _i), c in sorted(cells.items()):
         e = c["extra"]
         sq = c.get("layer_sqnr_db")
+        fp = e.get("fp32_top1_same_images")
         body.append([method, e["layer"], e.get("kind", ""), e.get("spec", ""), str(e.get("params", "")),
-                     "inf" if sq is None else f"{sq:.1f}", f"{c.get('layer_only_top1', float('nan')):.2f}"])
+                     "inf" if sq is None else f"{sq:.1f}", f"{c.get('layer_only_top1', float('nan')):.2f}",
+                     "–" if fp is None else f"{fp:.2f}"])
     return header, body
 
 
@@ -222,6 +242,7 @@ def bench_records(rows: Sequence[Row]) -> list[dict[str, Any]]:
             name = {"latency_median_ms": "median_ms", "latency_p90_ms": "p90_ms"}.get(r["metric"], r["metric"])
             c[name] = r["value"]
             if r["metric"] == "latency_median_ms":
+                c["ci_ms"] = latency_ci(r["extra"])
                 c["threads"] = r["extra"].get("threads")
                 c["other_cpu_share"] = r["extra"].get("other_cpu_share")
     out = []
@@ -293,18 +314,26 @@ def _best_vs_best(model: str, batch: int, rs: Sequence[dict[str, Any]]) -> list[
 
 def bench_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
     """Engine benchmark: latency, throughput, GMAC/s, fraction of peak, speed-ups, peak RSS per cell."""
-    header = ["model", "engine", "variant", "batch", "median ms", "p90 ms", "images/s", "GMAC/s", "% of peak",
-              "x same-engine fp32", "x torch fp32", "peak RSS", "threads", "others' CPU %"]
+    cells = bench_records(rows)
+    with_ci = any(c.get("ci_ms") for c in cells)
+    header = ["model", "engine", "variant", "batch", "median ms"] + (["95% CI ms"] if with_ci else []) + [
+        "p90 ms", "images/s", "GMAC/s", "% of peak", "x same-engine fp32", "x torch fp32", "peak RSS", "threads",
+        "others' CPU %"]
 
     def f(v: float | None, fmt: str) -> str:
         return "–" if v is None else fmt.format(v)
 
-    body = [[c["model"], c["engine"], c["variant"], str(c["batch"]), f(c["median_ms"], "{:.3f}"),
+    def ci(c: dict[str, Any]) -> list[str]:
+        if not with_ci:
+            return []
+        return [f"[{c['ci_ms'][0]:.3f}, {c['ci_ms'][1]:.3f}]" if c.get("ci_ms") else "–"]
+
+    body = [[c["model"], c["engine"], c["variant"], str(c["batch"]), f(c["median_ms"], "{:.3f}"), *ci(c),
              f(c["p90_ms"], "{:.3f}"), f(c["throughput_ips"], "{:.1f}"), f(c["gmacs_per_s"], "{:.1f}"),
              f(c["fraction_of_peak"] and 100 * c["fraction_of_peak"], "{:.0f}%"), f(c["speedup_vs_fp32"], "{:.2f}"),
              f(c["speedup_vs_torch_fp32"], "{:.2f}"), human_bytes(c["peak_rss_bytes"]), str(c.get("threads", "–")),
              f(c.get("other_cpu_share") and 100 * c["other_cpu_share"], "{:.0f}")]
-            for c in bench_records(rows)]
+            for c in cells]
     return header, body
 
 
