@@ -19,7 +19,7 @@ from typing import Any
 from quantbench.config import option
 from quantbench.models.sources import SOURCE_FORMS
 
-__all__ = ["BaseOptions", "Calibration", "ModelSource", "Normalize", "DataOptions", "Fitting", "ModelOptions", "Pretraining", "Timing",
+__all__ = ["AccuracyControl", "BaseOptions", "Calibration", "ModelSource", "Normalize", "DataOptions", "Fitting", "ModelOptions", "Pretraining", "Timing",
            "TrainingData"]
 
 DEFAULT_STORE = "runs/quantbench.db"
@@ -134,3 +134,17 @@ class Timing:
     warmup: int = option(3, "untimed warm-up calls per batch size", ge=0)
     min_iters: int = option(10, "timed calls per batch size, at least", ge=1)
     min_time_s: float = option(0.3, "timed seconds per batch size, at least", gt=0)
+
+
+@dataclass(frozen=True)
+class AccuracyControl:
+    """Keep the top-1 drop within a target, proven on validation images the evaluation never sees."""
+
+    max_drop: float | None = option(None, "largest acceptable top-1 drop vs FP32, in points, proven by the one-sided "
+                                    "upper confidence bound on the validation split (layers return to float, "
+                                    "costliest first, until it holds)", ge=0, metavar="POINTS")
+    confidence: float = option(0.95, "confidence of that bound", gt=0.5, le=0.999)
+    val_fraction: float = option(0.3, "share of the images kept apart for choosing (accuracy control, "
+                                 "recommendations); never evaluated", gt=0, le=0.8)
+    max_float_layers: int | None = option(None, "return at most N layers to float (default: as many as needed)",
+                                          ge=1, metavar="N")

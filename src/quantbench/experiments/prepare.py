@@ -8,7 +8,9 @@ One function for every kind, so every verb, sweep cell and API call splits data 
 * **training / fine-tuning** images are ``--train-data`` when given, else a stratified split of
   ``--data``;
 * **calibration** images are ``--calib`` when given, else a seeded subset of the training
-  images, else a disjoint split of ``--data`` (never an evaluation image).
+  images, else a disjoint split of ``--data`` (never an evaluation image);
+* **validation** (``val_fraction``: per-epoch checks, choices such as accuracy control) is a share
+  of the training split's source, else of what calibration left; never an evaluation image.
 
 The data is opened at the model's input size when the model fixes one (an ONNX/pt2 file, or
 ``--input-shape``), so images of any size are fed at H x W; otherwise the model is built for the
@@ -171,6 +173,13 @@ def prepare(cfg: Any, ctx: Any = None, *, train: bool = False, calib: bool = Fal
             parts = split_dataset(rest, {"calib": n / len(rest), "test": 1.0 - n / len(rest)}, seed=seed)
             out.calib, rest = parts["calib"], parts["test"]
             out.split["calib"] = f"{len(out.calib)} images of {cfg.data} (stratified, seed {seed})"
+    if val_fraction and out.val is None:  # no training split to take it from: a share of what is left
+        if len(rest) < 4:
+            raise QuantbenchError(f"{cfg.data}: {len(rest)} images cannot give a validation and an evaluation split")
+        parts = split_dataset(rest, {"val": val_fraction, "test": 1.0 - val_fraction}, seed=seed)
+        out.val, rest = parts["val"], parts["test"]
+    if out.val is not None:
+        out.split["val"] = f"{len(out.val)} images of {cfg.data} for validation (stratified, seed {seed}; disjoint from evaluation)"
     if cfg.eval_size is not None and cfg.eval_size < len(rest):
         from quantbench.data.splits import DatasetView
 

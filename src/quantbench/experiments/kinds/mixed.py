@@ -48,34 +48,50 @@ class MixedExperiment(Pretraining, Calibration, TrainingData, DataOptions):
         self.uniform(1)
 
 
-def mixed_model(cfg: MixedExperiment, ctx: Context) -> dict[str, Any]:
-    from quantbench.experiments.prepare import prepare
+def quantize_mixed(p: Any, uniform: Any, fp32: Any, ctx: Context, *, budget: dict[str, Any], bits: tuple[int, ...],
+                   metric: str, eval_batch_size: int) -> tuple[Any, Any, float]:
+    """Search per-layer weight bits under ``budget`` at ``uniform``'s activation bits and algorithm, record the
+    mixed model beside FP32 on ``p.test`` and commit its rows (shared by ``mixed`` and ``recommend``).
+
+    Returns (the :class:`~quantbench.experiments.ptq.PTQOutcome`, the search, its top-1 on the calibration images).
+    """
     from quantbench.experiments.ptq import ptq_extra, run_ptq
     from quantbench.experiments.qat import mixed_rows, search_mixed
-    from quantbench.experiments.stages import pretrained_baseline
     from quantbench.measure.accuracy import evaluate
+
+    info = p.rebuild_info()
+    act_bits = int(uniform.plan().default.act.bits)
+    mixed_cfg = dataclasses.replace(uniform, scheme=f"w8a{act_bits}")
+    search = search_mixed(p.model, p.calib, bits=tuple(sorted(set(bits))), act_bits=act_bits, metric=metric,
+                          n_images=min(len(p.calib), 512), observer=mixed_cfg.algorithm().weight_observer,
+                          extra=ptq_extra(mixed_cfg, p.calib), **budget, **info)
+    label = f"mixed-a{act_bits}:{uniform.label().split(':', 1)[1]}"
+    mixed = run_ptq(p.model, mixed_cfg, p.calib, p.test, p.key, fp32, ctx.out_dir, plan=search.plan, label=label,
+                    **info, topk=p.topk, eval_batch_size=eval_batch_size, progress=ctx.progress)
+    mkey = dataclasses.replace(p.key, method=label)
+    predicted = evaluate(mixed.model, p.calib, topk=(1,)).top1  # no evaluation image seen
+    ctx.commit(mixed.rows + mixed_rows(mkey, search) + [
+        mkey.row("predicted_top1", predicted, "%", basis="the mixed model's top-1 on the calibration images")])
+    return mixed, search, predicted
+
+
+def mixed_model(cfg: MixedExperiment, ctx: Context) -> dict[str, Any]:
+    from quantbench.experiments.prepare import prepare
+    from quantbench.experiments.ptq import run_ptq
+    from quantbench.experiments.stages import pretrained_baseline
 
     p = prepare(cfg, ctx, train=True, calib=True)
     _, fp32, _ = pretrained_baseline(p, cfg, ctx)
     info = p.rebuild_info()
     kw = {**info, "topk": p.topk, "eval_batch_size": cfg.eval_batch_size, "progress": ctx.progress}
     uniform = cfg.uniform(len(p.calib))
-    act_bits = int(uniform.plan().default.act.bits)
     uni = run_ptq(p.model, uniform, p.calib, p.test, p.key, fp32, ctx.out_dir, **kw)
     ctx.commit(uni.rows)
-    mixed_cfg = dataclasses.replace(uniform, scheme=f"w8a{act_bits}")
     budget = ({"budget_bytes": int(cfg.budget_kb * 1000)} if cfg.budget_kb is not None
               else {"average_bits": float(cfg.avg_bits)})
-    search = search_mixed(p.model, p.calib, bits=tuple(sorted(set(cfg.bits))), act_bits=act_bits,
-                          metric=cfg.metric, n_images=min(len(p.calib), 512),
-                          observer=mixed_cfg.algorithm().weight_observer, extra=ptq_extra(mixed_cfg, p.calib),
-                          **budget, **info)
-    label = f"mixed-a{act_bits}:{uniform.label().split(':', 1)[1]}"
-    mixed = run_ptq(p.model, mixed_cfg, p.calib, p.test, p.key, fp32, ctx.out_dir, plan=search.plan, label=label, **kw)
-    mkey = dataclasses.replace(p.key, method=label)
-    predicted = evaluate(mixed.model, p.calib, topk=(1,)).top1  # no evaluation image seen
-    ctx.commit(mixed.rows + mixed_rows(mkey, search) + [
-        mkey.row("predicted_top1", predicted, "%", basis="the mixed model's top-1 on the calibration images")])
+    mixed, search, predicted = quantize_mixed(p, uniform, fp32, ctx, budget=budget, bits=cfg.bits, metric=cfg.metric,
+                                              eval_batch_size=cfg.eval_batch_size)
+    label = mixed.record["method"]
     size = (ctx.out_dir / "model_fp32.pt").stat().st_size
     return {"model": p.loaded.label, "data": cfg.data, "split": p.split, "n_images": fp32.n_images, "method": label,
             "fp32": {"top1": fp32.top1, "top5": fp32.topk.get(5), "ci": fp32.ci, "size_bytes": size},

@@ -17,8 +17,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from quantbench.config import option
+from quantbench.errors import QuantbenchError
 from quantbench.experiments.layer import Context, register_kind
-from quantbench.experiments.options import Calibration, DataOptions, Pretraining, Timing, TrainingData
+from quantbench.experiments.options import (
+    AccuracyControl,
+    Calibration,
+    DataOptions,
+    Pretraining,
+    Timing,
+    TrainingData,
+)
 
 
 @dataclass(frozen=True)
@@ -62,14 +70,16 @@ class QuantizeOptions(AdaRoundOptions):
 
 
 @dataclass(frozen=True)
-class PTQExperiment(Timing, QuantizeOptions, Pretraining, Calibration, TrainingData, DataOptions):
+class PTQExperiment(AccuracyControl, Timing, QuantizeOptions, Pretraining, Calibration, TrainingData, DataOptions):
     """Quantize after training; evaluate FP32 and the quantized model on the same images."""
 
     method: str = option("w8a8:mse", "SCHEME[:ALGO]: w8a8:mse, w4a8:adaround, w4a4:minmax, w8 (weights only), "
                          "dynamic ... (quantbench docs list the algorithms)")
 
     def check(self) -> None:
-        self.ptq_config(self.method, self.calib_size)  # a bad method fails before any data is read
+        ptq = self.ptq_config(self.method, self.calib_size)  # a bad method fails before any data is read
+        if self.max_drop is not None and ptq.plan().is_fp32:
+            raise QuantbenchError(f"config: max_drop needs a quantized method, not {self.method!r}")
 
 
 def needs_calibration(ptq: Any) -> bool:
@@ -85,13 +95,27 @@ def quantize_model(cfg: PTQExperiment, ctx: Context) -> dict[str, Any]:
     from quantbench.experiments.stages import pretrained_baseline, variant_rows
 
     ptq = cfg.ptq_config(cfg.method, cfg.calib_size)
-    p = prepare(cfg, ctx, train=cfg.pretrain_epochs > 0, calib=needs_calibration(ptq))
+    controlled = cfg.max_drop is not None
+    from quantbench.experiments.controlled import val_share
+
+    training = cfg.pretrain_epochs > 0
+    p = prepare(cfg, ctx, train=training, calib=needs_calibration(ptq) or controlled,
+                val_fraction=val_share(cfg, training) if controlled else 0.0)
+    if controlled:
+        from quantbench.experiments.controlled import check_provable
+
+        check_provable(p, cfg)
     _, fp32, train_eval = pretrained_baseline(p, cfg, ctx)
     calib = p.calib
     ptq = dataclasses.replace(ptq, calib_size=min(ptq.calib_size, len(calib)) if calib is not None else 0)
-    out = run_ptq(p.model, ptq, calib, p.test, p.key, fp32, ctx.out_dir, **p.rebuild_info(), topk=p.topk,
-                  eval_batch_size=cfg.eval_batch_size, sensitivity_images=cfg.sensitivity_images,
-                  progress=ctx.progress)
+    if controlled:
+        from quantbench.experiments.controlled import controlled_ptq
+
+        out = controlled_ptq(p, cfg, ptq, fp32, ctx)
+    else:
+        out = run_ptq(p.model, ptq, calib, p.test, p.key, fp32, ctx.out_dir, **p.rebuild_info(), topk=p.topk,
+                      eval_batch_size=cfg.eval_batch_size, sensitivity_images=cfg.sensitivity_images,
+                      progress=ctx.progress)
     ctx.commit(out.rows + variant_rows(p, cfg, out.record["method"], out.model, train_eval, ctx.log))
     size = (ctx.out_dir / "model_fp32.pt").stat().st_size
     from quantbench.measure.params import count_parameters
