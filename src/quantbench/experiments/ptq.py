@@ -39,9 +39,12 @@ class PTQOutcome:
 
 
 def sensitivity_rows(key: RowKey, sens: list[LayerSensitivity]) -> list[Result]:
+    """``layer_sqnr_db`` and ``layer_only_top1`` per layer; each row's extra carries the float top-1 on the
+    same images (``fp32_top1_same_images``, ``n_images``), the only baseline its top-1 can be read against."""
     rows = []
     for i, s in enumerate(sens):
-        info = {"layer": s.layer, "index": i, "kind": s.kind, "spec": s.spec, "params": s.params}
+        info = {"layer": s.layer, "index": i, "kind": s.kind, "spec": s.spec, "params": s.params,
+                "fp32_top1_same_images": s.fp32_top1, "n_images": s.n_images}
         rows.append(key.row("layer_sqnr_db", s.sqnr_db if s.sqnr_db != float("inf") else None, "dB", **info))
         rows.append(key.row("layer_only_top1", s.top1, "%", **info))
     return rows
@@ -60,7 +63,7 @@ def run_ptq(model: nn.Module, cfg: PTQConfig, calib: Any, eval_data: Any, base: 
         plan: A per-layer plan (mixed precision) instead of ``cfg.scheme``; ``label`` names it.
     """
     t0 = time.perf_counter()
-    qm = quantize_ptq(model, cfg, calib, plan=plan)
+    qm = quantize_ptq(model, cfg, calib, plan=plan, progress=progress)
     ptq_s = time.perf_counter() - t0
     n_calib = min(cfg.calib_size, len(calib)) if calib is not None else 0
     out = record_quantized(qm, label or cfg.label(), eval_data, base, fp32_eval, out_dir, model_name=model_name,
@@ -103,7 +106,8 @@ def record_quantized(qm: Any, label: str, eval_data: Any, base: RowKey, fp32_eva
     ]
     sens: list[LayerSensitivity] = []
     if sensitivity_images != 0 and not qm.plan.is_fp32:
-        sens = layer_sensitivity(qm, eval_data, n_images=sensitivity_images, batch_size=eval_batch_size)
+        sens = layer_sensitivity(qm, eval_data, n_images=sensitivity_images, batch_size=eval_batch_size,
+                                 progress=progress)
         rows += sensitivity_rows(key, sens)
     pd = paired.as_dict()
     record = {
