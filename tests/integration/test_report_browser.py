@@ -19,8 +19,12 @@ _PROBE = """<script>
 window.addEventListener('load', () => {
   const imgs = Array.from(document.images);
   const bad = imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt);
+  const answer = document.getElementById('answer');
+  const first = document.querySelector('h1').nextElementSibling;
   const out = document.createElement('pre'); out.id = 'qb-probe';
-  const m = 'QB' + 'PROBE'; out.textContent = m + JSON.stringify({n: imgs.length, bad: bad}) + m;
+  const m = 'QB' + 'PROBE';
+  out.textContent = m + JSON.stringify({n: imgs.length, bad: bad, first: first ? first.id : null,
+                                        answer: answer ? answer.textContent : ''}) + m;
   document.body.appendChild(out);
 });
 </script></body>"""
@@ -47,6 +51,7 @@ def _check_in_browser(report: Path, tmp_path: Path, shot_name: str, min_images: 
     assert found, dom.stderr[-2000:]
     result = json.loads(found.group(1).replace("&quot;", '"'))
     assert result["n"] >= min_images and result["bad"] == []
+    assert result["first"] == "answer" and len(result["answer"]) > 20  # the report opens with its answer
     console_errors = [ln for ln in dom.stderr.splitlines() if "CONSOLE" in ln and "ERROR" in ln.upper()
                       or "Uncaught" in ln]
     assert console_errors == []
@@ -77,3 +82,44 @@ def test_split_report_renders_in_chromium(tmp_path, capsys):
                  "--no-progress"]) == 0
     capsys.readouterr()
     _check_in_browser(tmp_path / "split" / "report.html", tmp_path, "report_split.png", min_images=5)
+
+
+def test_every_report_kind_renders_and_opens_with_its_answer(tmp_path, capsys):
+    """eval, ptq, bench, sweep and compare reports (the split report is the test above): every image decodes,
+    the answer comes first, and hostile strings stay text in HTML and Markdown."""
+    if _chromium() is None:
+        pytest.skip("headless Chromium not installed (Debian package 'chromium'; .ci/run installs it)")
+    db = str(tmp_path / "k.db")
+    evil = "<script>alert(1)</script><img src=x onerror=alert(2)>"
+    common = ["--model", "lenet", "--data", "digits", "--store", db, "--no-progress", "--json"]
+    reports = {}
+    assert main(["eval", *common, "--name", evil]) == 0
+    reports["eval"] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    ptq = []
+    for method in ("w8a8:mse", "w4a8:minmax"):
+        assert main(["quantize", *common, "--method", method, "--calib-size", "64", "--pretrain-epochs", "1"]) == 0
+        ptq.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    reports["ptq"] = ptq[0]
+    assert main(["bench", "--model", "lenet", "--engines", "torch", "--batch-sizes", "1,4", "--threads", "1",
+                 "--min-time-s", "0.001", "--store", db, "--out", str(tmp_path / "bench"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["compare", ptq[0]["run_id"], ptq[1]["run_id"], "--store", db, "--out", str(tmp_path / "cmp"),
+                 "--json"]) == 0
+    cmp = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert cmp["accuracy"][0]["paired"]  # both runs scored the same digits test images
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(f"name: kinds\nkind: ptq\nout: {tmp_path / 'sw'}\nmodel: lenet\ndata: digits\n"
+                     "pretrain_epochs: 1\ncalib_size: 32\ngrid:\n  method: [w8a8:minmax, w4a8:mse]\n")
+    assert main(["sweep", str(sweep), "--store", db, "--no-progress", "--threads", "1", "--json"]) == 0
+    reports["sweep"] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    pages = {"eval": (Path(reports["eval"]["report"]), 0), "ptq": (Path(reports["ptq"]["report"]), 3),
+             "bench": (tmp_path / "bench" / "report.html", 1), "compare": (Path(cmp["html"]), 1),
+             "sweep": (Path(reports["sweep"]["report"]), 2)}
+    for kind, (page, min_images) in pages.items():
+        (tmp_path / f"browser-{kind}").mkdir()
+        _check_in_browser(page, tmp_path / f"browser-{kind}", f"report_{kind}.png", min_images=min_images)
+    html = pages["eval"][0].read_text()
+    md = pages["eval"][0].with_name("report.md").read_text()
+    for text in (html, md):
+        assert "<script>" not in text and "<img src=x" not in text and "&lt;script&gt;" in text
+    assert "Sweep: FP32 reference" in pages["sweep"][0].read_text()
