@@ -31,9 +31,9 @@ from quantbench.report.tables import histories, human_count, variant_key
 
 def training_curves(rows: Sequence[Row]) -> Figure | None:
     """Loss and top-1 per epoch (train and validation) for every trained variant."""
-    hist = histories(rows)
+    hist = {k: m for k, m in histories(rows).items() if max(len(v) for v in m.values()) >= 2}
     if not hist:
-        return None
+        return None  # one epoch is one point: the training table says it
     plt = _plt()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
     for label, metrics in hist.items():
@@ -179,7 +179,7 @@ def accuracy_vs_loss(rows: Sequence[Row]) -> Figure | None:
     """Top-1 against cross-entropy: per epoch of training (trajectory) and per evaluated variant."""
     hist = histories(rows)
     traj = {label: m for label, m in hist.items()
-            if ("val_loss" in m and "val_top1" in m) or ("train_loss" in m and "train_top1" in m)}
+            if any(f"{sp}_loss" in m and f"{sp}_top1" in m and len(m[f"{sp}_loss"]) >= 2 for sp in ("val", "train"))}
     acc = {_join_key(r): r for r in rows if r["metric"] == "top1" and r["value"] is not None}
     loss = {_join_key(r): r["value"] for r in rows if r["metric"] == "loss" and r["value"] is not None}
     keys = [k for k in acc if k in loss]
