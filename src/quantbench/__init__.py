@@ -18,12 +18,26 @@ from quantbench.errors import QuantbenchError
 
 __version__ = "0.1.0"
 
-_API = ("MixedPrecision", "bench", "evaluate", "export", "lint", "load_model", "quantize", "run", "split")
+_API = ("MixedPrecision", "bench", "compare", "debug", "evaluate", "export", "lint", "load_model", "quantize",
+        "recommend", "run", "split")
 
 __all__ = ["QuantbenchError", "__version__", *_API]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; at run time these load on first use
-    from quantbench.api import MixedPrecision, bench, evaluate, export, lint, load_model, quantize, run, split  # noqa: F401
+    from quantbench.api import (  # noqa: F401
+        MixedPrecision,
+        bench,
+        compare,
+        debug,
+        evaluate,
+        export,
+        lint,
+        load_model,
+        quantize,
+        recommend,
+        run,
+        split,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -39,7 +39,8 @@ if TYPE_CHECKING:
     from quantbench.quant.lint import Finding
     from quantbench.quant.prepare import QuantizedModel
 
-__all__ = ["MixedPrecision", "bench", "evaluate", "export", "lint", "load_model", "quantize", "run", "split"]
+__all__ = ["MixedPrecision", "bench", "compare", "debug", "evaluate", "export", "lint", "load_model", "quantize",
+           "recommend", "run", "split"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,6 +240,42 @@ def lint(model: nn.Module, input_shape: tuple[int, int, int] | None = None) -> l
     return lint_model(model, input_shape)
 
 
+def debug(model: nn.Module, data: Any, method: str = "w8a8:mse", *, quantized: QuantizedModel | str | None = None,
+          calib_size: int = 512, debug_images: int = 256, **config: Any) -> dict[str, Any]:
+    """Which layer loses the accuracy: float vs quantized layer by layer on the same images, ranked.
+
+    Runs the ``debug`` verb's experiment (nothing stored): ``model`` is quantized with ``method`` on
+    calibration images split from ``data`` (or ``quantized`` - an in-memory model or a ``.qbm`` path - is
+    checked against ``model`` and debugged), then compared on ``debug_images`` other images of ``data``.
+    ``config`` takes the verb's other keys (``pretrain_epochs=``, ``first_last=``...).
+
+    Returns:
+        The record: ``fp32_top1``/``quant_top1`` on the debug images, ``worst`` and ``layers`` (worst first),
+        each with ``recovery_points`` (top-1 gained by leaving that layer in float), ``isolated`` and
+        ``cumulative`` errors (``sqnr_db`` - None when identical -, ``cosine``, ``max_abs_err``), clipping
+        fractions and the lint findings about the layer.
+
+    Example:
+        >>> import torch, quantbench as qb
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+        ...                           torch.nn.Linear(8 * 8 * 8, 10))
+        >>> rec = qb.debug(net, "digits", "w4a4:minmax", calib_size=64, debug_images=32)
+        >>> rec["n_images"], sorted(x["layer"] for x in rec["layers"]), rec["worst"] == rec["layers"][0]["layer"]
+        (32, ['0', '3'], True)
+    """
+    from quantbench.experiments.layer import config_for, run_experiment
+
+    values = {"model": type(model).__name__, "no_store": True, "method": method, "calib_size": calib_size,
+              "debug_images": debug_images, **config}
+    if isinstance(quantized, (str, Path)):
+        values["quantized"], quantized = str(quantized), None
+    if isinstance(data, str):
+        values["data"], data = data, None
+    cfg = config_for("debug", values)
+    return run_experiment(cfg, progress=False, log=lambda m: None, model=model, quantized=quantized,
+                          data=data).record
+
+
 def compare(run_a: str, run_b: str, *, store: str | Path = "runs/quantbench.db",
             out: str | Path | None = None) -> dict[str, Any]:
     """Differences of stored run B against run A: accuracy (paired on the same images when both runs
@@ -307,6 +344,36 @@ def export(qmodel: QuantizedModel, path: str | Path, *, formats: Sequence[str] |
         return files
     return export_quantized(qmodel, target, formats=tuple(formats or ("onnx",)), input_shape=tuple(shape),
                             samples=samples)
+
+
+def recommend(model: nn.Module | str, data: Any, *, max_drop: float = 1.0, engines: Sequence[str] = ("all",),
+              batch_sizes: Sequence[int] = (1, 8), budget_kb: float | None = None, progress: bool = False,
+              **config: Any) -> dict[str, Any]:
+    """Which quantized deployment to use on this machine: PTQ methods x engines, measured, answered in words.
+
+    Runs (and stores) the ``recommend`` experiment: W8A8, W8A8 with bias correction and W4A8 AdaRound
+    (``methods=...`` to change), W8A8 under accuracy control when full W8A8 misses ``max_drop`` on the
+    validation split, mixed precision under ``budget_kb`` when given; each deployed with its own scales on
+    every engine here and timed at ``batch_sizes``. Choices use validation images only; the answer quotes the
+    drop on evaluation images no choice saw.
+
+    Returns:
+        The run's record: ``answer`` and ``avoid`` (sentences), ``choice``, ``table`` (the Pareto table),
+        ``candidates``, ``deployments``, plus ``run_id`` and ``report`` (the report's path) when stored.
+
+    Example:
+        >>> import quantbench as qb, tempfile
+        >>> rec = qb.recommend("lenet", "digits", max_drop=3.0, methods="w8a8:mse", control_method="none",
+        ...                    engines="onnxruntime", batch_sizes=[8], pretrain_epochs=2, min_time_s=0.05,
+        ...                    store=tempfile.mkdtemp() + "/q.db")
+        >>> rec["answer"][0].startswith("On ")
+        True
+    """
+    out = run("recommend", model=model, data=data, progress=progress, max_drop=max_drop, engines=tuple(engines)
+              if not isinstance(engines, str) else engines, batch_sizes=tuple(batch_sizes), budget_kb=budget_kb,
+              **config)
+    extra = {"run_id": out.run_id, "report": str(out.report_html)} if out.run_id else {}
+    return {**out.record, **extra}
 
 
 def run(kind: str, *, model: nn.Module | str | None = None, data: Any = None, progress: bool = False,

@@ -39,9 +39,12 @@ def test_bench_json_store_and_report(tmp_path, capsys):
     assert {"latency_median_ms", "speedup_vs_torch_fp32", "gmacs_per_s", "macs_batch", "peak_gmacs_per_s",
             "deployed_bytes"} <= metrics
     html = (tmp_path / "out" / "report.html").read_text()
-    for needle in ("Findings", "speedup_matrix", "latency_vs_batch", "macs_vs_batch", "peaks (dense GEMM)",
-                   "onnxruntime dynamic is SLOWER than onnxruntime fp32"):
+    for needle in ("Findings", "speedup_matrix", "latency_vs_batch", "peaks (dense GEMM)"):
         assert needle in html, needle
+    assert "macs_vs_batch" not in html  # a straight line carries no information
+    # a verdict only when measured apart on a quiet machine; otherwise the report says why not
+    assert any(s in html for s in ("SLOWER than", "FASTER than", "faster than", "no measurable difference",
+                                   "busy")), html[:2000]
 
 
 def test_bench_text_output_and_quantized_artifact(tmp_path, capsys):

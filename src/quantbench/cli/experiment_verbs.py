@@ -56,10 +56,21 @@ def _print_ptq(cfg: Any, out: Any) -> int:
         ["fp32", f"{fp['top1']:.2f}", f"{fp['top5'] or 0:.2f}", f"{fp['size_bytes']:,} B", "–"],
         [r["method"], f"{q['top1']:.2f}", f"{q['top5'] or 0:.2f}", f"{q['size_bytes']:,} B", fmt_drop(r["drop"])]])
     if r["layers"]:
-        print("\nper-layer sensitivity (only that layer quantized):")
-        print_table(["layer", "type", "spec", "params", "SQNR dB", "top-1 %"],
-                    [[x["layer"], x["kind"], x["spec"], str(x["params"]), f"{x['sqnr_db']:.1f}", f"{x['top1']:.2f}"]
-                     for x in r["layers"]])
+        n = r["layers"][0]["n_images"]
+        print(f"\nper-layer sensitivity (only that layer quantized), on the first {n} evaluation images:")
+        print_table(["layer", "type", "spec", "params", "SQNR dB", "top-1 %", f"FP32 on the same {n} images"],
+                    [[x["layer"], x["kind"], x["spec"], str(x["params"]), f"{x['sqnr_db']:.1f}", f"{x['top1']:.2f}",
+                      f"{x['fp32_top1']:.2f}"] for x in r["layers"]])
+    ac = r.get("accuracy_control")
+    if ac:
+        verdict = "reached" if ac["met"] else "NOT reached (the best model tried is kept)"
+        print(f"\naccuracy control: target drop <= {ac['max_drop']:g} points {verdict}: on {ac['n_val']} validation "
+              f"images (never evaluated) drop {ac['val_drop_points']:+.2f}, one-sided {ac['confidence']:.0%} upper "
+              f"bound {ac['val_upper_bound']:.2f}")
+        if ac["float_layers"]:
+            print(f"layers left in float ({ac['float_macs_share']:.1%} of the MACs): {', '.join(ac['float_layers'])}")
+        else:
+            print("no layer needed to stay in float")
     print(f"\nquantized model: {q['artifact']}")
     return 0
 
@@ -143,9 +154,13 @@ def _print_bench(cfg: Any, out: Any) -> int:
     c, h, w = r["input_shape"]
     print(f"\n{r['model']} ({c}x{h}x{w}, {r['per_image_macs'] / 1e6:.1f} MMACs per image; int8 scales: "
           f"{r['quantized_from']})")
-    print_table(["engine", "variant", "batch", "median ms", "p90 ms", "images/s", "GMAC/s", "% of peak", "x fp32",
-                 "x torch fp32", "peak RSS"],
-                [[x["engine"], x["variant"], str(x["batch"]), f"{x['median_ms']:.3f}", f"{x['p90_ms']:.3f}",
+    def median(x: dict[str, Any]) -> str:  # "0.710 [0.690, 0.740]": the median and its bootstrap 95% interval
+        lo, hi = x.get("median_ci_low_ms"), x.get("median_ci_high_ms")
+        return f"{x['median_ms']:.3f}" + ("" if lo is None or hi is None else f" [{lo:.3f}, {hi:.3f}]")
+
+    print_table(["engine", "variant", "batch", "median ms [95% CI]", "p90 ms", "images/s", "GMAC/s", "% of peak",
+                 "x fp32", "x torch fp32", "peak RSS"],
+                [[x["engine"], x["variant"], str(x["batch"]), median(x), f"{x['p90_ms']:.3f}",
                   fmt(x["throughput_ips"], "{:.1f}"), fmt(x["gmacs_per_s"], "{:.1f}"),
                   fmt(x["fraction_of_peak"] and 100 * x["fraction_of_peak"], "{:.0f}%"),
                   fmt(x["speedup_vs_fp32"], "{:.2f}"), fmt(x["speedup_vs_torch_fp32"], "{:.2f}"),
@@ -163,6 +178,24 @@ def _print_bench(cfg: Any, out: Any) -> int:
     return 0
 
 
+def _print_recommend(cfg: Any, out: Any) -> int:
+    r = out.record
+    print()
+    for line in r["answer"]:
+        print(line)
+    if r["avoid"]:
+        print("\navoid:")
+        for line in r["avoid"]:
+            print(f"  - {line}")
+    print(f"\nall deployments (* = Pareto front over drop, size and latency at batch {r['batch']}); drops on "
+          f"{r['split'].get('eval', 'the evaluation images')}:")
+    print_table(r["table"]["header"], r["table"]["rows"])
+    for s in r["skipped"]:
+        if s.get("variant") != "*":
+            print(f"  not deployed: {s['method']} on {s['engine']} {s['variant']}: {s['reason'][:160]}")
+    return 0
+
+
 def _print_lint(cfg: Any, out: Any) -> int:
     from quantbench.quant.lint import Finding, format_findings
 
@@ -170,6 +203,40 @@ def _print_lint(cfg: Any, out: Any) -> int:
     print(f"{out.record['model']}: {len(findings)} finding(s)")
     print(format_findings(findings))
     return 1 if cfg.strict and any(f.severity in ("error", "warning") for f in findings) else 0
+
+
+def _print_debug(cfg: Any, out: Any) -> int:
+    r = out.record
+    layers = r["layers"]
+
+    def db(v: float | None) -> str:
+        return "inf" if v is None else f"{v:.1f}"
+
+    def pct(v: float | None) -> str:
+        return "–" if v is None else f"{100 * v:.2f}"
+
+    print(f"{r['model']} {r['method']} ({r['quantized_from']}): top-1 FP32 {r['fp32_top1']:.2f}% vs quantized "
+          f"{r['quant_top1']:.2f}% on the same {r['n_images']} evaluation images")
+    top = layers[0]
+    lint = "; ".join(f"lint {f['rule']}: {f['message']}" for f in top["lint"])
+    if top["recovery_points"] > 0:
+        print(f"Quantizing {top['layer']} loses most: leaving it in float recovers {top['recovery_points']:+.1f} "
+              f"points (isolated SQNR {db(top['isolated']['sqnr_db'])} dB" + (f"; {lint}" if lint else "") + ")")
+    else:
+        print(f"No single layer stands out: leaving any one of them in float recovers at most "
+              f"{top['recovery_points']:+.1f} points; lowest isolated SQNR first below")
+    print()
+    print_table(["rank", "layer", "type", "spec", "float recovers (points)", "top-1 % layer in float",
+                 "isolated SQNR dB", "cumulative SQNR dB", "cumulative cosine", "cumulative max |err|",
+                 "input clipped %", "weights clipped %", "lint"],
+                [[str(x["rank"]), x["layer"], x["kind"], x["spec"], f"{x['recovery_points']:+.2f}",
+                  f"{x['top1_layer_float']:.2f}", db(x["isolated"]["sqnr_db"]), db(x["cumulative"]["sqnr_db"]),
+                  f"{x['cumulative']['cosine']:.4f}", f"{x['cumulative']['max_abs_err']:.3g}",
+                  pct(x["act_clip_fraction"]), pct(x["weight_clip_fraction"]),
+                  ", ".join(f["rule"] for f in x["lint"]) or "–"] for x in layers])
+    print("\nisolated: only that layer's weight and input quantizers, on the float network's input of the layer; "
+          "cumulative: the whole model quantized")
+    return 0
 
 
 # verb -> (kind, printer, help); the kind's config gives the flags
@@ -183,6 +250,8 @@ EXPERIMENT_VERBS: dict[str, tuple[str, Callable[[Any, Any], int]]] = {
     "split": ("split", _print_split),
     "bench": ("bench", _print_bench),
     "lint": ("lint", _print_lint),
+    "debug": ("debug", _print_debug),
+    "recommend": ("recommend", _print_recommend),
 }
 
 
@@ -247,7 +316,10 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         if args.config and key in file_values and key not in vars(args):
             raise QuantbenchError(f"{args.config}: {exc}") from None
         raise
-    log = (lambda m: None) if args.no_progress else (lambda m: print(m, file=sys.stderr))
+    def log(message: str) -> None:  # --no-progress silences progress lines, never warnings
+        if not args.no_progress or message.startswith("warning"):
+            print(message, file=sys.stderr)
+
     outcome = run_experiment(cfg, progress=not args.no_progress, log=log)
     if args.json:
         if kind in ("run", "train"):  # the whole table, as the summary prints it

@@ -5,7 +5,19 @@ Each module holds one kind: its frozen config (defaults there and nowhere else) 
 Example:
     >>> from quantbench.experiments.layer import KINDS
     >>> KINDS.names()
-    ['bench', 'eval', 'lint', 'mixed', 'ptq', 'qat', 'run', 'split', 'train']
+    ['bench', 'debug', 'eval', 'lint', 'mixed', 'ptq', 'qat', 'recommend', 'run', 'split', 'train']
 """
 
-from quantbench.experiments.kinds import bench, eval, lint, mixed, ptq, qat, run, split, train  # noqa: F401
+from quantbench.experiments.kinds import (  # noqa: F401
+    bench,
+    debug,
+    eval,
+    lint,
+    mixed,
+    ptq,
+    qat,
+    recommend,
+    run,
+    split,
+    train,
+)
