@@ -83,7 +83,7 @@ def main() -> int:
         if choice.get("engine"):
             b = str(choice["batch"])
             fp32_engines = sorted({d["engine"] for d in record["deployments"] if d["label"] == "fp32"})
-            bench = _run(["bench", *common[:6], "--quantized", chosen["artifact"], "--engines",
+            bench = _run(["bench", *common[:4], "--quantized", chosen["artifact"], "--engines",
                           ",".join(sorted({choice["engine"], *fp32_engines})), "--variants", "fp32,int8",
                           "--batch-sizes", b, "--store", str(db), "--json", "--no-progress"])
             brec = json.loads(bench.stdout.splitlines()[-1])

@@ -85,7 +85,7 @@ def test_split_report_renders_in_chromium(tmp_path, capsys):
 
 
 def test_every_report_kind_renders_and_opens_with_its_answer(tmp_path, capsys):
-    """eval, ptq, bench, sweep and compare reports (the split report is the test above): every image decodes,
+    """recommend, debug, eval, ptq, bench, sweep and compare reports (the split report is the test above): every image decodes,
     the answer comes first, and hostile strings stay text in HTML and Markdown."""
     if _chromium() is None:
         pytest.skip("headless Chromium not installed (Debian package 'chromium'; .ci/run installs it)")
@@ -112,7 +112,15 @@ def test_every_report_kind_renders_and_opens_with_its_answer(tmp_path, capsys):
                      "pretrain_epochs: 1\ncalib_size: 32\ngrid:\n  method: [w8a8:minmax, w4a8:mse]\n")
     assert main(["sweep", str(sweep), "--store", db, "--no-progress", "--threads", "1", "--json"]) == 0
     reports["sweep"] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    pages = {"eval": (Path(reports["eval"]["report"]), 0), "ptq": (Path(reports["ptq"]["report"]), 3),
+    assert main(["recommend", *common, "--pretrain-epochs", "1", "--methods", "w8a8:mse", "--control-method", "none",
+                 "--engines", "onnxruntime", "--batch-sizes", "4", "--min-time-s", "0.01", "--max-drop", "5",
+                 "--calib-size", "64", "--out", str(tmp_path / "rec")]) == 0
+    capsys.readouterr()
+    assert main(["debug", *common, "--pretrain-epochs", "1", "--method", "w4a4:minmax", "--calib-size", "64",
+                 "--debug-images", "64", "--out", str(tmp_path / "dbg")]) == 0
+    capsys.readouterr()
+    pages = {"recommend": (tmp_path / "rec" / "report.html", 1), "debug": (tmp_path / "dbg" / "report.html", 0),
+             "eval": (Path(reports["eval"]["report"]), 0), "ptq": (Path(reports["ptq"]["report"]), 3),
              "bench": (tmp_path / "bench" / "report.html", 1), "compare": (Path(cmp["html"]), 1),
              "sweep": (Path(reports["sweep"]["report"]), 2)}
     for kind, (page, min_images) in pages.items():

@@ -98,3 +98,14 @@ def test_cpu_summary_names_the_int8_facts() -> None:
     assert cpu_summary({"cpu_model": "Xeon", "cpu_flags": {"amx_int8": True, "avx512_vnni": True}}) == \
         "Xeon (AMX, AVX-512 VNNI)"
     assert cpu_summary({"cpu_model": None, "machine": "aarch64", "cpu_flags": {}}) == "aarch64"
+
+
+def test_deployments_within_the_noise_of_the_fastest_tie_and_the_smaller_drop_wins() -> None:
+    cands = _cands(True)
+    deps = [_dep("fp32", "openvino", 3.0), _dep("w4a8:adaround", "openvino", 1.15, spread=0.05),
+            _dep("w8a8:mse", "openvino", 1.17, spread=0.05)]
+    said = compose_answer(cands, deps, machine="M", batch=1, max_drop=1.0)
+    assert said["choice"]["label"] == "w8a8:mse"  # bound 0.4 beats 0.8; 1.15 vs 1.17 ms is noise
+    apart = [_dep("fp32", "openvino", 3.0), _dep("w4a8:adaround", "openvino", 0.8, spread=0.05),
+             _dep("w8a8:mse", "openvino", 1.17, spread=0.05)]
+    assert compose_answer(cands, apart, machine="M", batch=1, max_drop=1.0)["choice"]["label"] == "w4a8:adaround"

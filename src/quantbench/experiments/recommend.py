@@ -13,9 +13,10 @@ Honesty rules the answer follows:
 * choices (which candidates are within ``max_drop``, accuracy control) use the validation split
   only; the drop quoted in the answer is measured on evaluation images that no choice saw;
 * a candidate is eligible when its validation drop's one-sided upper bound is within ``max_drop``;
-* speed: among eligible deployments the fastest median at the answer's batch size wins, but when its
-  latency interval overlaps the fastest FP32 deployment's, the answer says there is no measurable
-  speed-up and recommends the smallest eligible model instead;
+* speed: among eligible deployments the fastest median at the answer's batch size wins (deployments
+  within its timing noise tie, and the one with the smaller validation drop bound wins the tie), but
+  when its latency interval overlaps the fastest FP32 deployment's, the answer says there is no
+  measurable speed-up and recommends the smallest eligible model instead;
 * on a busy machine (THE busy test, :func:`quantbench.measure.latency.busy_shares`) no speed verdict is
   given at all: the answer names the load and recommends by accuracy and size.
 
@@ -189,7 +190,10 @@ def compose_answer(candidates: Sequence[Candidate], deployments: Sequence[Deploy
                       f"no engine here could deploy it, so its speed is unknown (see the skipped cells).")
         return {"answer": answer, "avoid": avoid, "choice": {"label": c.label, "engine": None, "variant": None,
                                                              "batch": batch}}
-    fastest = quant_deps[0]
+    # deployments within the timing noise of the fastest are a tie: the one that loses least on the
+    # validation images wins it (then the smaller), so noise cannot flip the answer between equals
+    tied = [d for d in quant_deps if d.overlaps(quant_deps[0])]
+    fastest = min(tied, key=lambda d: (by_label[d.label].val_upper, by_label[d.label].size_bytes, d.median_ms))
     c = by_label[fastest.label]
     ratio = best_fp32.median_ms / fastest.median_ms
     if fastest.overlaps(best_fp32) or ratio <= 1.0:
