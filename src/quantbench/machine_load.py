@@ -1,7 +1,8 @@
-"""THE busy-machine test: which latencies were timed while other processes used the CPU.
+"""What a timing may claim: THE busy-machine test, and THE test of whether two medians differ.
 
-Why a module of its own: the console (``bench`` verdicts) and the report (its warning) must agree on
-which numbers came from a busy machine, and the report must not import torch to ask. The load itself
+Why a module of its own: the console (``bench`` verdicts), ``recommend`` and the report must agree on
+which numbers came from a busy machine and which differences are measurable, and the report must not
+import torch to ask. The load itself
 (``other_cpu_share``) is recorded by :func:`quantbench.measure.latency.measure_latency`.
 
 Example:
@@ -11,9 +12,10 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
-__all__ = ["BUSY_SHARE", "busy_shares", "busy_warning"]
+__all__ = ["BUSY_SHARE", "busy_shares", "busy_warning", "medians_differ"]
 
 BUSY_SHARE = 0.2
 """Above this ``other_cpu_share`` a latency was taken on a busy machine (see :func:`busy_shares`)."""
@@ -47,3 +49,20 @@ def busy_warning(shares: Sequence[float | None], threshold: float = BUSY_SHARE) 
     return (f"WARNING: busy machine: other processes used up to {100 * max(busy):.0f}% of the CPU while "
             f"{len(busy)} of {len(shares)} cells were timed (over {100 * threshold:.0f}%): the numbers measure "
             "the contention as much as the model, so no faster/slower verdicts; rerun on a quiet machine.")
+
+
+def medians_differ(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """True when the 95% intervals of two medians do not overlap (``median_ci_low_ms``/``_high_ms`` keys).
+
+    A cell without an interval (e.g. an old record) is never called different: no verdict
+    without the evidence for one.
+
+    Example:
+        >>> medians_differ({"median_ci_low_ms": 1.0, "median_ci_high_ms": 1.2},
+        ...                {"median_ci_low_ms": 1.3, "median_ci_high_ms": 1.4})
+        True
+    """
+    keys = ("median_ci_low_ms", "median_ci_high_ms")
+    if any(a.get(k) is None or b.get(k) is None for k in keys):
+        return False
+    return a["median_ci_high_ms"] < b["median_ci_low_ms"] or b["median_ci_high_ms"] < a["median_ci_low_ms"]

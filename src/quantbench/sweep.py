@@ -261,9 +261,9 @@ def run_sweep(sweep: Sweep, *, store_path: str, executor: str = "inprocess", wor
             raise QuantbenchError(f"sweep: executor {executor!r} unknown; expected inprocess, pool, ray or ray://ADDRESS")
         bar = None
         if progress and todo:
-            from tqdm import tqdm
+            from quantbench.progress import bar as progress_bar
 
-            bar = tqdm(total=len(todo), desc=f"sweep {sweep.name}", unit="cell", file=sys.stderr)
+            bar = progress_bar(total=len(todo), desc=f"sweep {sweep.name}", unit="cell")
         keys = list(sweep.grid)
         try:
             for res in stream:

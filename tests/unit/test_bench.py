@@ -196,7 +196,7 @@ def _cells(share_of_int8=0.01):
 
 
 def test_a_busy_machine_gives_one_warning_and_no_verdict():
-    from quantbench.experiments.bench import findings
+    from quantbench.experiments.bench_findings import bench_findings as findings
 
     quiet = findings(_cells())
     assert any("SLOWER" in t for t in quiet) and any("fastest is ort int8" in t for t in quiet)
@@ -207,7 +207,8 @@ def test_a_busy_machine_gives_one_warning_and_no_verdict():
 
 
 def test_the_report_and_the_console_agree_on_busy(tmp_path):
-    from quantbench.experiments.bench import BenchResult, bench_rows, findings
+    from quantbench.experiments.bench import BenchResult, bench_rows
+    from quantbench.experiments.bench_findings import bench_findings as findings
     from quantbench.report.tables import busy_machine_lines
 
     recs = []
@@ -231,7 +232,7 @@ def test_the_report_and_the_console_agree_on_busy(tmp_path):
 
 
 def test_overlapping_intervals_say_no_measurable_difference():
-    from quantbench.experiments.bench import findings
+    from quantbench.experiments.bench_findings import bench_findings as findings
 
     cells = _cells()
     cells[2] = _cell("ort", "dynamic", 2.1, 1.95, 2.3, 2.0, 10.0)  # slower median, overlapping interval
@@ -256,7 +257,8 @@ def test_bench_prints_each_median_with_its_interval_and_the_busy_warning(capsys)
     from types import SimpleNamespace
 
     from quantbench.cli.experiment_verbs import EXPERIMENT_VERBS
-    from quantbench.experiments.bench import findings, public_record
+    from quantbench.experiments.bench import public_record
+    from quantbench.experiments.bench_findings import bench_findings as findings
 
     recs = [{**c, "p90_ms": c["median_ms"] * 1.2, "throughput_ips": 1.0, "gmacs_per_s": None,
              "fraction_of_peak": None, "peak_rss_bytes": None} for c in _cells(share_of_int8=0.65)]

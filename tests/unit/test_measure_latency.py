@@ -233,7 +233,6 @@ def test_measure_latency_reports_the_interval_of_its_own_samples() -> None:
     clock = FakeClock([i / 1000 for i in (3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8)])
     r = measure_latency(clock.fn, batch_size=2, warmup=0, min_iters=12, max_iters=12, min_time_s=0, clock=clock)
     assert (r.median_ci_low_ms, r.median_ci_high_ms) == pytest.approx(bootstrap_median_ci(r.samples_ms))
-    assert r.median_ci_low_ms <= r.median_ms <= r.median_ci_high_ms
     d = r.as_dict()
     assert d["median_ci_low_ms"] == r.median_ci_low_ms and d["median_ci_high_ms"] == r.median_ci_high_ms
     (median_row, *_) = latency_rows(RowKey("m", "d"), r)

@@ -149,3 +149,14 @@ def test_a_report_that_cannot_be_made_is_one_line_and_leaves_no_folder(tmp_path)
     run_id, _ = _store(tmp_path, [], kind="lint", db="l.db")  # finished, nothing measured: says so
     html = write_report(tmp_path / "l.db", run_id, tmp_path / "lint")[0].read_text()
     assert "This lint run stored no measurements" in html
+
+
+def test_bench_answer_claims_no_speed_up_within_the_timing_noise(tmp_path):
+    def lat(engine, variant, ms, lo, hi):
+        return [Result("net", "d", variant, engine, "latency_median_ms", ms, "ms", 1,
+                       {"threads": 2, "other_cpu_share": 0.0, "median_ci_low_ms": lo, "median_ci_high_ms": hi}),
+                Result("net", "d", variant, engine, "speedup_vs_torch_fp32", 1.0, "x", 1)]
+    _, rows = _store(tmp_path, [*lat("onnxruntime", "fp32", 0.42, 0.38, 0.47),
+                                *lat("onnxruntime", "int8", 0.40, 0.36, 0.45)], kind="bench")
+    (one,) = answer_lines({"kind": "bench"}, rows)
+    assert "within the timing noise of the fastest FP32" in one and "no measurable speed-up" in one

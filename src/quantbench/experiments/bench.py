@@ -48,7 +48,7 @@ from quantbench.errors import QuantbenchError
 from quantbench.experiments.records import RowKey, cost_rows, latency_rows
 from quantbench.store import Result
 
-__all__ = ["BenchResult", "BenchSpec", "bench_rows", "calibration_images", "findings", "plan_jobs", "public_record",
+__all__ = ["BenchResult", "BenchSpec", "bench_rows", "calibration_images", "plan_jobs", "public_record",
            "resolve", "run_bench"]
 
 REFERENCE = ("torch", "fp32")
@@ -79,6 +79,7 @@ class BenchSpec:
         normalize: normalisation of ``calib`` images.
         warmup / min_iters / min_time_s: :func:`measure_latency` protocol.
         isolate: one fresh process per (engine, variant).
+        reference: also time PyTorch eager fp32 (the reference of ``speedup_vs_torch_fp32``).
     """
 
     model: str
@@ -99,6 +100,7 @@ class BenchSpec:
     min_iters: int = 10
     min_time_s: float = 1.0
     isolate: bool = True
+    reference: bool = True
 
 
 @dataclass
@@ -116,7 +118,9 @@ class BenchResult:
     fp32_size_bytes: int = 0
 
     def findings(self) -> list[str]:
-        return findings(self.records)
+        from quantbench.experiments.bench_findings import bench_findings
+
+        return bench_findings(self.records)
 
 
 # ----------------------------------------------------------------------------- validation and plan
@@ -131,12 +135,14 @@ def _check_batches(batch_sizes: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(dict.fromkeys(batch_sizes))
 
 
-def plan_jobs(engines: tuple[str, ...], variants: tuple[str, ...]) -> tuple[list[tuple[str, str]], list[dict[str, str]]]:
+def plan_jobs(engines: tuple[str, ...], variants: tuple[str, ...], reference: bool = True
+              ) -> tuple[list[tuple[str, str]], list[dict[str, str]]]:
     """(engine, variant) pairs to run, and the cells skipped with the reason.
 
     An engine named explicitly must exist and be installed (else a one-line error); with
-    ``all`` the missing ones are skipped with the reason. PyTorch eager fp32 always runs
-    first: it is the reference of ``speedup_vs_torch_fp32``.
+    ``all`` the missing ones are skipped with the reason. PyTorch eager fp32 runs first unless
+    ``reference`` is False: it is the reference of ``speedup_vs_torch_fp32`` (a caller that timed it
+    already, like ``recommend`` timing one candidate after another, turns it off).
     """
     from quantbench.engines.base import ENGINES, VARIANTS, _register_builtin
 
@@ -146,7 +152,7 @@ def plan_jobs(engines: tuple[str, ...], variants: tuple[str, ...]) -> tuple[list
             raise QuantbenchError(f"bench: unknown variant {v!r}; known: {', '.join(VARIANTS)}")
     explicit = tuple(e for e in engines if e != "all")
     names = ENGINES.names() if "all" in engines or not engines else list(dict.fromkeys(explicit))
-    jobs: list[tuple[str, str]] = [REFERENCE]
+    jobs: list[tuple[str, str]] = [REFERENCE] if reference else []
     skipped: list[dict[str, str]] = []
     for name in names:
         cls = ENGINES.get(name)  # unknown names: QuantbenchError listing the known ones
@@ -348,7 +354,7 @@ def run_bench(spec: BenchSpec, *, model: nn.Module | None = None, quantized: Any
     threads = spec.threads if spec.threads is not None else (os.cpu_count() or 1)
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise QuantbenchError(f"bench: --threads must be an integer >= 1, got {spec.threads!r}")
-    jobs, skipped = plan_jobs(tuple(spec.engines), tuple(spec.variants))
+    jobs, skipped = plan_jobs(tuple(spec.engines), tuple(spec.variants), spec.reference)
     custom = model is not None
     if custom:
         shape_attr = spec.input_shape or getattr(model, "input_shape", None)
@@ -439,14 +445,6 @@ def _derive(raw: list[dict[str, Any]], per_image_macs: int, peaks: dict[str, Any
 
 
 # ----------------------------------------------------------------------------- reading the numbers
-
-
-def findings(records: list[dict[str, Any]]) -> list[str]:
-    """Plain sentences about the records: no verdict from a busy machine or overlapping intervals
-    (:func:`quantbench.experiments.bench_findings.bench_findings`)."""
-    from quantbench.experiments.bench_findings import bench_findings
-
-    return bench_findings(records)
 
 
 def bench_rows(result: BenchResult, data_label: str) -> list[Result]:

@@ -85,7 +85,7 @@ class Deployment:
 
     def overlaps(self, other: Deployment) -> bool:
         """True when no measurable difference separates the two medians (THE test: ``medians_differ``)."""
-        from quantbench.measure.latency import medians_differ
+        from quantbench.machine_load import medians_differ
 
         def ci(d: Deployment) -> dict[str, float | None]:
             return {"median_ci_low_ms": d.ci_low_ms, "median_ci_high_ms": d.ci_high_ms}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -436,7 +435,7 @@ def evaluate(
         >>> sorted(r.topk), r.n_images
         ([1, 5], 100)
     """
-    from tqdm.auto import tqdm
+    from quantbench.progress import bar as progress_bar
 
     if batch_size <= 0:
         raise QuantbenchError(f"evaluate: batch_size must be > 0, got {batch_size}")
@@ -451,14 +450,8 @@ def evaluate(
     num_classes: int | None = None
     was_training = model.training
     model.eval()
-    bar = tqdm(
-        total=total,
-        desc=progress if isinstance(progress, str) else None,
-        unit="img",
-        file=sys.stderr,
-        disable=not progress,
-        leave=False,
-    )
+    bar = progress_bar(total=total, desc=progress if isinstance(progress, str) else "", unit="img",
+                       enabled=bool(progress))
     try:
         with torch.inference_mode():
             for images, labels in batches:

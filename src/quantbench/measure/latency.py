@@ -32,7 +32,7 @@ import gc
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from quantbench.errors import QuantbenchError
-from quantbench.machine_load import BUSY_SHARE, busy_shares, busy_warning
+from quantbench.machine_load import BUSY_SHARE, busy_shares, busy_warning, medians_differ
 
 __all__ = [
     "BUSY_SHARE",
@@ -160,23 +160,6 @@ def bootstrap_median_ci(samples_ms: Sequence[float], *, resamples: int = 1000, l
     tail = 100.0 * (1.0 - level) / 2.0
     lo, hi = np.percentile(medians, [tail, 100.0 - tail])
     return float(lo), float(hi)
-
-
-def medians_differ(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """True when the 95% intervals of two medians do not overlap (``median_ci_low_ms``/``_high_ms`` keys).
-
-    A cell without an interval (e.g. an old record) is never called different: no verdict
-    without the evidence for one.
-
-    Example:
-        >>> medians_differ({"median_ci_low_ms": 1.0, "median_ci_high_ms": 1.2},
-        ...                {"median_ci_low_ms": 1.3, "median_ci_high_ms": 1.4})
-        True
-    """
-    keys = ("median_ci_low_ms", "median_ci_high_ms")
-    if any(a.get(k) is None or b.get(k) is None for k in keys):
-        return False
-    return a["median_ci_high_ms"] < b["median_ci_low_ms"] or b["median_ci_high_ms"] < a["median_ci_low_ms"]
 
 
 def _summarize(samples_s: list[float], *, warmup: int, threads: int, batch_size: int,

@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,9 +91,7 @@ class ControlStep:
 class ControlledModel:
     """The result: the chosen model, the layers left in float, and every step taken."""
 
-    model: QuantizedModel
-    cfg: PTQConfig
-    plan: Any
+    model: QuantizedModel  # its ``plan`` names the float layers
     float_layers: list[str]
     met: bool
     max_drop: float
@@ -133,9 +130,9 @@ def layer_costs(qm: QuantizedModel, float_model: nn.Module, images: torch.Tensor
     act_fq = dict(qm.act_quantizers())
     layers = [i for i in qm.layers if not i.spec.is_fp32]
     costs = []
-    from tqdm.auto import tqdm
+    from quantbench.progress import bar
 
-    for info in tqdm(layers, desc="accuracy control: rank layers", unit="layer", disable=not progress, leave=False):
+    for info in bar(layers, desc="accuracy control: rank layers", unit="layer", enabled=progress):
         switched = [fq for fq in (weight_fq.get(info.name), act_fq.get(info.input_quantizer or "")) if fq is not None]
         modes = [fq.mode for fq in switched]
         for fq in switched:
@@ -216,5 +213,4 @@ def quantize_with_accuracy_control(model: nn.Module, cfg: PTQConfig, calib: Any,
             if step.met:
                 break
     qm, ev, step = best
-    return ControlledModel(qm, dataclasses.replace(cfg), qm.plan, list(step.float_layers), step.met,
-                           float(max_drop), confidence, ev, steps, costs)
+    return ControlledModel(qm, list(step.float_layers), step.met, float(max_drop), confidence, ev, steps, costs)

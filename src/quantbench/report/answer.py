@@ -13,8 +13,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from quantbench.machine_load import busy_shares
-from quantbench.report.tables import bench_records, human_bytes, human_count
+from quantbench.machine_load import busy_shares, medians_differ
+from quantbench.report.tables import bench_records, human_bytes, human_count, latency_ci
 
 Row = dict[str, Any]
 
@@ -155,6 +155,9 @@ def _bench(rows: Sequence[Row]) -> list[str]:
             f = min(fp32, key=lambda c: c["median_ms"])
             if f is best:
                 line += " (FP32 itself: no quantized deployment beat it)"
+            elif latency_ci(best) and latency_ci(f) and not medians_differ(best, f):
+                line += (f", within the timing noise of the fastest FP32 ({f['engine']}, {f['median_ms']:.3g} ms): "
+                         "no measurable speed-up")
             else:
                 line += (f", {f['median_ms'] / best['median_ms']:.2f}x the speed of the fastest FP32 "
                          f"({f['engine']}, {f['median_ms']:.3g} ms)")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from quantbench.errors import QuantbenchError
-from quantbench.machine_load import BUSY_SHARE, busy_shares
+from quantbench.machine_load import BUSY_SHARE, busy_shares, medians_differ
 from quantbench.report.tables import human_bytes, latency_ci
 from quantbench.store import ResultStore
 
@@ -153,7 +153,8 @@ def compare_runs(store_path: str | Path, run_a: str, run_b: str) -> Comparison:
         busy = bool(busy_shares([a["extra"].get("other_cpu_share"), b["extra"].get("other_cpu_share")]))
         out.latency.append({"variant": k[0], "engine": k[1], "batch": k[2], "ms_a": a["value"], "ms_b": b["value"],
                             "ci_a": latency_ci(a["extra"]), "ci_b": latency_ci(b["extra"]),
-                            "ratio": b["value"] / a["value"], "busy": busy})
+                            "ratio": b["value"] / a["value"], "busy": busy,
+                            "differ": medians_differ(a["extra"], b["extra"])})
     cpu_a, cpu_b = ((r["environment"] or {}).get("cpu_model") for r in (ra, rb))
     if out.latency and cpu_a != cpu_b:
         out.notes.append(f"The latencies were measured on different machines ({cpu_a} vs {cpu_b}): their ratio "
@@ -197,8 +198,9 @@ def compare_answer(c: Comparison) -> list[str]:
     quiet = [x for x in c.latency if not x["busy"]]
     if quiet:
         x = min(quiet, key=lambda x: x["batch"])
+        noise = "" if x.get("differ", True) else "; the intervals overlap: no measurable difference"
         out.append(f"At batch {x['batch']} on {x['engine']} ({x['variant']}), B takes {x['ratio']:.2f}x the time of "
-                   f"A ({x['ms_b']:.3g} vs {x['ms_a']:.3g} ms).")
+                   f"A ({x['ms_b']:.3g} vs {x['ms_a']:.3g} ms{noise}).")
     elif c.latency:
         out.append("No latency verdict: every common latency was timed on a busy machine.")
     return out or ["The two runs share no number to compare."]

@@ -130,16 +130,15 @@ def latency_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
 
 
 def latency_ci(extra: dict[str, Any]) -> tuple[float, float] | None:
-    """The 95% interval of a median latency when the row carries one (``ci_low_ms``/``ci_high_ms``, or
-    ``median_ci_low_ms``/``median_ci_high_ms``), else None.
+    """The 95% interval of a median latency (``median_ci_low_ms``/``median_ci_high_ms``), None when absent.
 
     Example:
-        >>> latency_ci({"ci_low_ms": 1.0, "ci_high_ms": 1.2}), latency_ci({})
+        >>> latency_ci({"median_ci_low_ms": 1.0, "median_ci_high_ms": 1.2}), latency_ci({})
         ((1.0, 1.2), None)
     """
-    for lo, hi in (("ci_low_ms", "ci_high_ms"), ("median_ci_low_ms", "median_ci_high_ms")):
-        if isinstance(extra.get(lo), (int, float)) and isinstance(extra.get(hi), (int, float)):
-            return (float(extra[lo]), float(extra[hi]))
+    lo, hi = extra.get("median_ci_low_ms"), extra.get("median_ci_high_ms")
+    if isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
+        return (float(lo), float(hi))
     return None
 
 
@@ -242,7 +241,8 @@ def bench_records(rows: Sequence[Row]) -> list[dict[str, Any]]:
             name = {"latency_median_ms": "median_ms", "latency_p90_ms": "p90_ms"}.get(r["metric"], r["metric"])
             c[name] = r["value"]
             if r["metric"] == "latency_median_ms":
-                c["ci_ms"] = latency_ci(r["extra"])
+                c["median_ci_low_ms"] = r["extra"].get("median_ci_low_ms")
+                c["median_ci_high_ms"] = r["extra"].get("median_ci_high_ms")
                 c["threads"] = r["extra"].get("threads")
                 c["other_cpu_share"] = r["extra"].get("other_cpu_share")
     out = []
@@ -315,7 +315,7 @@ def _best_vs_best(model: str, batch: int, rs: Sequence[dict[str, Any]]) -> list[
 def bench_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
     """Engine benchmark: latency, throughput, GMAC/s, fraction of peak, speed-ups, peak RSS per cell."""
     cells = bench_records(rows)
-    with_ci = any(c.get("ci_ms") for c in cells)
+    with_ci = any(latency_ci(c) for c in cells)
     header = ["model", "engine", "variant", "batch", "median ms"] + (["95% CI ms"] if with_ci else []) + [
         "p90 ms", "images/s", "GMAC/s", "% of peak", "x same-engine fp32", "x torch fp32", "peak RSS", "threads",
         "others' CPU %"]
@@ -326,7 +326,8 @@ def bench_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
     def ci(c: dict[str, Any]) -> list[str]:
         if not with_ci:
             return []
-        return [f"[{c['ci_ms'][0]:.3f}, {c['ci_ms'][1]:.3f}]" if c.get("ci_ms") else "–"]
+        ci = latency_ci(c)
+        return [f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "–"]
 
     body = [[c["model"], c["engine"], c["variant"], str(c["batch"]), f(c["median_ms"], "{:.3f}"), *ci(c),
              f(c["p90_ms"], "{:.3f}"), f(c["throughput_ips"], "{:.1f}"), f(c["gmacs_per_s"], "{:.1f}"),

@@ -111,9 +111,9 @@ def fit(
         loss_sum, correct, seen = 0.0, 0, 0
         batches = range(steps_per_epoch)
         if progress:
-            from tqdm import tqdm
+            from quantbench.progress import bar
 
-            batches = tqdm(batches, desc=f"train epoch {epoch}/{cfg.epochs}", leave=False, unit="batch")
+            batches = bar(batches, desc=f"train epoch {epoch}/{cfg.epochs}", unit="batch")
         for b in batches:
             idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             if len(idx) < 2 and n >= 2:  # BatchNorm cannot train on one sample

@@ -55,7 +55,8 @@ class BenchExperiment(Normalize, ModelOptions):
 
 
 def bench_model(cfg: BenchExperiment, ctx: Context) -> dict[str, Any]:
-    from quantbench.experiments.bench import bench_rows, findings, public_record, run_bench
+    from quantbench.experiments.bench import bench_rows, public_record, run_bench
+    from quantbench.experiments.bench_findings import bench_findings
 
     res = run_bench(cfg.spec(), model=ctx.model, quantized=ctx.quantized,
                     log=ctx.log if ctx.progress else (lambda m: None))
@@ -63,7 +64,7 @@ def bench_model(cfg: BenchExperiment, ctx: Context) -> dict[str, Any]:
     ctx.commit(bench_rows(res, f"input:{c}x{h}x{w}"))
     return {"model": res.model, "input_shape": list(res.input_shape), "per_image_macs": res.per_image_macs,
             "quantized_from": res.quantized_from, "records": [public_record(r) for r in res.records],
-            "skipped": res.skipped, "peaks": res.peaks, "findings": findings(res.records)}
+            "skipped": res.skipped, "peaks": res.peaks, "findings": bench_findings(res.records)}
 
 
 register_kind("bench", BenchExperiment, bench_model,

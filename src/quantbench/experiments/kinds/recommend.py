@@ -157,9 +157,9 @@ def _time(p: Any, cfg: RecommendExperiment, cands: list[Any], ctx: Context) -> t
             keep = lambda r: r.metric not in _COST_METRICS  # noqa: E731 - FP32's costs are already stored
         else:
             ctx.log(f"recommend: timing {c.label} on {', '.join(int8_engines)}")
-            res = run_bench(dataclasses.replace(spec, engines=int8_engines, variants=("int8",)), model=p.model,
-                            quantized=c.model, log=log, peaks=False)
-            keep = lambda r: r.method == "int8"  # noqa: E731 - the reference FP32 cell was timed above
+            res = run_bench(dataclasses.replace(spec, engines=int8_engines, variants=("int8",), reference=False),
+                            model=p.model, quantized=c.model, log=log, peaks=False)
+            keep = lambda r: r.method == "int8"  # noqa: E731 - FP32 and its costs belong to the FP32 run
         rows = [dataclasses.replace(r, method=c.label) if r.method == "int8" else r
                 for r in bench_rows(res, p.key.data) if keep(r)]
         ctx.commit(rows)
