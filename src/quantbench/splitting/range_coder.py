@@ -138,7 +138,7 @@ def _stream_lengths(shape: tuple[int, ...], perchannel: bool) -> list[int]:
 def _blocks(n: int, n_total: int) -> list[int]:
     """Adaptation block boundaries for a stream of ``n`` symbols (a pure function of the shape).
 
-    Blocks start at 16 symbols and grow by a quarter of what was seen (model updates are frequent
+    Blocks start at ``_MIN_BLOCK`` (2) symbols and grow by a quarter of what was seen (model updates are frequent
     while the counts are still noisy), capped so a whole tensor is about 1024 blocks: a constriction
     call per block is fast, a Python-level update per symbol would not be.
     """
