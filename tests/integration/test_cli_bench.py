@@ -90,3 +90,23 @@ def test_bad_study_file_exits_2(tmp_path, capsys):
     assert main(_bench(tmp_path, "--config", str(f))) == 2
     err = capsys.readouterr().err.strip()
     assert f"{f}: unknown key 'engine'" in err
+
+
+def test_bench_takes_the_input_shape_a_users_qbm_recorded(tmp_path, capsys):
+    """A user's nn.Module fixes no input size; the .qbm quantized at 1x8x8 says it, so no --input-shape."""
+    (tmp_path / "net.py").write_text(
+        "import torch\n"
+        "def build(num_classes=10, in_channels=1):\n"
+        "    return torch.nn.Sequential(torch.nn.Conv2d(in_channels, 8, 3, padding=1), torch.nn.ReLU(),\n"
+        "                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),\n"
+        "                               torch.nn.Linear(8, num_classes))\n")
+    model = f"{tmp_path / 'net.py'}:build"
+    assert main(["quantize", "--model", model, "--data", "digits", "--calib-size", "64", "--no-store",
+                 "--out", str(tmp_path / "q"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["bench", "--model", model, "--quantized", str(tmp_path / "q"), "--engines", "onnxruntime",
+                 "--variants", "int8", "--batch-sizes", "2", *FAST, "--no-store", "--no-isolate",
+                 "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rec["input_shape"] == [1, 8, 8]
+    assert {(r["engine"], r["variant"]) for r in rec["records"]} == {("torch", "fp32"), ("onnxruntime", "int8")}

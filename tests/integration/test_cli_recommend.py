@@ -99,3 +99,18 @@ def test_an_unreachable_target_says_so_and_keeps_the_best_model_tried(tmp_path: 
     assert proc.returncode == 0, proc.stderr
     assert "warning: max_drop 1.2 not reached" in proc.stderr
     assert "NOT reached (the best model tried is kept)" in proc.stdout
+
+
+def test_recommend_on_an_in_memory_module_times_it_in_this_process() -> None:
+    """The Python API's own nn.Module cannot be rebuilt in a fresh process; it is deployed as it is."""
+    import torch
+
+    import quantbench as qb
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(8 * 8 * 8, 10))
+    rec = qb.recommend(net, "digits", max_drop=5.0, methods="w8a8:mse", control_method="none",
+                       engines="onnxruntime", batch_sizes=[4], pretrain_epochs=1, min_time_s=0.01, no_store=True)
+    assert {(d["label"], d["engine"]) for d in rec["deployments"]} >= {("fp32", "onnxruntime"),
+                                                                      ("w8a8:mse", "onnxruntime")}
+    assert rec["answer"][0].startswith("On ")

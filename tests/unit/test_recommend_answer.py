@@ -35,7 +35,7 @@ def test_the_fastest_eligible_deployment_is_named_with_its_measured_ratio() -> N
     said = compose_answer(_cands(False), deps, machine="CPU X (AVX2, no VNNI)", batch=1, max_drop=1.0)
     first = said["answer"][0]
     assert first.startswith("On CPU X (AVX2, no VNNI): OpenVINO INT8 w8a8:mse")
-    assert "2.0x the fastest FP32 deployment (OpenVINO FP32)" in first
+    assert "2.00x the fastest FP32 deployment (OpenVINO FP32)" in first
     assert "3.9x smaller" in first and "top-1 -0.1 [-0.4, +0.2] points vs FP32" in first
     assert said["choice"] == {"label": "w8a8:mse", "engine": "openvino", "variant": "int8", "batch": 1,
                               "speedup_vs_best_fp32": pytest.approx(2.0)}
@@ -109,3 +109,10 @@ def test_deployments_within_the_noise_of_the_fastest_tie_and_the_smaller_drop_wi
     apart = [_dep("fp32", "openvino", 3.0), _dep("w4a8:adaround", "openvino", 0.8, spread=0.05),
              _dep("w8a8:mse", "openvino", 1.17, spread=0.05)]
     assert compose_answer(cands, apart, machine="M", batch=1, max_drop=1.0)["choice"]["label"] == "w4a8:adaround"
+
+
+def test_a_speed_up_below_the_run_to_run_variation_is_not_called_one() -> None:
+    deps = [_dep("fp32", "onnxruntime", 0.280, spread=0.002), _dep("w8a8:mse", "openvino", 0.268, spread=0.002)]
+    said = compose_answer(_cands(False), deps, machine="M", batch=1, max_drop=1.0)
+    assert "no quantized deployment is measurably faster" in said["answer"][0]
+    assert "1.04x is below the 1.05x" in said["answer"][0]

@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import multiprocessing
 import os
 import sys
@@ -174,6 +175,25 @@ def plan_jobs(engines: tuple[str, ...], variants: tuple[str, ...], reference: bo
             elif (name, v) not in jobs:
                 jobs.append((name, v))
     return jobs, skipped
+
+
+def with_qbm_shape(spec: BenchSpec) -> BenchSpec:
+    """``spec`` with the input shape (and classes) its ``.qbm`` recorded, when it names none itself.
+
+    A model that fixes no input size (the user's own ``nn.Module``) was quantized at a known size, and the
+    ``.qbm`` header says which: deploying those scales needs no ``--input-shape`` repeated by hand.
+    """
+    if spec.input_shape is not None or not spec.quantized:
+        return spec
+    from quantbench.quant.save import read_quantized_meta
+
+    model = read_quantized_meta(_find_qbm(spec.quantized)).get("model", {})
+    shape = model.get("input_shape") or []
+    if len(shape) != 3:
+        return spec
+    classes = (model.get("kwargs") or {}).get("num_classes")
+    return dataclasses.replace(spec, input_shape=tuple(int(v) for v in shape),
+                               num_classes=spec.num_classes or (int(classes) if classes else None))
 
 
 def resolve(spec: BenchSpec, check: bool = True) -> Any:
@@ -360,6 +380,7 @@ def run_bench(spec: BenchSpec, *, model: nn.Module | None = None, quantized: Any
         shape_attr = spec.input_shape or getattr(model, "input_shape", None)
         loaded = LoadedModel(model.eval(), spec.model, "module", tuple(shape_attr) if shape_attr else None)
     else:
+        spec = with_qbm_shape(spec)
         loaded = resolve(spec)
     shape = default_input_shape(loaded, "bench")
     model = loaded.module

@@ -145,22 +145,34 @@ def _time(p: Any, cfg: RecommendExperiment, cands: list[Any], ctx: Context) -> t
     jobs, _ = plan_jobs(cfg.engines, ())
     fp32_engines = tuple(dict.fromkeys(e for e, v in jobs if v == "fp32"))
     int8_engines = tuple(dict.fromkeys(e for e, v in jobs if v == "int8"))
-    spec = BenchSpec(model=p.loaded.label, engines=fp32_engines, variants=("fp32",), batch_sizes=cfg.batch_sizes,
+    # One fresh process per engine, as `bench` does by default: in one process, an engine's idle thread
+    # pool steals cycles from the next one's (an OpenVINO FP32 median doubled beside ONNX Runtime's
+    # spinning threads), and the machine-load check cannot see it. The worker rebuilds the float model
+    # from its source and the weights this run evaluated; an in-memory model (the Python API) cannot be
+    # rebuilt there and is timed in this process.
+    state_dict_kinds = ("zoo", "python", "torchvision", "timm")
+    isolate = ctx.model is None and (p.loaded.kind in state_dict_kinds or cfg.pretrain_epochs == 0)
+    spec = BenchSpec(model=p.loaded.source if isolate else p.loaded.label,
+                     checkpoint=str(ctx.out_dir / "model_fp32.pt") if isolate and p.loaded.kind in state_dict_kinds
+                     else None, hyper=dict(p.loaded.hyper), num_classes=p.loaded.num_classes or p.ds.num_classes,
+                     engines=fp32_engines, variants=("fp32",), batch_sizes=cfg.batch_sizes,
                      input_shape=p.input_shape, threads=cfg.threads, warmup=cfg.warmup, min_iters=cfg.min_iters,
-                     min_time_s=cfg.min_time_s, isolate=False)
+                     min_time_s=cfg.min_time_s, isolate=isolate)
+    model = None if isolate else p.model
     log = ctx.log if ctx.progress else (lambda m: None)
     deployments: list[Any] = []
     skipped: list[dict[str, str]] = []
     for c in cands:
         if c.is_fp32:
-            res = run_bench(spec, model=p.model, log=log, peaks=False)
+            res = run_bench(spec, model=model, log=log, peaks=False)
             keep = lambda r: r.metric not in _COST_METRICS  # noqa: E731 - FP32's costs are already stored
         else:
             ctx.log(f"recommend: timing {c.label} on {', '.join(int8_engines)}")
-            res = run_bench(dataclasses.replace(spec, engines=int8_engines, variants=("int8",), reference=False),
-                            model=p.model, quantized=c.model, log=log, peaks=False)
+            cspec = dataclasses.replace(spec, engines=int8_engines, variants=("int8",), reference=False,
+                                        quantized=c.artifact if isolate else None)
+            res = run_bench(cspec, model=model, quantized=None if isolate else c.model, log=log, peaks=False)
             keep = lambda r: r.method == "int8"  # noqa: E731 - FP32 and its costs belong to the FP32 run
-        rows = [dataclasses.replace(r, method=c.label) if r.method == "int8" else r
+        rows = [dataclasses.replace(r, model=p.key.model, method=c.label if r.method == "int8" else r.method)
                 for r in bench_rows(res, p.key.data) if keep(r)]
         ctx.commit(rows)
         skipped += [{**s, "method": c.label} for s in res.skipped]
@@ -186,7 +198,8 @@ def recommend_model(cfg: RecommendExperiment, ctx: Context) -> dict[str, Any]:
     training = cfg.pretrain_epochs > 0
     p = prepare(cfg, ctx, train=training, calib=True, val_fraction=val_share(cfg, training))
     check_provable(p, cfg)
-    _, fp32, _ = pretrained_baseline(p, cfg, ctx)
+    # FP32 is timed with the candidates on every engine below, not a second time as eager PyTorch here
+    _, fp32, _ = pretrained_baseline(p, dataclasses.replace(cfg, batch_sizes=()), ctx)
     fp32_val = evaluate(p.model, p.val, topk=(1,), batch_size=cfg.eval_batch_size)
     cands = _candidates(p, cfg, fp32, fp32_val, ctx)
     deployments, skipped = _time(p, cfg, cands, ctx)
