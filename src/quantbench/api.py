@@ -364,7 +364,7 @@ def recommend(model: nn.Module | str, data: Any, *, max_drop: float = 1.0, engin
     Example:
         >>> import quantbench as qb, tempfile
         >>> rec = qb.recommend("lenet", "digits", max_drop=3.0, methods="w8a8:mse", control_method="none",
-        ...                    engines="onnxruntime", batch_sizes=[8], pretrain_epochs=2, min_time_s=0.05,
+        ...                    engines="onnxruntime", batch_sizes=[8], pretrain_epochs=2, min_time_s=0.05, rounds=1,
         ...                    store=tempfile.mkdtemp() + "/q.db")
         >>> rec["answer"][0].startswith("On ")
         True

@@ -22,7 +22,7 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_recommend_prints_its_answer_first_and_stores_it_for_the_report(tmp_path: Path) -> None:
     proc = _run("recommend", "--model", "lenet", "--data", "digits", "--pretrain-epochs", "3", "--methods",
                 "w8a8:mse,w4a4:minmax", "--control-method", "none", "--engines", "onnxruntime,torch-int8",
-                "--max-drop", "3", "--train-fraction", "0.5", "--val-fraction", "0.6", "--batch-sizes", "8,1",
+                "--max-drop", "3", "--train-fraction", "0.5", "--val-fraction", "0.6", "--batch-sizes", "8,1", "--rounds", "2",
                 "--min-time-s", "0.05", "--no-progress", "--store", "q.db", "--out", "rec", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
@@ -36,6 +36,11 @@ def test_recommend_prints_its_answer_first_and_stores_it_for_the_report(tmp_path
     assert answer["choice"]["batch"] == 8  # the answer is given at the first batch size listed
     assert {r[0] for r in rows if r[2] == "val_top1_drop_upper"} == {"w8a8:mse", "w4a4:minmax"}
     timed = {(r[0], r[1]) for r in rows if r[2] == "latency_median_ms"}
+    assert len([r for r in rows if r[2] == "latency_median_ms"]) == len({(r[0], r[1], r[3]) for r in rows
+                                                                        if r[2] == "latency_median_ms"})
+    # two rounds merged into one row per cell, its interval spanning both rounds' medians
+    lat = [json.loads(r[4]) for r in rows if r[2] == "latency_median_ms"]
+    assert all(e["median_ci_low_ms"] <= e["median_ms"] <= e["median_ci_high_ms"] for e in lat)
     assert {("fp32", "onnxruntime"), ("w8a8:mse", "onnxruntime"), ("w8a8:mse", "torch-int8")} <= timed
     # the report opens with the answer
     md = (tmp_path / "rec" / "report.md").read_text()
@@ -110,7 +115,8 @@ def test_recommend_on_an_in_memory_module_times_it_in_this_process() -> None:
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
                               torch.nn.Linear(8 * 8 * 8, 10))
     rec = qb.recommend(net, "digits", max_drop=5.0, methods="w8a8:mse", control_method="none",
-                       engines="onnxruntime", batch_sizes=[4], pretrain_epochs=1, min_time_s=0.01, no_store=True)
+                       engines="onnxruntime", batch_sizes=[4], pretrain_epochs=1, min_time_s=0.01, no_store=True,
+                       rounds=1)
     assert {(d["label"], d["engine"]) for d in rec["deployments"]} >= {("fp32", "onnxruntime"),
                                                                       ("w8a8:mse", "onnxruntime")}
     assert rec["answer"][0].startswith("On ")

@@ -113,7 +113,7 @@ def test_every_report_kind_renders_and_opens_with_its_answer(tmp_path, capsys):
     assert main(["sweep", str(sweep), "--store", db, "--no-progress", "--threads", "1", "--json"]) == 0
     reports["sweep"] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert main(["recommend", *common, "--pretrain-epochs", "1", "--methods", "w8a8:mse", "--control-method", "none",
-                 "--engines", "onnxruntime", "--batch-sizes", "4", "--min-time-s", "0.01", "--max-drop", "5",
+                 "--engines", "onnxruntime", "--batch-sizes", "4", "--min-time-s", "0.01", "--max-drop", "5", "--rounds", "1",
                  "--calib-size", "64", "--out", str(tmp_path / "rec")]) == 0
     capsys.readouterr()
     assert main(["debug", *common, "--pretrain-epochs", "1", "--method", "w4a4:minmax", "--calib-size", "64",

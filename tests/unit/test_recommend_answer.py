@@ -38,7 +38,7 @@ def test_the_fastest_eligible_deployment_is_named_with_its_measured_ratio() -> N
     assert "2.00x the fastest FP32 deployment (OpenVINO FP32)" in first
     assert "3.9x smaller" in first and "top-1 -0.1 [-0.4, +0.2] points vs FP32" in first
     assert said["choice"] == {"label": "w8a8:mse", "engine": "openvino", "variant": "int8", "batch": 1,
-                              "speedup_vs_best_fp32": pytest.approx(2.0)}
+                              "speedup_vs_best_fp32": pytest.approx(2.0), "speedup_range": None}
     avoid = " ".join(said["avoid"])
     assert "w4a8:adaround: drops 2.5 points" in avoid  # not eligible: over the limit on validation
     assert "ONNX Runtime INT8 (w8a8:mse) is slower than its own FP32 here: 1.2 vs 0.9 ms" in avoid
@@ -116,3 +116,14 @@ def test_a_speed_up_below_the_run_to_run_variation_is_not_called_one() -> None:
     said = compose_answer(_cands(False), deps, machine="M", batch=1, max_drop=1.0)
     assert "no quantized deployment is measurably faster" in said["answer"][0]
     assert "1.04x is below the 1.05x" in said["answer"][0]
+
+
+def test_rounds_give_the_answer_its_speed_range() -> None:
+    def dep(label: str, engine: str, rounds: tuple[float, ...]) -> Deployment:
+        mid = sorted(rounds)[(len(rounds) - 1) // 2]
+        return Deployment(label, engine, "fp32" if label == "fp32" else "int8", 1, mid, min(rounds) - 0.01,
+                          max(rounds) + 0.01, mid, 0.0, rounds)
+    deps = [dep("fp32", "openvino", (3.0, 3.6, 3.3)), dep("w8a8:mse", "openvino", (1.2, 1.8, 1.4))]
+    said = compose_answer(_cands(False), deps, machine="M", batch=1, max_drop=1.0)
+    assert "(1.67-3.00x across 3 rounds)" in said["answer"][0]
+    assert said["choice"]["speedup_range"] == [pytest.approx(3.0 / 1.8), pytest.approx(3.6 / 1.2)]

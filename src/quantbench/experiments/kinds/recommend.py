@@ -53,6 +53,9 @@ class RecommendExperiment(Timing, AccuracyControl, AdaRoundOptions, Pretraining,
                                       metavar="all|LIST")
     batch_sizes: tuple[int, ...] = option((1, 8), "batch sizes to time; the answer is given at the first",
                                           metavar="B1,B2", ge=1)
+    rounds: int = option(3, "timing rounds, each deployment in a fresh process per round, order alternating; "
+                         "medians' intervals span the rounds (processes minutes apart differ by more than one "
+                         "process's interval)", ge=1)
 
     def check(self) -> None:
         from quantbench.experiments.bench import plan_jobs
@@ -140,7 +143,7 @@ def _candidates(p: Any, cfg: RecommendExperiment, fp32: Any, fp32_val: Any, ctx:
 def _time(p: Any, cfg: RecommendExperiment, cands: list[Any], ctx: Context) -> tuple[list[Any], list[dict[str, str]]]:
     """Every candidate on every engine that deploys it here (FP32 on every engine); rows committed."""
     from quantbench.experiments.bench import BenchSpec, bench_rows, plan_jobs, run_bench
-    from quantbench.experiments.recommend import Deployment
+    from quantbench.experiments.recommend import Deployment, merge_rounds
 
     jobs, _ = plan_jobs(cfg.engines, ())
     fp32_engines = tuple(dict.fromkeys(e for e, v in jobs if v == "fp32"))
@@ -162,27 +165,33 @@ def _time(p: Any, cfg: RecommendExperiment, cands: list[Any], ctx: Context) -> t
     log = ctx.log if ctx.progress else (lambda m: None)
     deployments: list[Any] = []
     skipped: list[dict[str, str]] = []
+    results: dict[str, list[Any]] = {c.label: [] for c in cands}
+    for rnd in range(cfg.rounds):
+        for c in (cands if rnd % 2 == 0 else cands[::-1]):  # alternate: no candidate is always timed first
+            where = f" (round {rnd + 1}/{cfg.rounds})" if cfg.rounds > 1 else ""
+            if c.is_fp32:
+                ctx.log(f"recommend: timing FP32 on {', '.join(fp32_engines)}{where}")
+                res = run_bench(spec, model=model, log=log, peaks=False)
+            else:
+                ctx.log(f"recommend: timing {c.label} on {', '.join(int8_engines)}{where}")
+                cspec = dataclasses.replace(spec, engines=int8_engines, variants=("int8",), reference=False,
+                                            quantized=c.artifact if isolate else None)
+                res = run_bench(cspec, model=model, quantized=None if isolate else c.model, log=log, peaks=False)
+            results[c.label].append(res)
     for c in cands:
-        if c.is_fp32:
-            res = run_bench(spec, model=model, log=log, peaks=False)
-            keep = lambda r: r.metric not in _COST_METRICS  # noqa: E731 - FP32's costs are already stored
-        else:
-            ctx.log(f"recommend: timing {c.label} on {', '.join(int8_engines)}")
-            cspec = dataclasses.replace(spec, engines=int8_engines, variants=("int8",), reference=False,
-                                        quantized=c.artifact if isolate else None)
-            res = run_bench(cspec, model=model, quantized=None if isolate else c.model, log=log, peaks=False)
-            keep = lambda r: r.method == "int8"  # noqa: E731 - FP32 and its costs belong to the FP32 run
-        rows = [dataclasses.replace(r, model=p.key.model, method=c.label if r.method == "int8" else r.method)
-                for r in bench_rows(res, p.key.data) if keep(r)]
-        ctx.commit(rows)
-        skipped += [{**s, "method": c.label} for s in res.skipped]
+        runs = results[c.label]
+        res = dataclasses.replace(runs[0], records=merge_rounds([r.records for r in runs]))
+        # FP32's costs are already stored; a candidate run's FP32 cells belong to the FP32 run
+        keep = (lambda r: r.metric not in _COST_METRICS) if c.is_fp32 else (lambda r: r.method == "int8")
+        ctx.commit([dataclasses.replace(r, model=p.key.model, method=c.label if r.method == "int8" else r.method)
+                    for r in bench_rows(res, p.key.data) if keep(r)])
+        skipped += [{**s, "method": c.label} for s in runs[0].skipped]
         for r in res.records:
             if c.is_fp32 != (r["variant"] == "fp32"):
                 continue
-            lat = r["latency"]
             deployments.append(Deployment(c.label, r["engine"], r["variant"], r["batch"], r["median_ms"],
-                                          lat.get("median_ci_low_ms"), lat.get("median_ci_high_ms"), r["p90_ms"],
-                                          lat.get("other_cpu_share")))
+                                          r["median_ci_low_ms"], r["median_ci_high_ms"], r["p90_ms"],
+                                          r["other_cpu_share"], tuple(r["round_medians_ms"])))
     return deployments, skipped
 
 
