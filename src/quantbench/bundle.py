@@ -34,6 +34,7 @@ from quantbench.config import option
 from quantbench.errors import QuantbenchError
 from quantbench.experiments.options import ModelSource, Normalize
 from quantbench.progress import bar
+from quantbench.splitting.latency import PROFILES
 
 __all__ = ["DEVICE_PROFILES", "FORMATS", "BundleConfig", "build_bundle", "import_results"]
 
@@ -41,12 +42,8 @@ FORMATS = ("onnx", "tflite")
 """Model file formats a bundle can carry: ONNX (onnxruntime) and LiteRT flatbuffers (ai-edge-litert)."""
 
 
-DEVICE_PROFILES = {  # GMAC/s (= GFLOPS / 2) that the latency estimate divides MACs by
-    "raspberry-pi-4b": 9.69 / 2,
-    "raspberry-pi-zero-2w": 5.10 / 2,
-    "nvidia-a100": 19500 / 2,
-}
-"""Published FP32 rates (GFLOPS, FLOPs = 2 x MACs) converted to GMAC/s; pass ``--profile-gmacs`` for others."""
+DEVICE_PROFILES = {name: p.gmacs for name, p in PROFILES.items()}
+"""Published FP32 rates in GMAC/s (GFLOPS / 2; :data:`~quantbench.splitting.latency.PROFILES`)."""
 
 
 @dataclass(frozen=True)
@@ -189,6 +186,7 @@ def build_bundle(model: str, *, checkpoint: str | None = None, hyper: dict[str, 
                 "models": entries}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     shutil.copyfile(Path(__file__).with_name("bundle_runner.py"), out / "run_bundle.py")
+    shutil.copyfile(Path(__file__).with_name("device_gemm.py"), out / "device_gemm.py")  # the runner imports it
     (out / "README.txt").write_text(
         f"quantbench bundle: {model} ({', '.join(e['scheme'] for e in entries if e['format'] == formats[0])}), "
         f"input {'x'.join(map(str, shape))}\n\n"
@@ -355,16 +353,44 @@ def _load_results(path: str | Path) -> dict[str, Any]:
         for k in ("cosine", "top1_agreement"):
             need(c.get(k) is None or _finite(c[k], -1.0, strict=False), f"{key}.{k}", "a finite number")
         need(c.get("engine") is None or _name(c["engine"], 50), f"{key}.engine", "an engine name")
+    if doc.get("ceilings") is not None:
+        doc["ceilings"] = _ceilings(doc["ceilings"], need)
     return doc
+
+
+def _ceilings(c: Any, need: Any) -> dict[str, Any]:
+    """The runner's measured GEMM ceilings (``device_gemm.gemm_ceilings``), validated; only what is stored."""
+    need(isinstance(c, dict), "ceilings", "a mapping")
+    need(c.get("threads") is None or _count(c["threads"], 0, 1 << 16), "ceilings.threads", "a thread count >= 0")
+    need(_name(c.get("runtime"), 100), "ceilings.runtime", "the runtime's name and version")
+    out: dict[str, Any] = {"threads": c.get("threads"), "runtime": c["runtime"]}
+    for prec in ("fp32", "int8"):
+        p = c.get(prec)
+        need(p is None or isinstance(p, dict), f"ceilings.{prec}", "a mapping or null")
+        if p is not None:
+            need(_finite(p.get("gmacs_per_s")), f"ceilings.{prec}.gmacs_per_s", "a finite rate > 0")
+            for k in ("kernel", "op"):
+                need(_name(p.get(k), 100), f"ceilings.{prec}.{k}", "a name")
+        out[prec] = None if p is None else {"gmacs_per_s": float(p["gmacs_per_s"]),
+                                            "gops_per_s": 2.0 * float(p["gmacs_per_s"]), "kernel": p["kernel"],
+                                            "op": p["op"]}
+    need(out["fp32"] is not None or out["int8"] is None, "ceilings.fp32", "a mapping when int8 is given")
+    out["int8_over_fp32"] = out["int8"]["gmacs_per_s"] / out["fp32"]["gmacs_per_s"] if out["int8"] else None
+    out["convention"] = "gmacs_per_s = MACs per second / 1e9; gops_per_s = 2 x gmacs_per_s (FLOP/s for fp32)"
+    return out
 
 
 def import_results(path: str | Path, *, store_path: str, device: str | None = None,
                    profile_gmacs: float | None = None) -> tuple[str, int]:
     """Store a device's results (one run, kind ``device``); returns (run id, rows written).
 
-    Rows: latency (median, p90), throughput, speed-up over the same device's fp32, and - when a
-    device profile rate is known (``profile_gmacs`` or :data:`DEVICE_PROFILES` by name) - the
-    estimated latency ``MACs x batch / rate`` and its error versus the measurement.
+    Rows: latency (median, p90), throughput, speed-up over the same device's fp32, the device's
+    measured GEMM ceilings (``device_gemm_gmacs_per_s`` per precision, where the runner measured them;
+    also kept in the run's config, where the split latency model finds them by device name) and -
+    when a rate is known - the estimated latency ``MACs x batch / rate`` and its error versus the
+    measurement. The rate, in this order: ``profile_gmacs`` (``given``); the device's measured
+    ceiling of the scheme's precision (``measured``: fp32 for ``fp32``, int8 for the quantized schemes);
+    the published profile of that name (``published``). Each estimate row says which in ``profile_source``.
     """
     from quantbench.experiments.records import RowKey
     from quantbench.store import ResultStore
@@ -373,9 +399,17 @@ def import_results(path: str | Path, *, store_path: str, device: str | None = No
     if device is not None and not _name(device, 100):
         raise QuantbenchError(f"import: --device {device!r}: expected a printable name of at most 100 characters")
     name = device or doc["device"]
-    rate = profile_gmacs if profile_gmacs is not None else DEVICE_PROFILES.get(name)
-    if rate is not None and not _finite(rate):
-        raise QuantbenchError(f"import: --profile-gmacs must be > 0, got {rate}")
+    if profile_gmacs is not None and not _finite(profile_gmacs):
+        raise QuantbenchError(f"import: --profile-gmacs must be > 0, got {profile_gmacs}")
+    ceilings = doc.get("ceilings")
+
+    def rate_of(scheme: str) -> tuple[float | None, str | None]:
+        if profile_gmacs is not None:
+            return profile_gmacs, "given"
+        measured = ceilings and (ceilings["int8" if scheme != "fp32" else "fp32"] or ceilings["fp32"])
+        if measured:
+            return measured["gmacs_per_s"], "measured"
+        return DEVICE_PROFILES.get(name), "published"
     model = doc["bundle"]["model"]
     macs = {m["scheme"]: m["macs"] for m in doc["bundle"]["models"]}
     data = "input:" + "x".join(map(str, doc["bundle"]["input_shape"]))
@@ -396,19 +430,29 @@ def import_results(path: str | Path, *, store_path: str, device: str | None = No
         rows.append(key.row("throughput_ips", b / (r["median_ms"] / 1000.0), "img/s", b, **info))
         if (engine, b) in fp32:
             rows.append(key.row("device_speedup_vs_fp32", fp32[(engine, b)] / r["median_ms"], "x", b, device=name))
+        rate, source = rate_of(r["scheme"])
         if rate is not None and r["scheme"] in macs:
             est = macs[r["scheme"]] * b / (rate * 1e9) * 1000.0
             rows.append(key.row("estimated_latency_ms", est, "ms", b, device=name, profile_gmacs=rate,
-                                convention="MACs x batch / profile rate (GMAC/s)"))
+                                profile_source=source, convention="MACs x batch / profile rate (GMAC/s)"))
             rows.append(key.row("estimate_error", est / r["median_ms"] - 1.0, "ratio", b, device=name))
     for c in doc["checks"]:
         rows.append(RowKey(model, data, c["scheme"], f"{engine_of(c)}@{name}").row(
             "output_check", 1.0 if c.get("ok") else 0.0, "bool", device=name, cosine=c.get("cosine"),
             top1_agreement=c.get("top1_agreement")))
+    if ceilings:
+        engine = ceilings["runtime"].split()[0]
+        for prec in ("fp32", "int8"):
+            if ceilings[prec]:
+                rows.append(RowKey(model, data, f"gemm-{prec}", f"{engine}@{name}").row(
+                    "device_gemm_gmacs_per_s", ceilings[prec]["gmacs_per_s"], "GMAC/s", device=name, precision=prec,
+                    source="measured", threads=ceilings["threads"], runtime=ceilings["runtime"],
+                    **{k: ceilings[prec][k] for k in ("gops_per_s", "kernel", "op")}))
     with ResultStore(store_path) as store:
         run_id = store.start_run("device", config={"verb": "import", "source": str(path), "device": name,
                                                    "model": {"name": model}, "data": {"spec": data},
-                                                   "bundle": doc["bundle"], "profile_gmacs": rate},
+                                                   "bundle": doc["bundle"], "profile_gmacs": profile_gmacs,
+                                                   "ceilings": ceilings},
                                  environment={**doc["facts"], "device": name}, name=f"device {name}: {model}")
         store.add_results(run_id, rows)
         store.finish_run(run_id)

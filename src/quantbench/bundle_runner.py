@@ -18,12 +18,16 @@ What it does, in order:
    until both a minimum count and a minimum time are reached; median and p90), with the thread count
    recorded (a ``.tflite`` model has one file per batch size; int8-input models get their input
    quantized before timing, as quantbench's LiteRT engine does);
-4. writes one results JSON with the device's facts (CPU, cores, memory, OS, versions).
+4. measures the device's FP32 and INT8 GEMM ceilings with the runtime it has (``device_gemm.py``, copied
+   beside this file: onnxruntime MatMul/Conv vs MatMulInteger/QLinearConv u8 x s8; numpy matmul for fp32
+   without onnxruntime), ``--ceiling-time`` seconds in all, so ``quantbench import`` can feed the split
+   latency model a measured rate instead of a published one;
+5. writes one results JSON with the device's facts (CPU, cores, memory, OS, versions) and those ceilings.
 
 Usage (on the device, inside the unzipped bundle folder)::
 
     python3 run_bundle.py --device raspberry-pi-4b [--threads 4] [--batch-sizes 1,8] [--formats onnx,tflite]
-                          [--out results.json]
+                          [--ceiling-time 2.5] [--out results.json]
 
 Then, back where quantbench is installed: ``quantbench import results.json``.
 """
@@ -39,6 +43,11 @@ import platform
 import sys
 import time
 from pathlib import Path
+
+try:  # inside the quantbench package
+    from . import device_gemm
+except ImportError:  # run_bundle.py in a bundle folder, device_gemm.py beside it
+    import device_gemm
 
 RESULTS_FORMAT = "quantbench-device-results-v1"
 BUNDLE_FORMAT = "quantbench-bundle-v2"
@@ -299,8 +308,14 @@ def _check(entry: dict, got, want) -> dict:
             "top1_agreement": same_top1, "cosine": cos, "max_abs_diff": float(np.abs(got - want).max())}
 
 
+def ceilings(threads: int | None, budget_s: float) -> dict:
+    """This device's FP32 and INT8 GEMM ceilings (:func:`device_gemm.gemm_ceilings`), timed with :func:`measure`."""
+    return device_gemm.gemm_ceilings(threads, budget_s,
+                                     lambda fn, t: measure(fn, warmup=1, min_iters=3, min_time_s=t))
+
+
 def run(folder: Path, device: str, threads: int | None, batch_sizes: list[int] | None, min_time_s: float,
-        warmup: int, min_iters: int, formats: list[str] | None = None) -> dict:
+        warmup: int, min_iters: int, formats: list[str] | None = None, ceiling_time_s: float = 2.5) -> dict:
     import numpy as np
 
     manifest = load_manifest(folder)
@@ -366,8 +381,9 @@ def run(folder: Path, device: str, threads: int | None, batch_sizes: list[int] |
                        "created": manifest["created"], "manifest_sha256": sha256(folder / "manifest.json"),
                        "models": [{k: m[k] for k in ("scheme", "file", "sha256", "macs", "bytes", "format", "engine")}
                                   for m in manifest["models"]]},
-            "facts": device_facts(litert), "engines": sorted({r["engine"] for r in records}), "checks": checks, "records": records,
-            "skipped": skipped}
+            "facts": device_facts(litert), "engines": sorted({r["engine"] for r in records}), "checks": checks,
+            "records": records, "skipped": skipped,
+            "ceilings": ceilings(threads, ceiling_time_s) if ceiling_time_s > 0 else None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -380,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-time", type=float, default=1.0, help="timed seconds per measurement")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--min-iters", type=int, default=10)
+    p.add_argument("--ceiling-time", type=float, default=2.5,
+                   help="timed seconds for this device's FP32/INT8 GEMM ceilings (0: do not measure them)")
     p.add_argument("--out", default="results.json")
     args = p.parse_args(argv)
     try:
@@ -389,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = run(Path(args.bundle), args.device, args.threads, batches, args.min_time, args.warmup,
-                     args.min_iters, args.formats.split(",") if args.formats else None)
+                     args.min_iters, args.formats.split(",") if args.formats else None, args.ceiling_time)
     except BundleError as exc:
         print(f"run_bundle: error: {exc}", file=sys.stderr)
         return 2
@@ -405,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     for sk in result["skipped"]:
         print(f"skipped {sk['scheme']} ({sk['format']}" + (f", batch {sk['batch']}" if "batch" in sk else "")
               + f"): {sk['reason']}")
+    if result["ceilings"]:
+        print("GEMM ceilings: " + device_gemm.describe(result["ceilings"]))
     print(f"wrote {args.out}" + (f"; OUTPUT CHECK FAILED for {', '.join(bad)}" if bad else "; all output checks passed"))
     return 1 if bad else 0
 

@@ -108,12 +108,56 @@ def test_runner_in_fresh_env_then_import_shows_two_devices(tmp_path, bundle, fre
         assert {r["config"]["device"] for r in runs} == {"edge-venv", "host"}
         est = store.query(metric="estimated_latency_ms")
         host_engines = {r["engine"] for r in store.query(metric="latency_median_ms") if r["extra"]["device"] == "host"}
-    assert est and all(r["engine"] == "onnxruntime@edge-venv" for r in est)
+    # edge-venv: the rate given (--profile-gmacs); host: its own measured GEMM ceilings (the runner measured them)
+    assert {(r["engine"].split("@")[1], r["extra"]["profile_source"]) for r in est} == {
+        ("edge-venv", "given"), ("host", "measured")}
+    assert all(r["extra"]["profile_gmacs"] == 20 for r in est if r["engine"] == "onnxruntime@edge-venv")
+    assert res["ceilings"]["fp32"]["gmacs_per_s"] > 0 and res["ceilings"]["runtime"].startswith("onnxruntime")
     assert host_engines == ({"onnxruntime@host", "litert@host"} if HAS_LITERT else {"onnxruntime@host"})
     html = (tmp_path / "rep" / "report.html").read_text()
     assert "Devices side by side" in html and "edge-venv" in html and "host" in html
     assert "lenet on 2 device(s)" in html
     assert "id='device_latency'" in html and "the gap is the estimate" in html
+
+
+def test_device_ceilings_go_from_the_runner_through_import_to_the_split_latency_model(tmp_path, bundle, capsys):
+    """run_bundle.py measures the device's FP32/INT8 GEMM ceilings; import stores them; split --edge NAME uses them."""
+    from quantbench.splitting.latency import parse_profile
+
+    assert "import quantbench" not in (bundle / "device_gemm.py").read_text()  # copied beside the runner
+    r = _run(Path(sys.executable), bundle, "my-board", tmp_path / "r.json", "--ceiling-time", "0.05", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert "GEMM ceilings: fp32" in r.stdout and "int8/fp32" in r.stdout
+    c = json.loads((tmp_path / "r.json").read_text())["ceilings"]
+    assert c["threads"] == 1 and c["fp32"]["gmacs_per_s"] > 0 and c["int8"]["gmacs_per_s"] > 0
+    assert {k["precision"] for k in c["kernels"]} == {"fp32", "int8"} and "2 x gmacs_per_s" in c["convention"]
+    db = tmp_path / "d.db"
+    assert main(["import", str(tmp_path / "r.json"), "--store", str(db), "--out", str(tmp_path / "rep")]) == 0
+    with ResultStore(db) as store:
+        peaks = {r["extra"]["precision"]: r for r in store.query(metric="device_gemm_gmacs_per_s")}
+        est = store.query(metric="estimated_latency_ms")
+    assert {p: row["value"] for p, row in peaks.items()} == pytest.approx(
+        {p: c[p]["gmacs_per_s"] for p in ("fp32", "int8")})
+    assert all(row["engine"] == "onnxruntime@my-board" and row["extra"]["source"] == "measured" for row in peaks.values())
+    # each scheme's estimate divides by the ceiling of its precision, labelled "measured"
+    assert {(e["method"] == "fp32", e["extra"]["profile_gmacs"], e["extra"]["profile_source"]) for e in est} == {
+        (True, c["fp32"]["gmacs_per_s"], "measured"), (False, c["int8"]["gmacs_per_s"], "measured")}
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "GEMM ceilings (measured on each device)" in html and " GMAC/s (measured)</td>" in html
+    edge = parse_profile("my-board", db)
+    assert (edge.source, edge.gflops) == ("measured", pytest.approx(2 * c["fp32"]["gmacs_per_s"]))
+    assert parse_profile("raspberry-pi-4b", db).source == "published" and parse_profile("x=3", db).source == "given"
+    syn = "synthetic:n=60,shape=3x32x32,classes=10,seed=0"
+    split = ["split", "--model", "resnet20", "--data", syn, "--calib-size", "20", "--splits", "1", "--qbins", "4",
+             "--companding", "none", "--store", str(db), "--out", str(tmp_path / "s"), "--no-progress"]
+    assert main([*split, "--edge", "my-board"]) == 0
+    assert "latency model: edge my-board (measured" in capsys.readouterr().out
+    with ResultStore(db) as store:
+        lat = store.query(metric="split.latency_s")
+    assert lat and {(r["extra"]["edge_source"], r["extra"]["cloud_source"]) for r in lat} == {("measured", "published")}
+    assert main([*split, "--edge", "other-board"]) == 2  # neither imported nor published: one line naming both kinds
+    err = capsys.readouterr().err.strip()
+    assert "device profile 'other-board'" in err and "my-board" in err and len(err.splitlines()) == 1
 
 
 @needs_litert

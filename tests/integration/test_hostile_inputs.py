@@ -67,6 +67,9 @@ BAD_RESULTS = [
     ({"checks": [{"scheme": "fp32", "ok": "yes"}]}, "checks[0].ok"),
     ({"checks": [{"scheme": "fp32", "ok": True, "cosine": float("nan")}]}, "cosine"),
     ({"facts": []}, "facts: expected a mapping"),
+    ({"ceilings": []}, "ceilings: expected a mapping"),
+    ({"ceilings": {"runtime": "onnxruntime 1", "fp32": {"gmacs_per_s": float("inf"), "kernel": "k", "op": "o"}}},
+     "ceilings.fp32.gmacs_per_s"),
 ]
 
 

@@ -105,3 +105,28 @@ def test_anonymization_probe_recovers_more_from_early_features():
     early = anonymization(model, 0, x[:200], x[200:], max_dims=512)
     late = anonymization(model, 9, x[:200], x[200:], max_dims=512)
     assert early["psnr_db"] > late["psnr_db"] and early["feature_dims"] <= 512
+
+
+def test_profiles_say_where_their_rate_comes_from_and_a_measured_device_is_found_in_the_store(tmp_path):
+    from quantbench.splitting.latency import measured_profiles
+    from quantbench.store import ResultStore
+
+    assert {p.source for p in PROFILES.values()} == {"published"}
+    assert parse_profile("raspberry-pi-4b").label == "raspberry-pi-4b (published, 9.69 GFLOPS)"
+    assert measured_profiles(tmp_path / "none.db") == {} and not (tmp_path / "none.db").exists()
+    db = tmp_path / "s.db"
+    ceilings = {"fp32": {"gmacs_per_s": 6.0, "kernel": "gemm 49x4608x512", "op": "onnxruntime MatMul"},
+                "int8": {"gmacs_per_s": 15.0, "kernel": "gemm 49x4608x512", "op": "onnxruntime MatMulInteger u8s8"},
+                "threads": 4, "runtime": "onnxruntime 1.20.1"}
+    with ResultStore(db) as store:
+        for rate in (5.0, 6.0):  # two imports of the same device: the later one wins
+            run = store.start_run("device", config={"device": "raspberry-pi-4b", "ceilings": {
+                **ceilings, "fp32": {**ceilings["fp32"], "gmacs_per_s": rate}}}, environment={})
+            store.finish_run(run)
+    pi = parse_profile("raspberry-pi-4b", db)  # measured on the device beats the study's figure of that name
+    assert (pi.source, pi.gflops, pi.int8_gops) == ("measured", 12.0, 30.0)
+    assert "onnxruntime MatMul gemm 49x4608x512, onnxruntime 1.20.1, 4 threads" in pi.detail
+    assert parse_profile("nvidia-a100", db).source == "published"
+    with pytest.raises(QuantbenchError, match=r"measured in .*s\.db: raspberry-pi-4b") as e:
+        parse_profile("toaster", db)
+    assert "\n" not in str(e.value)

@@ -28,7 +28,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from quantbench.errors import QuantbenchError
@@ -85,31 +84,9 @@ def _torch_gemm(dtype: torch.dtype, n: int) -> Any:
 
 def _ort_gemm(n: int, threads: int, precision: str) -> Any:
     """ONNX Runtime's MLAS GEMM (what its conv kernels use): MatMul fp32 or MatMulInteger u8 x s8."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
+    from quantbench.device_gemm import gemm_model, ort_runner
 
-    rng = np.random.default_rng(0)
-    if precision == "int8":
-        weight = numpy_helper.from_array(rng.integers(-128, 128, (n, n), dtype=np.int8), "B")
-        node, a_type, y_type = "MatMulInteger", TensorProto.UINT8, TensorProto.INT32
-        a = rng.integers(0, 256, (n, n), dtype=np.uint8)
-    else:
-        weight = numpy_helper.from_array(rng.standard_normal((n, n), dtype=np.float32), "B")
-        node, a_type, y_type = "MatMul", TensorProto.FLOAT, TensorProto.FLOAT
-        a = rng.standard_normal((n, n), dtype=np.float32)
-    graph = helper.make_graph(
-        [helper.make_node(node, ["A", "B"], ["Y"])], "peak",
-        [helper.make_tensor_value_info("A", a_type, [n, n])],
-        [helper.make_tensor_value_info("Y", y_type, [n, n])], [weight],
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    feed = {"A": a}
-    return lambda: sess.run(None, feed)
+    return ort_runner(*gemm_model(n, n, n, precision), threads)
 
 
 def machine_peaks(threads: int | None = None, *, size: int = 1024, min_time_s: float = 0.5) -> dict[str, Peak]:

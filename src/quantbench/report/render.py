@@ -20,6 +20,7 @@ from quantbench.report.tables import (
     bench_records,
     bench_table,
     busy_machine_lines,
+    device_ceiling_table,
     device_table,
     latency_table,
     peaks_table,
@@ -123,6 +124,9 @@ def _sections(run: dict[str, Any], rows: list[dict[str, Any]], lead: Sequence[Se
     dt = device_table(rows)
     if dt[1]:
         out.append(("Devices side by side", dt))
+    ct = device_ceiling_table(rows)
+    if ct[1]:
+        out.append(("Devices' GEMM ceilings (measured on each device)", ct))
     st = sensitivity_table(rows)
     if st[1]:
         out.append(("Per-layer sensitivity", st))

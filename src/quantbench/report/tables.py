@@ -360,7 +360,7 @@ def device_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
         engine = str(r["engine"]).rsplit("@", 1)[0]  # stored as ENGINE@DEVICE
         cells[(r["model"], dev, engine, r["method"], r["batch"])][r["metric"]] = r
     header = ["model", "device", "engine", "scheme", "batch", "median ms", "p90 ms", "x device fp32", "estimated ms",
-              "estimate error"]
+              "estimate error", "estimate's rate"]
     body = []
     for (model, dev, engine, scheme, b), m in sorted(cells.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
         if "latency_median_ms" not in m:
@@ -372,8 +372,26 @@ def device_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
         body.append([model, str(dev), engine, scheme, str(b), v("latency_median_ms", "{:.3f}"),
                      v("latency_p90_ms", "{:.3f}"),
                      v("device_speedup_vs_fp32", "{:.2f}"), v("estimated_latency_ms", "{:.3f}"),
-                     v("estimate_error", "{:+.0%}")])
+                     v("estimate_error", "{:+.0%}"), _rate(m.get("estimated_latency_ms"))])
     return header, body
+
+
+def _rate(est: Row | None) -> str:
+    """``41 GMAC/s (measured)``: the rate an estimate divided by and where it came from (measured/published/given)."""
+    if est is None or not isinstance(est["extra"].get("profile_gmacs"), (int, float)):
+        return "–"
+    source = est["extra"].get("profile_source")
+    return f"{est['extra']['profile_gmacs']:.3g} GMAC/s" + (f" ({source})" if source else "")
+
+
+def device_ceiling_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
+    """Imported devices' GEMM ceilings, measured there by run_bundle.py (what split --edge NAME uses)."""
+    body = [[str(r["extra"].get("device")), str(r["extra"].get("precision")), f"{r['value']:.1f}",
+             f"{2 * r['value']:.1f}", f"{r['extra'].get('op')} {r['extra'].get('kernel')}",
+             str(r["extra"].get("runtime")), str(r["extra"].get("threads") or "default"), "measured"]
+            for r in rows if r["metric"] == "device_gemm_gmacs_per_s"]
+    return ["device", "precision", "GMAC/s", "GOP/s (2 x MACs)", "fastest kernel", "runtime", "threads",
+            "source"], sorted(body)
 
 
 def split_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:

@@ -44,8 +44,9 @@ class SplitExperiment(Calibration, TrainingData, DataOptions):
     bn_stats: str = option("frozen", "BatchNorm running statistics while fine-tuning: kept or re-estimated",
                            choices=("frozen", "update"))
     lr: float = option(1e-4, "fine-tuning learning rate", gt=0)
-    edge: str = option("raspberry-pi-4b", "edge device profile (or NAME=GFLOPS)")
-    cloud: str = option("nvidia-a100", "cloud device profile (or NAME=GFLOPS)")
+    edge: str = option("raspberry-pi-4b", "edge device: a published profile, a device imported into --store (its "
+                       "measured ceiling), or NAME=GFLOPS")
+    cloud: str = option("nvidia-a100", "cloud device: a published profile, an imported device, or NAME=GFLOPS")
     bandwidths: tuple[float, ...] = option((1.0, 10.0, 100.0), "link bandwidths in Mbit/s for the latency model",
                                            metavar="MBPS", gt=0)
 
@@ -56,8 +57,8 @@ class SplitExperiment(Calibration, TrainingData, DataOptions):
         if self.codec not in available_codecs():
             why = "not installed here" if self.codec in CODECS else "unknown"
             raise QuantbenchError(f"config: codec {self.codec!r} {why}; available: {', '.join(available_codecs())}")
-        parse_profile(self.edge)
-        parse_profile(self.cloud)
+        parse_profile(self.edge, self.store)
+        parse_profile(self.cloud, self.store)
 
 
 def default_splits(n_points: int) -> tuple[int, ...]:
@@ -96,7 +97,9 @@ def _run(cfg: SplitExperiment, ctx: Context, p: Any, splits: list[int], points: 
     from quantbench.splitting.features import FeatureQuantizer
     from quantbench.splitting.latency import best_split, estimate_latency, parse_profile
 
-    edge, cloud = parse_profile(cfg.edge), parse_profile(cfg.cloud)
+    edge, cloud = parse_profile(cfg.edge, cfg.store), parse_profile(cfg.cloud, cfg.store)
+    devices = {"edge": edge.name, "cloud": cloud.name, "edge_source": edge.source, "cloud_source": cloud.source,
+               "edge_gflops": edge.gflops, "cloud_gflops": cloud.gflops}
     test_xy, calib_xy = p.test.tensors(), p.calib.tensors()
     train_xy = p.train.tensors() if p.train is not None else None
     models: dict[tuple[int, int, str], dict[str, Any]] = {}
@@ -133,14 +136,13 @@ def _run(cfg: SplitExperiment, ctx: Context, p: Any, splits: list[int], points: 
                              ("order0_entropy_bpp", "bits/pixel"), ("edge_macs", "MACs"), ("cloud_macs", "MACs")):
             rows.append(k.row(f"split.{metric}", r[metric], unit, **info))
         for bw, t in est.items():
-            rows.append(k.row("split.latency_s", t, "s", **info, bandwidth_mbps=float(bw), edge=edge.name,
-                              cloud=cloud.name))
+            rows.append(k.row("split.latency_s", t, "s", **info, bandwidth_mbps=float(bw), **devices))
     plans = best_split([{**points[s], "split": s,
                          "coded_bytes": min(r["total_bits"] for r in recs if r["split"] == s) / 8 / recs[0]["n_images"]}
                         for s in splits], list(cfg.bandwidths), edge, cloud)
     for plan in plans:
         rows.append(key.row("split.best", plan["best"]["split"], "block", bandwidth_mbps=plan["bandwidth_mbps"],
-                            latency_s=plan["best"]["total_s"], edge=edge.name, cloud=cloud.name))
+                            latency_s=plan["best"]["total_s"], **devices))
     # anonymization: how much of the input a linear decoder recovers, and what the features look like
     fq_view = FeatureQuantizer(min(cfg.qbins), companding=cfg.companding[0])
     for s in splits:
@@ -158,7 +160,7 @@ def _run(cfg: SplitExperiment, ctx: Context, p: Any, splits: list[int], points: 
     ctx.commit(rows)
     return {"model": p.loaded.label, "data": cfg.data, "split": p.split, "n_images": len(test_xy[1]),
             "codec": cfg.codec, "range": cfg.range, "records": recs, "points": points,
-            "fp32_top1": recs[0]["fp32_top1"] if recs else None}
+            "fp32_top1": recs[0]["fp32_top1"] if recs else None, "edge": edge.as_dict(), "cloud": cloud.as_dict()}
 
 
 register_kind("split", SplitExperiment, split_model_experiment,

@@ -148,7 +148,9 @@ def device_latency(rows: Sequence[Row]) -> Figure | None:
         elif r["metric"] == "estimated_latency_ms":  # schemes with equal MACs share one estimate line
             est[dev][r["batch"]].add(round(r["value"], 9))
             rate = r["extra"].get("profile_gmacs")
-            rates[dev].add(f"{rate:g} GMAC/s" if isinstance(rate, (int, float)) else "device profile")
+            source = r["extra"].get("profile_source")  # given, measured (the device's GEMM ceiling) or published
+            rates[dev].add((f"{rate:.3g} GMAC/s" if isinstance(rate, (int, float)) else "device profile")
+                           + (f" ({source})" if source else ""))
         elif r["metric"] == "device_speedup_vs_fp32" and r["method"] != "fp32":
             speed[(dev, engine, r["method"])].append((r["batch"], r["value"]))
     if not meas:

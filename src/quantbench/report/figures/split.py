@@ -186,11 +186,19 @@ def split_latency(rows: Sequence[Row]) -> Figure | None:
         ax.plot([a for a, _ in p], [1000 * b for _, b in p], marker="o", label=f"split {s}")
     e = pts[0]["extra"]
     ax.set(xscale="log", yscale="log", xlabel="bandwidth (Mbit/s)", ylabel="estimated latency (ms)",
-           title=f"edge {e.get('edge')} + link + cloud {e.get('cloud')}")
+           title=f"edge {_device(e, 'edge')} + link + cloud {_device(e, 'cloud')}")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     return Figure("split_latency", _png(fig),
                   "Estimated latency of one image: edge MACs x 2 / edge GFLOPS + coded bits / bandwidth + cloud MACs "
-                  "x 2 / cloud GFLOPS (FLOPs = 2 x MACs; device profiles), for the smallest coded variant of each "
-                  "split. The lowest line at a bandwidth is the best split there.")
+                  "x 2 / cloud GFLOPS (FLOPs = 2 x MACs; device profiles: 'published' = a study's figure, "
+                  "'measured' = the GEMM ceiling run_bundle.py measured on the device), for the smallest coded variant "
+                  "of each split. The lowest line at a bandwidth is the best split there.")
 
+
+def _device(extra: dict, side: str) -> str:
+    """``raspberry-pi-4b (measured)``: the device and where its rate comes from (older rows: the name only)."""
+    source, rate = extra.get(f"{side}_source"), extra.get(f"{side}_gflops")
+    if not source:
+        return str(extra.get(side))
+    return f"{extra.get(side)} ({source}" + (f", {rate:.3g} GFLOPS)" if isinstance(rate, (int, float)) else ")")
