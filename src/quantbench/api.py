@@ -109,7 +109,9 @@ def quantize(model: nn.Module, method: Any = "w8a8", calib_data: Any = None, *, 
             :class:`~quantbench.quant.ptq.PTQConfig`, :class:`~quantbench.quant.qat.QATConfig` (then
             ``train_data`` - default ``calib_data`` - is fine-tuned on), or :class:`MixedPrecision`.
         calib_data: Calibration images (spec, tensor, pair or DataLoader); ``calib_size`` of them are used.
-        **options: PTQConfig fields for a string method (``per_channel=False``, ``first_last="int8"``...).
+        **options: PTQConfig fields for a string method (``per_channel=False``, ``first_last="int8"``...);
+            ``weight_range`` is ``"auto"`` by default, as on the command line (7-bit codes for 8-bit
+            weights where this CPU's int8 kernels saturate), or ``"full"``/``"reduced"``.
 
     Example:
         >>> import torch, quantbench as qb
@@ -118,12 +120,13 @@ def quantize(model: nn.Module, method: Any = "w8a8", calib_data: Any = None, *, 
         >>> qm.plan.scheme, tuple(qm(torch.zeros(2, 1, 8, 8)).shape)
         ('w4a8', (2, 3))
     """
-    from quantbench.quant.ptq import PTQConfig, parse_method, quantize_ptq
+    from quantbench.quant.ptq import PTQConfig, parse_method, quantize_ptq, resolve_weight_range
     from quantbench.quant.qat import QATConfig
 
     calib = _images(calib_data, calib_size) if calib_data is not None else None
     if isinstance(method, str):
-        method = parse_method(method, calib_size=calib_size, **options)
+        choice = options.pop("weight_range", "auto")
+        method = resolve_weight_range(parse_method(method, calib_size=calib_size, **options), choice)[0]
     elif options:
         raise QuantbenchError(f"quantize: options {', '.join(options)} apply to a method string only")
     if isinstance(method, PTQConfig):
@@ -148,7 +151,9 @@ def quantize(model: nn.Module, method: Any = "w8a8", calib_data: Any = None, *, 
         search = search_mixed(model, calib, bits=method.bits, act_bits=method.act_bits, metric=method.metric,
                               observer=cfg.algorithm().weight_observer, n_images=min(len(calib), 512),
                               input_shape=tuple(calib.input_shape), **budget)
-        qm = quantize_ptq(model, cfg, calib, plan=search.plan)
+        from quantbench.quant.save import round_for_file
+
+        qm = round_for_file(quantize_ptq(model, cfg, calib, plan=search.plan))  # the lean file's values
     else:
         raise QuantbenchError(f"quantize: method must be a string, PTQConfig, QATConfig or MixedPrecision, got "
                               f"{type(method).__name__}")

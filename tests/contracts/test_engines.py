@@ -70,6 +70,16 @@ class Setup:
 
 @pytest.fixture(scope="module")
 def setup() -> Setup:
+    return _setup("full")
+
+
+@pytest.fixture(scope="module")
+def setup_reduced() -> Setup:
+    """The same network with ``--weight-range reduced``: 8-bit weights on the 7-bit grid (-64..63)."""
+    return _setup("reduced")
+
+
+def _setup(weight_range: str) -> Setup:
     torch.manual_seed(0)
     x, y = open_dataset(f"synthetic:n={N_EVAL + 300},shape=3x16x16,classes=10,seed=0").tensors()
     model = TinyResNet()
@@ -82,7 +92,7 @@ def setup() -> Setup:
         loss.backward()
         opt.step()
     model.eval()
-    qm = quantize_ptq(model, PTQConfig("w8a8", "mse", calib_size=128), x[:128])
+    qm = quantize_ptq(model, PTQConfig("w8a8", "mse", calib_size=128, weight_range=weight_range), x[:128])
     xe, ye = x[300:], y[300:]
     with torch.no_grad():
         fp32, sim = model(xe).numpy(), qm(xe).numpy()
@@ -127,6 +137,25 @@ def test_engine_parity(setup: Setup, engine: str, variant: str, tmp_path) -> Non
         assert _cosine(out, setup.fp32) >= 0.98
     else:
         pytest.fail(f"no parity rule for variant {variant!r}")
+
+
+INT8_CASES = [(e, v) for e, v in CASES if v == "int8"]
+
+
+@pytest.mark.parametrize(("engine", "variant"), INT8_CASES)
+def test_engine_parity_reduced_weight_range(setup_reduced: Setup, engine: str, variant: str, tmp_path) -> None:
+    """7-bit weight codes deploy exactly as simulated on every engine (the grid x86 CPUs without VNNI get)."""
+    setup = setup_reduced
+    codes = [fq.spec for _, fq in setup.dep.quantized.weight_quantizers()]
+    assert codes and all(s.bits == 7 and s.qmin == -64 and s.qmax == 63 for s in codes)
+    sess = _session(setup, engine, variant, tmp_path)
+    out = sess.run(setup.x)
+    assert _cosine(out, setup.sim) >= 0.99
+    assert (out.argmax(1) == setup.sim.argmax(1)).mean() >= 0.99
+    top1 = evaluate_session(sess, (setup.x, setup.y), batch_size=256).top1
+    assert abs(top1 - setup.sim_top1) <= 0.2 + 1e-9, (top1, setup.sim_top1)
+    if engine == "onnxruntime":  # codes that cannot saturate are stored as s8, the fast kernels' format
+        assert sess.info["weight_type"] == "int8"
 
 
 @pytest.mark.parametrize(("engine", "variant"), CASES)

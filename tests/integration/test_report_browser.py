@@ -131,3 +131,5 @@ def test_every_report_kind_renders_and_opens_with_its_answer(tmp_path, capsys):
     for text in (html, md):
         assert "<script>" not in text and "<img src=x" not in text and "&lt;script&gt;" in text
     assert "Sweep: FP32 reference" in pages["sweep"][0].read_text()
+    rec_md = pages["recommend"][0].with_name("report.md").read_text()
+    assert rec_md.index("Pareto front") < rec_md.index("Results: FP32 vs quantized")  # right under the answer

@@ -121,3 +121,11 @@ def test_docstring_examples_hold() -> None:
     for module in (data_pkg, dataset, digits, spec, splits, synthetic, transforms):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0, module.__name__
+
+
+def test_a_bare_folder_is_an_image_folder_and_a_missing_one_is_named(tmp_path):
+    from quantbench.data.spec import parse_spec
+
+    assert parse_spec(str(tmp_path)) == ("imagefolder", str(tmp_path))
+    with pytest.raises(QuantbenchError, match=r"data set folder '.*/nope' does not exist"):
+        parse_spec(str(tmp_path / "nope"))

@@ -160,3 +160,15 @@ def test_bench_answer_claims_no_speed_up_within_the_timing_noise(tmp_path):
                                 *lat("onnxruntime", "int8", 0.40, 0.36, 0.45)], kind="bench")
     (one,) = answer_lines({"kind": "bench"}, rows)
     assert "within the timing noise of the fastest FP32" in one and "no measurable speed-up" in one
+
+
+def test_the_table_an_answer_was_read_from_comes_right_under_it(tmp_path):
+    table = {"title": "Every deployment measured (* = on the Pareto front)", "header": ["", "method", "ms"],
+             "rows": [["*", "w8a8:mse", "1.2"], ["", "fp32", "<b>3</b>"]]}
+    run_id, _ = _store(tmp_path, [Result("net", "d", "fp32", "torch", "top1", 90.0, "%", None, {}),
+                                  Result("net", "d", "recommend", "", "answer", None, "text", None,
+                                         {"lines": ["Use w8a8:mse."], "table": table})], kind="recommend")
+    html_path, md_path = write_report(tmp_path / "a.db", run_id, tmp_path / "rep")
+    md, html = md_path.read_text(), html_path.read_text()
+    assert md.index("Use w8a8:mse.") < md.index("Pareto front") < md.index("Results: FP32 vs quantized")
+    assert "&lt;b&gt;3&lt;/b&gt;" in html and "<b>3</b>" not in html  # cells are text, escaped

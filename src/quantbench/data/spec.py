@@ -95,7 +95,7 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     """Split ``KIND[:PATH]`` and check the kind exists and the path is present if needed.
 
     Only the first ``:`` separates, so paths may contain colons. An empty path
-    (``"mnist:"``) counts as missing.
+    (``"mnist:"``) counts as missing. A bare existing folder is an ``imagefolder``.
 
     Args:
         spec: The data set spec string.
@@ -117,6 +117,11 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     kind, sep, path = spec.strip().partition(":")
     kind = kind.strip()
     path = path.strip() or None
+    if kind not in DATASETS and Path(spec.strip()).expanduser().is_dir():
+        return "imagefolder", spec.strip()  # a bare folder of class sub-folders, as a user would pass it
+    if kind not in DATASETS and ("/" in spec or "\\" in spec):
+        raise QuantbenchError(f"data set folder {spec.strip()!r} does not exist; expected a folder of class "
+                              f"sub-folders of images, or KIND[:PATH] with KIND one of: {', '.join(DATASETS.names())}")
     if kind not in DATASETS:
         raise QuantbenchError(f"unknown data set kind {kind!r} in spec {spec!r}; expected one of: "
                               f"{', '.join(DATASETS.names())}")

@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import importlib.util
+import os
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -189,16 +190,54 @@ class Engine(ABC):
 # ----------------------------------------------------------------------------- helpers
 
 
+CPUINFO_ENV = "QUANTBENCH_CPUINFO"
+
+
 def cpu_flags() -> set[str]:
-    """CPU feature flags from /proc/cpuinfo (empty where unavailable, e.g. not Linux)."""
+    """CPU feature flags from /proc/cpuinfo (empty where unavailable, e.g. not Linux).
+
+    ``QUANTBENCH_CPUINFO=FILE`` reads another machine's cpuinfo instead, to see what quantbench
+    would choose there (e.g. ``--weight-range auto`` for an AVX2-only server) - and to test it.
+    """
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+        with open(os.environ.get(CPUINFO_ENV) or "/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
                 if line.startswith("flags"):
                     return set(line.split(":", 1)[1].split())
     except OSError:
         pass
     return set()
+
+
+SATURATION_SAFE_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def int8_saturates(flags: set[str] | None = None, machine: str | None = None) -> tuple[bool, str]:
+    """Whether this CPU's u8 x s8 integer kernels can saturate with full-range 8-bit weights, and why.
+
+    x86 CPUs without VNNI (``avx512_vnni``, ``avx_vnni``) or AMX multiply u8 activations by s8
+    weights with ``vpmaddubsw``, which adds two products in int16: ``2 x 255 x 128`` overflows it.
+    ONNX Runtime, OpenVINO (oneDNN) and PyTorch's fbgemm all use it there. Arm and VNNI/AMX x86
+    accumulate in int32 and do not saturate. ``flags``/``machine`` default to this machine's.
+
+    Example:
+        >>> int8_saturates({"avx2", "fma"}, "x86_64")[0]
+        True
+        >>> int8_saturates({"avx2", "avx512_vnni"}, "x86_64")[0]
+        False
+    """
+    import platform
+
+    machine = (machine or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "i386", "i686"):
+        return False, f"{machine} CPU: integer kernels accumulate in int32 (no vpmaddubsw)"
+    flags = cpu_flags() if flags is None else flags
+    if not flags:
+        return False, "cannot read CPU flags; assuming VNNI-class int8 kernels"
+    found = sorted(flags & SATURATION_SAFE_FLAGS)
+    if found:
+        return False, f"x86 CPU with {'/'.join(found)}: u8 x s8 products accumulate in int32"
+    return True, "x86 CPU without VNNI/AMX: u8 x s8 kernels (vpmaddubsw) saturate in int16"
 
 
 def cpu_has_bf16() -> tuple[bool, str]:

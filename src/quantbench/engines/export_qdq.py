@@ -75,23 +75,21 @@ METADATA_PREFIX = "quantbench."
 _EXPORT_BATCH = 2
 
 
-def ort_weight_type() -> str:
+def ort_weight_type(qm: QuantizedModel | None = None) -> str:
     """``"uint8"`` where ONNX Runtime's u8 x s8 integer kernels can saturate on this CPU, else ``"int8"``.
 
     Why: without VNNI (``avx512_vnni``, ``avx_vnni``) or AMX, ONNX Runtime's x86 u8 x s8 GEMM uses
     ``vpmaddubsw``, which adds two u8 x s8 products in int16 and saturates. Measured on an AVX2-only
     AMD EPYC with ONNX Runtime 1.32: logits 0.16 off (of 0.48) on a 3-layer test network, while the
     same values as u8 weights (zero point 128) were exact. Elsewhere (VNNI, AMX, Arm) s8 weights are
-    exact and the fastest format.
+    exact and the fastest format - and so they are for ``qm`` when every weight code lies in
+    -64..63 (``--weight-range reduced``): ``2 x 255 x 64`` fits in int16.
     """
-    import platform
+    from quantbench.engines.base import int8_saturates
 
-    from quantbench.engines.base import cpu_flags
-
-    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+    if not int8_saturates()[0]:
         return "int8"
-    flags = cpu_flags()
-    if not flags or flags & {"avx512_vnni", "avx_vnni", "amx_int8"}:
+    if qm is not None and all(fq.spec.qmin >= -64 and fq.spec.qmax <= 63 for _, fq in qm.weight_quantizers()):
         return "int8"
     return "uint8"
 

@@ -165,7 +165,7 @@ class OnnxRuntimeEngine(Engine):
     def load(self, model: Deployable, variant: str, *, threads: int | None, workdir: Path) -> Session:
         from quantbench.engines.export_qdq import ort_weight_type
 
-        weight_type = ort_weight_type()
+        weight_type = ort_weight_type(model.quantized if variant == "int8" else None)
         path = build_onnx(model, variant, workdir, weight_type=weight_type)
         session = OrtSession(path, model.input_shape, threads, variant)
         if variant == "int8":

@@ -19,7 +19,7 @@ from typing import Any
 from quantbench.config import option
 from quantbench.models.sources import SOURCE_FORMS
 
-__all__ = ["AccuracyControl", "BaseOptions", "Calibration", "ModelSource", "Normalize", "DataOptions", "Fitting", "ModelOptions", "Pretraining", "Timing",
+__all__ = ["AccuracyControl", "WeightRange", "BaseOptions", "Calibration", "ModelSource", "Normalize", "DataOptions", "Fitting", "ModelOptions", "Pretraining", "Timing",
            "TrainingData"]
 
 DEFAULT_STORE = "runs/quantbench.db"
@@ -148,3 +148,27 @@ class AccuracyControl:
                                  "recommendations); never evaluated", gt=0, le=0.8)
     max_float_layers: int | None = option(None, "return at most N layers to float (default: as many as needed)",
                                           ge=1, metavar="N")
+
+
+@dataclass(frozen=True)
+class WeightRange:
+    """Which grid 8-bit weights use: the engines' fast u8 x s8 kernels saturate on x86 CPUs without VNNI."""
+
+    weight_range: str = option("auto", "8-bit weight grid: auto (7-bit codes -64..63 where this CPU's int8 kernels "
+                               "saturate: x86 without VNNI/AMX; the full grid elsewhere), full, reduced",
+                               choices=("auto", "full", "reduced"))
+
+    def with_weight_range(self, ptq: Any) -> Any:
+        """``ptq`` (a PTQConfig) with this option applied (its label says ``reduced`` when taken)."""
+        from quantbench.quant.ptq import resolve_weight_range
+
+        return resolve_weight_range(ptq, self.weight_range)[0]
+
+    def weight_range_note(self, method: str) -> str | None:
+        """The line a run logs and records about ``method``'s weight grid; None where the grid cannot matter."""
+        from quantbench.quant.ptq import parse_method, resolve_weight_range
+
+        ptq = parse_method(method)
+        if not ptq.plan().can_saturate:
+            return None
+        return f"weight range {resolve_weight_range(ptq, self.weight_range)[1]}"

@@ -36,6 +36,7 @@ from torch import nn
 from quantbench.errors import QuantbenchError
 from quantbench.quant.fake import FakeQuant
 from quantbench.quant.fold import fold_batchnorm
+from quantbench.quant.observers import NonFiniteError
 from quantbench.quant.spec import LayerSpec, QuantPlan, QuantSpec
 
 
@@ -280,6 +281,33 @@ def count_images(data: Any, n_images: int | None) -> int | None:
     return n if n_images is None else min(n, n_images)
 
 
+def _name_non_finite_site(qm: QuantizedModel, static: list[tuple[str, Any]], xb: torch.Tensor) -> None:
+    """Run ``xb`` again with a finiteness check in front of every quantizer; raise naming the first site
+    whose input holds NaN/Inf (the observers found one but do not know where they sit)."""
+    def check(name: str):
+        def hook(_mod: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            if not torch.isfinite(args[0]).all():
+                site = qm.act_sites[name]["value"]
+                raise QuantbenchError(
+                    f"calibration: non-finite activations (NaN/Inf) at {site!r} (quantizer {name})"
+                )
+
+        return hook
+
+    modes = [(fq, fq.mode) for _, fq in static]
+    hooks = [fq.register_forward_pre_hook(check(name)) for name, fq in static]
+    try:
+        for fq, _ in modes:
+            fq.mode = "off"  # observers keep what they saw before the bad batch
+        with torch.no_grad():
+            qm(xb)
+    finally:
+        for h in hooks:
+            h.remove()
+        for fq, mode in modes:
+            fq.mode = mode
+
+
 def calibrate(
     qm: QuantizedModel, data: Any, *, n_images: int | None = None, batch_size: int = 64, progress: bool = False
 ) -> QuantizedModel:
@@ -295,20 +323,6 @@ def calibrate(
     for _, fq in static:
         fq.observer.reset()  # re-calibration (e.g. after AdaRound changed the weights) starts afresh
         fq.mode = "observe"
-    hooks = []
-
-    def check(name: str):
-        def hook(_mod: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            if not torch.isfinite(args[0]).all():
-                site = qm.act_sites[name]["value"]
-                raise QuantbenchError(
-                    f"calibration: non-finite activations (NaN/Inf) at {site!r} (quantizer {name})"
-                )
-
-        return hook
-
-    for name, fq in static:
-        hooks.append(fq.register_forward_pre_hook(check(name)))
     from quantbench.progress import bar
 
     seen = 0
@@ -316,13 +330,15 @@ def calibrate(
     try:
         with torch.no_grad():
             for xb in iterate_batches(data, n_images, batch_size):
-                qm(xb)
+                try:
+                    qm(xb)
+                except NonFiniteError:  # observers check min/max for free; name the site on the slow path
+                    _name_non_finite_site(qm, static, xb)
+                    raise
                 seen += len(xb)
                 shown.update(len(xb))
     finally:
         shown.close()
-        for h in hooks:
-            h.remove()
     if seen == 0:
         raise QuantbenchError("calibration: no images in the calibration data")
     for _, fq in static:

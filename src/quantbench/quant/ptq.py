@@ -2,8 +2,8 @@
 
 An *algorithm* (``--algo``) is a named recipe: which observer picks weight and activation
 ranges, and which low-bit rescue steps run (cross-layer equalization before quantizer
-insertion, AdaRound on weights, bias correction after). Adding one is a registry entry,
-not an ``if`` chain (the torchao habit).
+insertion, AdaRound on weights or BRECQ/QDrop block reconstruction, bias correction after).
+Adding one is a registry entry, not an ``if`` chain (the torchao habit).
 
 Example:
     >>> cfg = PTQConfig(scheme="w8a8", algo="mse")
@@ -20,7 +20,7 @@ from torch import nn
 
 from quantbench.errors import QuantbenchError
 from quantbench.quant.prepare import QuantizedModel, calibrate, prepare
-from quantbench.quant.spec import QuantPlan, parse_scheme
+from quantbench.quant.spec import WEIGHT_RANGES, QuantPlan, parse_scheme
 from quantbench.registry import Registry
 
 
@@ -34,6 +34,8 @@ class Algorithm:
     adaround: bool = False
     bias_correction: bool = False
     description: str = ""
+    reconstruct: str = "none"  # "block": BRECQ/QDrop block reconstruction (quantbench.quant.brecq)
+    drop_prob: float = 0.0  # QDrop's probability of skipping an activation quantizer element
 
 
 ALGOS: Registry[Algorithm] = Registry("PTQ algorithm")
@@ -53,6 +55,10 @@ for _name, _algo in {
         "mse", "mse", equalize=True, adaround=True, description="cross-layer equalization + AdaRound"
     ),
     "bc-mse": Algorithm("mse", "mse", bias_correction=True, description="MSE ranges + bias correction"),
+    "brecq": Algorithm("mse", "mse", reconstruct="block", description=(
+        "BRECQ: block-wise weight rounding with the block output loss + learned activation steps")),
+    "qdrop": Algorithm("mse", "mse", reconstruct="block", drop_prob=0.5, description=(
+        "QDrop: BRECQ with activation quantization dropped per element (p 0.5) while reconstructing")),
 }.items():
     ALGOS.register(_name, description=_algo.description)(_algo)
 
@@ -72,6 +78,7 @@ class PTQConfig:
     adaround_iters: int = 1000
     equalize: bool | None = None  # None: the algorithm decides
     bias_correction: bool | None = None
+    weight_range: str = "full"  # "reduced": 7-bit codes for 8-bit weights (see QuantPlan.weight_range)
 
     def algorithm(self) -> Algorithm:
         algo = ALGOS.get(self.algo)
@@ -83,8 +90,11 @@ class PTQConfig:
         return dataclasses.replace(algo, **changes)
 
     def plan(self) -> QuantPlan:
+        if self.weight_range not in WEIGHT_RANGES:
+            raise QuantbenchError(f"PTQ config: weight_range {self.weight_range!r} unknown; expected one of: "
+                                  f"{', '.join(WEIGHT_RANGES)}")
         algo = self.algorithm()
-        return parse_scheme(
+        plan = parse_scheme(
             self.scheme,
             per_channel=self.per_channel,
             weight_observer=algo.weight_observer,
@@ -93,6 +103,9 @@ class PTQConfig:
             mu=self.mu,
             first_last=self.first_last,
         )
+        if self.weight_range != "full" and plan.can_saturate:  # where it changes nothing, it is not stored
+            plan = plan.replace(weight_range=self.weight_range)
+        return plan
 
     def label(self) -> str:
         """The method's one spelling, also its label in results: ``w4a8:adaround``, ``dynamic``,
@@ -113,19 +126,22 @@ class PTQConfig:
             tags.append(self.companding)
         if self.first_last != "same":
             tags.append(f"fl{self.first_last}")
+        if self.plan().weight_range != "full":
+            tags.append(self.plan().weight_range)
         return f"{self.scheme}:{'-'.join([self.algo, *tags])}"
 
 
 _TAGS = {"cle": {"equalize": True}, "nocle": {"equalize": False}, "bc": {"bias_correction": True},
          "nobc": {"bias_correction": False}, "pt": {"per_channel": False}, "mulaw": {"companding": "mulaw"},
-         "flint8": {"first_last": "int8"}, "flfp32": {"first_last": "fp32"}}
+         "flint8": {"first_last": "int8"}, "flfp32": {"first_last": "fp32"}, "reduced": {"weight_range": "reduced"}}
 
 
 def parse_method(text: str, **defaults: Any) -> PTQConfig:
     """``SCHEME[:ALGO[-TAG...]]`` -> :class:`PTQConfig` (the inverse of :meth:`PTQConfig.label`).
 
     The algorithm defaults to ``mse``; tags are the label's option tags (``pt`` per-tensor, ``mulaw``,
-    ``flint8``/``flfp32`` first/last layer policy, ``cle``/``bc`` and their ``no`` forms).
+    ``flint8``/``flfp32`` first/last layer policy, ``cle``/``bc`` and their ``no`` forms, ``reduced``
+    7-bit codes for 8-bit weights).
     ``defaults`` are PTQConfig fields set before the tags apply (e.g. ``calib_size``).
 
     Example:
@@ -154,6 +170,41 @@ def parse_method(text: str, **defaults: Any) -> PTQConfig:
     return cfg
 
 
+WEIGHT_RANGE_CHOICES = ("auto", *WEIGHT_RANGES)
+
+
+def resolve_weight_range(cfg: PTQConfig, choice: str = "auto") -> tuple[PTQConfig, str]:
+    """``cfg`` with its 8-bit weight grid chosen, and why (the sentence a run records).
+
+    ``auto`` takes 7-bit codes (``reduced``) where this CPU's u8 x s8 kernels saturate (x86 without
+    VNNI/AMX, see :func:`~quantbench.engines.base.int8_saturates`), the full grid elsewhere; ``full``
+    and ``reduced`` are taken as they are. A method whose label already says ``reduced`` keeps it
+    under ``auto``; the flag ``full`` beside that tag is a contradiction and refused. Plans without
+    8-bit weights meeting 8-bit activations (w4a8, w8 weight-only, dynamic) are unchanged.
+
+    Example:
+        >>> resolve_weight_range(parse_method("w8a8"), "reduced")[0].label()
+        'w8a8:mse-reduced'
+        >>> resolve_weight_range(parse_method("w4a8"), "reduced")[0].label()  # no 8-bit weights
+        'w4a8:mse'
+    """
+    if choice not in WEIGHT_RANGE_CHOICES:
+        raise QuantbenchError(f"weight_range {choice!r} unknown; expected one of: {', '.join(WEIGHT_RANGE_CHOICES)}")
+    if not cfg.plan().can_saturate:
+        return cfg, "full (no 8-bit weights meet 8-bit activations in this method)"
+    if cfg.weight_range == "reduced":
+        if choice == "full":
+            raise QuantbenchError(f"method {cfg.label()!r} says reduced but weight_range is full; drop one of them")
+        return cfg, "reduced (asked for in the method)"
+    if choice != "auto":
+        return dataclasses.replace(cfg, weight_range=choice), f"{choice} (asked for)"
+    from quantbench.engines.base import int8_saturates
+
+    saturates, why = int8_saturates()
+    return dataclasses.replace(cfg, weight_range="reduced" if saturates else "full"), \
+        f"{'reduced' if saturates else 'full'} (auto: {why})"
+
+
 def with_observers(plan: QuantPlan, weight_observer: str, act_observer: str) -> QuantPlan:
     """``plan`` with every static spec's observer replaced (a plan built elsewhere, run by an algorithm)."""
     import dataclasses as dc
@@ -179,7 +230,7 @@ def quantize_ptq(model: nn.Module, cfg: PTQConfig, calib_data: Any = None, *,
             and weight-only schemes unless a rescue step needs it.
         plan: A per-layer plan (e.g. mixed precision) used instead of ``cfg.scheme``; the
             algorithm's observers are applied to every quantizer of it.
-        progress: Bars on stderr for calibration, AdaRound and bias correction.
+        progress: Bars on stderr for calibration, AdaRound, block reconstruction and bias correction.
 
     Returns:
         The prepared, calibrated :class:`QuantizedModel` in quantized mode.
@@ -193,9 +244,9 @@ def quantize_ptq(model: nn.Module, cfg: PTQConfig, calib_data: Any = None, *,
 
         float_model = equalize_folded(fold_batchnorm(model))
     qm = prepare(float_model, plan)
-    needs_data = (
-        any(not fq.spec.dynamic for _, fq in qm.act_quantizers()) or algo.adaround or algo.bias_correction
-    )
+    reconstructs = algo.reconstruct != "none"
+    needs_data = (any(not fq.spec.dynamic for _, fq in qm.act_quantizers()) or algo.adaround
+                  or algo.bias_correction or reconstructs)
     if needs_data and calib_data is None:
         raise QuantbenchError(f"PTQ {cfg.label()}: calibration data is required")
     n = cfg.calib_size
@@ -206,7 +257,15 @@ def quantize_ptq(model: nn.Module, cfg: PTQConfig, calib_data: Any = None, *,
         # ranges are calibrated first and refreshed once the weights have changed.
         calibrate(qm, calib_data, n_images=n, batch_size=cfg.calib_batch_size, progress=progress)
         adaround(qm, float_model, calib_data, n_images=n, iters=cfg.adaround_iters, progress=progress)
-    if any(not fq.spec.dynamic for _, fq in qm.act_quantizers()):
+    if reconstructs:
+        from quantbench.quant.brecq import reconstruct
+
+        # Block reconstruction starts from calibrated activation steps and learns them, so there is
+        # no re-calibration afterwards (it would discard the learned steps).
+        calibrate(qm, calib_data, n_images=n, batch_size=cfg.calib_batch_size, progress=progress)
+        reconstruct(qm, float_model, calib_data, n_images=n, iters=cfg.adaround_iters, drop_prob=algo.drop_prob,
+                    granularity=algo.reconstruct, progress=progress)
+    elif any(not fq.spec.dynamic for _, fq in qm.act_quantizers()):
         calibrate(qm, calib_data, n_images=n, batch_size=cfg.calib_batch_size, progress=progress)
     if algo.bias_correction:
         from quantbench.quant.bias_correction import bias_correction

@@ -33,6 +33,7 @@ from quantbench.errors import QuantbenchError
 
 COMPANDINGS = ("none", "mulaw")
 FIRST_LAST = ("same", "int8", "fp32")
+WEIGHT_RANGES = ("full", "reduced")
 MIN_BITS, MAX_BITS = 2, 16
 SCHEME_FORMS = "wXaY (X, Y in 2..16, e.g. w8a8, w4a8, w4a4, w2a8), wX (weights only), dynamic, fp32"
 
@@ -227,12 +228,20 @@ class QuantPlan:
             sensitive ones: ``"same"`` (no special case), ``"int8"`` (their quantized tensors
             use 8 bits, other settings kept) or ``"fp32"`` (left unquantized).
         scheme: The name the plan was built from (``parse_scheme``), for labels.
+        weight_range: ``"full"`` (the whole grid of each weight's bits) or ``"reduced"``: 8-bit
+            weights of layers with 8-bit unsigned activations use 7-bit codes (-64..63) in their
+            8-bit storage. Why: x86 CPUs without VNNI multiply u8 activations by s8 weights with
+            ``vpmaddubsw``, which adds two products in int16 and saturates unless
+            ``2 x 255 x |w| <= 32767``; ONNX Runtime's ``reduce_range`` and NNCF's overflow fix
+            make the same choice. Applied last in :meth:`for_layer`, so overrides and the
+            first/last policy get it too, and the simulation uses the grid the engines deploy.
     """
 
     default: LayerSpec = FP32_LAYER
     overrides: dict[str, LayerSpec] = field(default_factory=dict, hash=False)
     first_last: str = "same"
     scheme: str = "custom"
+    weight_range: str = "full"
 
     def __post_init__(self) -> None:
         if not isinstance(self.default, LayerSpec):
@@ -241,6 +250,9 @@ class QuantPlan:
             raise QuantbenchError(
                 f"quant plan: first_last {self.first_last!r} unknown; expected one of: {', '.join(FIRST_LAST)}"
             )
+        if self.weight_range not in WEIGHT_RANGES:
+            raise QuantbenchError(f"quant plan: weight_range {self.weight_range!r} unknown; expected one of: "
+                                  f"{', '.join(WEIGHT_RANGES)}")
         overrides = dict(self.overrides)  # a private copy: the plan stays what it was built as
         for name, spec in overrides.items():
             if not isinstance(name, str) or not isinstance(spec, LayerSpec):
@@ -253,14 +265,25 @@ class QuantPlan:
         return self.default.is_fp32 and all(s.is_fp32 for s in self.overrides.values())
 
     def for_layer(self, name: str, is_first: bool = False, is_last: bool = False) -> LayerSpec:
-        """The spec of layer ``name``: its override, else the first/last policy, else the default."""
+        """The spec of layer ``name``: its override, else the first/last policy, else the default
+        (then ``weight_range`` applies)."""
         if name in self.overrides:
-            return self.overrides[name]
-        if (is_first or is_last) and self.first_last != "same":
+            spec = self.overrides[name]
+        elif (is_first or is_last) and self.first_last != "same":
             if self.first_last == "fp32":
                 return FP32_LAYER
-            return LayerSpec(_with_bits(self.default.weight, 8), _with_bits(self.default.act, 8))
-        return self.default
+            spec = LayerSpec(_with_bits(self.default.weight, 8), _with_bits(self.default.act, 8))
+        else:
+            spec = self.default
+        return reduce_weight_range(spec) if self.weight_range == "reduced" else spec
+
+    @property
+    def can_saturate(self) -> bool:
+        """True when some layer could pair 8-bit weights with 8-bit unsigned activations: the
+        products that saturate ``vpmaddubsw`` on x86 CPUs without VNNI (what ``reduced`` avoids)."""
+        return any(_saturating(s) for s in (self.default, *self.overrides.values())) or (
+            self.first_last == "int8" and _saturating(LayerSpec(_with_bits(self.default.weight, 8),
+                                                                 _with_bits(self.default.act, 8))))
 
     def replace(self, **changes: Any) -> QuantPlan:
         """A copy with ``changes`` applied (e.g. ``overrides=...`` from a mixed-precision search)."""
@@ -268,17 +291,20 @@ class QuantPlan:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly dict, stored in results and artefacts."""
-        return {
+        out = {
             "scheme": self.scheme,
             "first_last": self.first_last,
             "default": self.default.as_dict(),
             "overrides": {k: _layer_diff(self.default, v) for k, v in self.overrides.items()},
         }
+        if self.weight_range != "full":  # plans (and files) from before the option read as "full"
+            out["weight_range"] = self.weight_range
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantPlan:
         """Inverse of :meth:`as_dict`; unknown keys are errors naming them."""
-        keys = ("scheme", "first_last", "default", "overrides")
+        keys = ("scheme", "first_last", "default", "overrides", "weight_range")
         if not isinstance(data, dict):
             raise QuantbenchError(f"quant plan: expected a mapping, got {data!r}")
         unknown = [k for k in data if k not in keys]
@@ -295,7 +321,29 @@ class QuantPlan:
             overrides={str(k): _layer_over(default, v) for k, v in overrides.items()},
             first_last=data.get("first_last", "same"),
             scheme=data.get("scheme", "custom"),
+            weight_range=data.get("weight_range", "full"),
         )
+
+
+def _saturating(spec: LayerSpec) -> bool:
+    w, a = spec.weight, spec.act
+    return (w is not None and a is not None and w.bits == 8 and w.signed and not a.signed and a.bits == 8
+            and not a.dynamic and w.companding == "none")
+
+
+def reduce_weight_range(spec: LayerSpec) -> LayerSpec:
+    """``spec`` with its 8-bit weights on the 7-bit grid (-64..63) where they meet 8-bit unsigned
+    static activations; any other layer is returned as it is.
+
+    Example:
+        >>> reduce_weight_range(parse_scheme("w8a8").default).weight.bits
+        7
+        >>> reduce_weight_range(parse_scheme("w8").default).weight.bits  # no integer GEMM: unchanged
+        8
+    """
+    if not _saturating(spec):
+        return spec
+    return LayerSpec(spec.weight.replace(bits=7), spec.act)
 
 
 def _layer_diff(default: LayerSpec, spec: LayerSpec) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from quantbench.errors import QuantbenchError
-from quantbench.report.answer import answer_lines
+from quantbench.report.answer import ANSWER_METRIC, answer_lines
 from quantbench.report.figures import Figure, make_figures, matplotlib_available
 from quantbench.report.tables import (
     bench_records,
@@ -94,8 +94,15 @@ Section = tuple[str, tuple[list[str], list[list[str]]]]
 
 
 def _sections(run: dict[str, Any], rows: list[dict[str, Any]], lead: Sequence[Section] = ()) -> list[Section]:
-    """The report's tables in reading order; a table with no rows is left out (no empty section)."""
-    out = [*lead, ("Results: FP32 vs quantized", summary_table(rows))]
+    """The report's tables in reading order; a table with no rows is left out (no empty section).
+
+    A run's ``answer`` row may carry the table its answer was read from (``extra["table"]``: title,
+    header, rows - e.g. recommend's Pareto table); it comes first, right under the answer."""
+    own = [(str(t.get("title") or "The answer's table"), ([str(h) for h in t.get("header", [])],
+                                                          [[str(c) for c in row] for row in t.get("rows", [])]))
+           for r in rows if r["metric"] == ANSWER_METRIC
+           for t in [(r.get("extra") or {}).get("table")] if isinstance(t, dict)]
+    out = [*own, *lead, ("Results: FP32 vs quantized", summary_table(rows))]
     busy = busy_machine_lines(rows)
     if busy:
         out.insert(0, ("Measurement warning", (["read this before the latencies"], [[line] for line in busy])))

@@ -13,11 +13,11 @@ from typing import Any
 
 from quantbench.config import option
 from quantbench.experiments.layer import Context, register_kind
-from quantbench.experiments.options import ModelOptions, Normalize
+from quantbench.experiments.options import ModelOptions, Normalize, WeightRange
 
 
 @dataclass(frozen=True)
-class BenchExperiment(Normalize, ModelOptions):
+class BenchExperiment(WeightRange, Normalize, ModelOptions):
     """Time the model deployed on real engines; INT8 deploys OUR scales (a .qbm, or calibrated here)."""
 
     engines: tuple[str, ...] = option(("all",), "engines, comma-separated, or all (see `quantbench engines`)",
@@ -45,11 +45,13 @@ class BenchExperiment(Normalize, ModelOptions):
 
     def spec(self) -> Any:
         from quantbench.experiments.bench import BenchSpec
+        from quantbench.quant.ptq import parse_method
 
+        method = self.with_weight_range(parse_method(self.method)).label()
         return BenchSpec(model=self.model, checkpoint=self.checkpoint, quantized=self.quantized, engines=self.engines,
                          variants=self.variants, batch_sizes=self.batch_sizes, input_shape=self.input_shape,
                          threads=self.threads, num_classes=self.num_classes, hyper=dict(self.hyper), calib=self.calib,
-                         calib_size=self.calib_size, method=self.method, normalize=self.normalize,
+                         calib_size=self.calib_size, method=method, normalize=self.normalize,
                          warmup=self.warmup, min_iters=self.min_iters, min_time_s=self.min_time_s,
                          isolate=self.isolate)
 

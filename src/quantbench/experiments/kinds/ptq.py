@@ -26,6 +26,7 @@ from quantbench.experiments.options import (
     Pretraining,
     Timing,
     TrainingData,
+    WeightRange,
 )
 
 
@@ -37,7 +38,7 @@ class AdaRoundOptions:
 
 
 @dataclass(frozen=True)
-class QuantizeOptions(AdaRoundOptions):
+class QuantizeOptions(WeightRange, AdaRoundOptions):
     """How a PTQ method is applied (shared by ``ptq`` and ``run``)."""
 
     per_tensor: bool = option(False, "one weight scale per tensor (default: per output channel)")
@@ -64,7 +65,7 @@ class QuantizeOptions(AdaRoundOptions):
             changes["equalize"] = True
         if self.bias_correction:
             changes["bias_correction"] = True
-        cfg = dataclasses.replace(cfg, **changes)
+        cfg = self.with_weight_range(dataclasses.replace(cfg, **changes))
         cfg.plan()
         return cfg
 
@@ -95,6 +96,9 @@ def quantize_model(cfg: PTQExperiment, ctx: Context) -> dict[str, Any]:
     from quantbench.experiments.stages import pretrained_baseline, variant_rows
 
     ptq = cfg.ptq_config(cfg.method, cfg.calib_size)
+    weight_note = cfg.weight_range_note(cfg.method)
+    if weight_note:
+        ctx.log(weight_note)
     controlled = cfg.max_drop is not None
     from quantbench.experiments.controlled import val_share
 
@@ -122,6 +126,7 @@ def quantize_model(cfg: PTQExperiment, ctx: Context) -> dict[str, Any]:
 
     return {**out.record, "model": p.loaded.label, "data": cfg.data, "split": p.split, "n_images": fp32.n_images,
             "calib_images": len(calib) if calib is not None else 0, "notes": p.loaded.notes,
+            "weight_range": weight_note,
             "fp32": {"top1": fp32.top1, "top5": fp32.topk.get(5), "ci": fp32.ci, "size_bytes": size,
                      "params": count_parameters(p.model)}}
 

@@ -31,14 +31,15 @@ from quantbench.experiments.options import (
     Pretraining,
     Timing,
     TrainingData,
+    WeightRange,
 )
 
 _COST_METRICS = {"params", "size_bytes", "macs", "flops", "macs_batch"}
 
 
 @dataclass(frozen=True)
-class RecommendExperiment(Timing, AccuracyControl, AdaRoundOptions, Pretraining, Calibration, TrainingData,
-                          DataOptions):
+class RecommendExperiment(WeightRange, Timing, AccuracyControl, AdaRoundOptions, Pretraining, Calibration,
+                          TrainingData, DataOptions):
     """Which quantized deployment to use here: candidates x engines, measured, with the answer in words."""
 
     max_drop: float = option(1.0, "largest acceptable top-1 drop vs FP32 in points (one-sided upper bound on the "
@@ -107,11 +108,12 @@ def _candidates(p: Any, cfg: RecommendExperiment, fp32: Any, fp32_val: Any, ctx:
     steps = len(cfg.methods) + (cfg.control_method != "none") + (cfg.budget_kb is not None)
     for i, method in enumerate(cfg.methods, 1):
         ctx.log(f"recommend: [{i}/{steps}] {method}")
-        ptq = parse_method(method, calib_size=n_calib, adaround_iters=cfg.adaround_iters)
+        ptq = cfg.with_weight_range(parse_method(method, calib_size=n_calib, adaround_iters=cfg.adaround_iters))
         out = run_ptq(p.model, ptq, p.calib, p.test, p.key, fp32, ctx.out_dir, **kw)
         cands.append(_candidate(out, p, cfg, fp32_val, ctx))
     if cfg.control_method != "none":
-        ptq = parse_method(cfg.control_method, calib_size=n_calib, adaround_iters=cfg.adaround_iters)
+        ptq = cfg.with_weight_range(parse_method(cfg.control_method, calib_size=n_calib,
+                                                 adaround_iters=cfg.adaround_iters))
         base = next((c for c in cands if c.label == ptq.label()), None)
         if base is not None and base.eligible:
             ctx.log(f"recommend: [{len(cfg.methods) + 1}/{steps}] accuracy control not needed: {base.label} is within "
@@ -128,8 +130,8 @@ def _candidates(p: Any, cfg: RecommendExperiment, fp32: Any, fp32_val: Any, ctx:
         from quantbench.experiments.kinds.mixed import quantize_mixed
 
         ctx.log(f"recommend: [{steps}/{steps}] mixed precision under {cfg.budget_kb:g} KB")
-        uniform = parse_method(cfg.control_method if cfg.control_method != "none" else "w8a8:mse",
-                               calib_size=n_calib)
+        uniform = cfg.with_weight_range(parse_method(
+            cfg.control_method if cfg.control_method != "none" else "w8a8:mse", calib_size=n_calib))
         try:
             mixed, _, _ = quantize_mixed(p, uniform, fp32, ctx, budget={"budget_bytes": int(cfg.budget_kb * 1000)},
                                          bits=(2, 3, 4, 5, 6, 8), metric="mse", eval_batch_size=cfg.eval_batch_size)
@@ -217,7 +219,10 @@ def recommend_model(cfg: RecommendExperiment, ctx: Context) -> dict[str, Any]:
     said = compose_answer(cands, deployments, machine=machine, batch=cfg.batch_sizes[0], max_drop=cfg.max_drop,
                           busy=busy)
     header, body = pareto_rows(cands, deployments, cfg.batch_sizes)
-    ctx.commit([p.key.row("answer", None, "text", lines=said["answer"] + said["avoid"], choice=said["choice"])])
+    pareto = {"title": f"Every deployment measured (* = on the Pareto front of drop, size and latency at batch "
+                       f"{cfg.batch_sizes[0]})", "header": header, "rows": body}
+    ctx.commit([p.key.row("answer", None, "text", lines=said["answer"] + said["avoid"], choice=said["choice"],
+                          table=pareto)])
     return {"model": p.loaded.label, "data": cfg.data, "split": p.split, "machine": machine,
             "answer": said["answer"], "avoid": said["avoid"], "choice": said["choice"],
             "table": {"header": header, "rows": body}, "candidates": [c.public() for c in cands],
