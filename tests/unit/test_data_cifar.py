@@ -83,3 +83,26 @@ def test_batch_with_wrong_content(tmp_path: Path) -> None:
         pickle.dump({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1]}, f, protocol=2)
     with pytest.raises(QuantbenchError, match="data_batch_4.* has 2 labels for 4 images"):
         open_dataset(f"cifar10:{root}")
+
+
+def test_official_split_suffix(tmp_path: Path) -> None:
+    root = write_cifar10(tmp_path / "cifar-10-batches-py", per_batch=10)
+    test = open_dataset(f"cifar10:{root}:test", normalize="none")
+    train = open_dataset(f"cifar10:{tmp_path}:train", normalize="none")
+    assert len(test) == 10 and test.official_split.tolist() == ["test"] * 10
+    assert len(train) == 50 and set(train.official_split) == {"train"}
+    both = open_dataset(f"cifar10:{root}", normalize="none")
+    np.testing.assert_array_equal(test.raw([0])[0].numpy(), both.raw([50])[0].numpy())
+    c100 = write_cifar100(tmp_path / "cifar-100-python", n_train=40, n_test=20)
+    assert len(open_dataset(f"cifar100:{c100}:test")) == 20
+    assert len(open_dataset(f"cifar100-coarse:{c100}:TRAIN")) == 40
+
+
+def test_official_split_bad_name_and_colon_folders(tmp_path: Path) -> None:
+    root = write_cifar10(tmp_path / "cifar-10-batches-py", per_batch=4)
+    with pytest.raises(QuantbenchError, match="unknown official split 'tset'.*DIR:test") as info:
+        open_dataset(f"cifar10:{root}:tset")
+    assert "\n" not in str(info.value)
+    odd = write_cifar10(tmp_path / "run:test", per_batch=4)  # a folder whose name ends in ":test" is a folder
+    assert len(open_dataset(f"cifar10:{odd}")) == 24
+    assert len(open_dataset(f"cifar10:{odd}:test")) == 4

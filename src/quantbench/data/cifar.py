@@ -2,6 +2,13 @@
 
 DIR is the extracted ``cifar-10-batches-py`` / ``cifar-100-python`` folder or its parent.
 Both official splits are loaded (train first) and ``ds.official_split`` records them.
+
+``cifar10:DIR:test`` loads only the official test batch (10,000 images) and ``cifar10:DIR:train``
+only the training batches (50,000), for every CIFAR kind: ``quantbench eval --data cifar10:DIR:test``
+scores exactly the test set a paper reports, and ``--train-data cifar10:DIR:train`` trains on the rest.
+The suffix is read from the END of the path, after the last ``:``, and only when the whole string is
+not itself an existing folder - so folders whose names contain colons still work, and a
+misspelled split (``:tset``) is an error naming the two choices rather than a missing folder.
 CIFAR-100 uses the 100 fine labels; the ``cifar100-coarse`` kind uses the 20 superclasses
 (a separate kind rather than an option, so a spec string says everything).
 
@@ -12,6 +19,8 @@ Example:
     >>> ds = open_dataset("cifar10:~/data/cifar-10-batches-py")  # doctest: +SKIP
     >>> len(ds), ds.classes[:2]  # doctest: +SKIP
     (60000, ['airplane', 'automobile'])
+    >>> split_suffix("~/data/cifar-10-batches-py:test", "cifar10")
+    ('~/data/cifar-10-batches-py', 'test')
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from quantbench.errors import QuantbenchError
 CIFAR10_DIR = "cifar-10-batches-py"
 CIFAR100_DIR = "cifar-100-python"
 CIFAR10_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
+SPLITS = ("train", "test")
 MAX_BATCH_BYTES = 512 << 20  # official batches are ~31 MB (CIFAR-10) and ~155 MB (CIFAR-100 train)
 
 
@@ -105,10 +115,38 @@ def _names(meta_path: Path, key: str) -> list[str]:
     return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
 
-def _root(path: str | None, kind: str, folder: str) -> Path:
+def split_suffix(path: str, kind: str) -> tuple[str, str | None]:
+    """``DIR[:train|:test]`` -> (DIR, split or None); see the module docstring for the rules.
+
+    Args:
+        path: the spec's path part (everything after ``KIND:``).
+        kind: the data set kind, for the error message.
+
+    Returns:
+        The folder and the official split asked for (None: both).
+
+    Raises:
+        QuantbenchError: a suffix after the last ``:`` that is neither ``train`` nor ``test``.
+
+    Example:
+        >>> split_suffix("/data/c10", "cifar10")
+        ('/data/c10', None)
+    """
+    head, sep, tail = path.rpartition(":")
+    if not sep or Path(path).expanduser().is_dir() or "/" in tail or "\\" in tail or not head:
+        return path, None  # no suffix (or "C:" of a Windows drive, or a colon inside a folder name)
+    name = tail.strip().lower()
+    if name not in SPLITS:
+        raise QuantbenchError(f"{kind}: unknown official split {tail.strip()!r} in {kind}:{path}; "
+                              f"write {kind}:DIR:train or {kind}:DIR:test (or {kind}:DIR for both)")
+    return head, name
+
+
+def _root(path: str | None, kind: str, folder: str) -> tuple[Path, str | None]:
     assert path is not None
+    path, split = split_suffix(path, kind)
     root = require_dir(path, kind)
-    return root / folder if (root / folder).is_dir() else root
+    return (root / folder if (root / folder).is_dir() else root), split
 
 
 def _assemble(classes: list[str], parts: list[tuple[str, np.ndarray, np.ndarray]]) -> Source:
@@ -120,28 +158,30 @@ def _assemble(classes: list[str], parts: list[tuple[str, np.ndarray, np.ndarray]
 
 @DATASETS.register("cifar10", needs_path=True, accepts_path=True, auto_normalization="cifar",
                    description="CIFAR-10 python pickles (cifar-10-batches-py) in DIR: 60,000 32x32 colour "
-                               "images, 10 classes, official train/test kept")
+                               "images, 10 classes, official train/test kept; DIR:test or DIR:train for one")
 def load_cifar10(path: str | None, options: LoadOptions) -> Source:
-    """Load CIFAR-10 (data_batch_1..5 then test_batch) from ``path``."""
-    root = _root(path, "cifar10", CIFAR10_DIR)
+    """Load CIFAR-10 (data_batch_1..5 then test_batch; ``:train`` / ``:test`` one of them) from ``path``."""
+    root, only = _root(path, "cifar10", CIFAR10_DIR)
     classes = _names(root / "batches.meta", "label_names")
     parts = []
     for name in [*CIFAR10_TRAIN, "test_batch"]:
         split = "test" if name == "test_batch" else "train"
-        parts.append((split, *_images_labels(root / name, "labels", len(classes))))
+        if only in (None, split):
+            parts.append((split, *_images_labels(root / name, "labels", len(classes))))
     return _assemble(classes, parts)
 
 
 def _load_cifar100(path: str | None, kind: str, level: str) -> Source:
-    root = _root(path, kind, CIFAR100_DIR)
+    root, only = _root(path, kind, CIFAR100_DIR)
     classes = _names(root / "meta", f"{level}_label_names")
-    parts = [(name, *_images_labels(root / name, f"{level}_labels", len(classes))) for name in ("train", "test")]
+    parts = [(name, *_images_labels(root / name, f"{level}_labels", len(classes))) for name in SPLITS
+             if only in (None, name)]
     return _assemble(classes, parts)
 
 
 @DATASETS.register("cifar100", needs_path=True, accepts_path=True, auto_normalization="cifar",
                    description="CIFAR-100 python pickles (cifar-100-python) in DIR: 60,000 32x32 colour "
-                               "images, 100 fine classes, official train/test kept")
+                               "images, 100 fine classes, official train/test kept; DIR:test or DIR:train for one")
 def load_cifar100(path: str | None, options: LoadOptions) -> Source:
     """Load CIFAR-100 with its 100 fine labels from ``path``."""
     return _load_cifar100(path, "cifar100", "fine")
