@@ -110,7 +110,7 @@ def test_mixed_text_output(tmp_path, checkpoint, capsys):
     ("mixed", ["--budget-kb", "10", "--avg-bits", "4"], "exactly one budget"),
     ("mixed", ["--avg-bits", "1"], "avg_bits must be >= 2"),
     ("mixed", ["--avg-bits", "4", "--bits", "1,4"], "bits must be >= 2"),
-    ("mixed", ["--budget-kb", "1"], "not reachable"),
+    ("mixed", ["--budget-kb", "0.1"], "not reachable"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, checkpoint, capsys, verb, extra, needle):
     assert main(_args(tmp_path, checkpoint, verb, *extra)) == 2

@@ -122,11 +122,15 @@ def _qbm(tmp_path: Path, capsys) -> Path:
 
 
 def test_tampered_qbm_files_are_refused(tmp_path, capsys):
-    from quantbench.quant.artifact import PackedTensor, load_artifact, read_header, save_artifact
+    from quantbench.quant.artifact import PackedTensor, save_artifact
+    from quantbench.quant.artifact_lean import load_lean
+    from quantbench.quant.save import load_quantized
 
-    qbm = _qbm(tmp_path, capsys)
-    meta, tensors = load_artifact(qbm)
-    packed = {e["name"]: e for e in read_header(qbm)["tensors"] if e["kind"] == "packed"}
+    qbm = _qbm(tmp_path, capsys)  # a lean (format-2) file; its tensors are rewritten as format 1, which still loads
+    head, flat = load_lean(qbm)
+    meta, state = head["meta"], load_quantized(qbm).state_dict()
+    tensors = {k: t.reshape(state[k].shape) for k, t in zip(state, flat, strict=True)}
+    packed = {k: e for k, e in zip(state, head["tensors"], strict=True) if e["enc"] == "packed"}
 
     def rewrite(name: str, meta2: dict, tensors2: dict) -> Path:
         out = tmp_path / name

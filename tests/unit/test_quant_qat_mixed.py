@@ -223,7 +223,7 @@ def test_search_mixed_fits_the_real_file_budget(trained):
         size = save_quantized(qm, Path(tmp) / "m.qbm")
     assert size == search.predicted_file_bytes <= budget
     with pytest.raises(QuantbenchError, match="not reachable"):
-        search_mixed(trained, (x, y), budget_bytes=1000, bits=(2, 4), n_images=64)
+        search_mixed(trained, (x, y), budget_bytes=300, bits=(2, 4), n_images=64)
 
 
 def test_plan_overrides_are_stored_as_differences_and_old_full_form_still_loads():

@@ -82,6 +82,16 @@ def ptq_extra(cfg: PTQConfig, calib: Any) -> dict[str, Any]:
     return {"ptq": asdict(cfg), "calib_images": min(cfg.calib_size, len(calib)) if calib is not None else 0}
 
 
+def params_x_bits_bytes(qm: Any) -> float:
+    """Sum over quantized weights of parameters x bits, in bytes: the size published studies quote.
+
+    Example:
+        >>> params_x_bits_bytes(qm)  # doctest: +SKIP
+        67084.0
+    """
+    return sum(qm.layer(name).weight.numel() * fq.spec.bits for name, fq in qm.weight_quantizers()) / 8
+
+
 def record_quantized(qm: Any, label: str, eval_data: Any, base: RowKey, fp32_eval: EvalResult, out_dir: Path, *,
                      model_name: str | None = None, model_kwargs: dict[str, Any] | None = None,
                      input_shape: tuple[int, int, int] | None = None, topk: int = 5, eval_batch_size: int = 256,
@@ -100,9 +110,12 @@ def record_quantized(qm: Any, label: str, eval_data: Any, base: RowKey, fp32_eva
     ev = evaluate(qm, eval_data, topk=(1, topk), batch_size=eval_batch_size,
                   progress=f"eval {label}" if progress else False)
     paired = paired_difference(fp32_eval.correct, ev.correct)
+    pxb = params_x_bits_bytes(qm)
     rows = accuracy_rows(key, ev, "test") + [
         drop_row(key, paired, "test"),
         key.row("size_bytes", size, "bytes", file=artifact.name),
+        key.row("params_x_bits_bytes", pxb, "bytes", what="quantized weights: parameters x bits / 8 (what papers "
+                "quote as model size; the file adds scales, biases and its header)"),
     ]
     sens: list[LayerSensitivity] = []
     if sensitivity_images != 0 and not qm.plan.is_fp32:
@@ -112,7 +125,8 @@ def record_quantized(qm: Any, label: str, eval_data: Any, base: RowKey, fp32_eva
     pd = paired.as_dict()
     record = {
         "method": label,
-        "quant": {"top1": ev.top1, "top5": ev.topk.get(5), "ci": ev.ci, "size_bytes": size, "artifact": str(artifact)},
+        "quant": {"top1": ev.top1, "top5": ev.topk.get(5), "ci": ev.ci, "size_bytes": size,
+                  "params_x_bits_bytes": pxb, "artifact": str(artifact)},
         "drop": {"top1_points": -pd["diff_points"], "ci_low": -pd["ci_high"], "ci_high": -pd["ci_low"],
                  "p_value": pd["p_value"]},
         "layers": [s.as_dict() for s in sens],

@@ -203,6 +203,8 @@ def _parse_header(path: Path, head: bytes, file_size: int) -> dict[str, Any]:
     """Validate magic, lengths and header structure; return the header dict."""
     if len(head) < _PREFIX:
         raise _fail(path, f"too short to be a quantbench artifact ({file_size} bytes)")
+    if head[:8] == b"QBENCH2\0":
+        raise _fail(path, "a format-2 (lean) file; read it with quantbench.quant.artifact_lean or load_quantized")
     if head[:8] != MAGIC:
         raise _fail(path, f"not a quantbench artifact (magic {head[:8]!r}, expected {MAGIC!r})")
     (hlen,) = struct.unpack("<Q", head[8:16])

@@ -79,10 +79,12 @@ def summary_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
     topk = sorted(topk_names, key=lambda m: int(m[3:]))
     has_loss = any("loss" in m for m in by.values())
     has_train = any(train.values())
+    has_pxb = any("params_x_bits_bytes" in m for m in by.values())
     header = (["model", "method", "engine", "top-1 % [95% CI]"] + [f"top-{m[3:]} %" for m in topk]
               + (["loss (nats)"] if has_loss else [])
               + (["train top-1 %"] + [f"train top-{m[3:]} %" for m in topk] + ["train images"] if has_train else [])
-              + ["drop vs FP32, points [95% CI]", "images", "params", "size on disk", "MACs/image"])
+              + ["drop vs FP32, points [95% CI]", "images", "params", "size on disk"]
+              + (["params × bits"] if has_pxb else []) + ["MACs/image"])
     body = []
     for key, m in by.items():
         model, method, engine = key
@@ -98,8 +100,10 @@ def summary_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
                        + [str(tn) if tn else "–"] if has_train else [])
                     + [_fmt_ci(m.get("top1_drop")), str(n) if n else "–",
                        human_count(m["params"]["value"]) if "params" in m else "–",
-                       human_bytes(m["size_bytes"]["value"]) if "size_bytes" in m else "–",
-                       human_count(m["macs"]["value"]) if "macs" in m else "–"])
+                       human_bytes(m["size_bytes"]["value"]) if "size_bytes" in m else "–"]
+                    + ([human_bytes(m["params_x_bits_bytes"]["value"]) if "params_x_bits_bytes" in m else "–"]
+                       if has_pxb else [])
+                    + [human_count(m["macs"]["value"]) if "macs" in m else "–"])
     return header, body
 
 
