@@ -60,3 +60,23 @@ def test_nncf_model_runs_int8_in_openvino(fp32):
     sess = OpenVinoSession(xml, SHAPE, 1, "int8")
     assert sess.info["int8_layers"] >= 2
     assert sess.run(calib[:2]).shape == (2, 4)
+
+
+@pytest.mark.parametrize("flags, reduced", [("fpu sse avx2 fma", True), ("fpu avx2 avx512f avx512_vnni", False)])
+def test_ort_reference_takes_reduce_range_where_ort_recommends_it(fp32, tmp_path, monkeypatch, flags, reduced):
+    """ORT's advice: 7-bit weights on x86 without VNNI (its u8 x s8 kernels saturate), full range elsewhere."""
+    import onnx
+    from onnx import numpy_helper
+
+    from quantbench.engines.reference import ort_recommended_reduce_range
+
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    monkeypatch.setenv("QUANTBENCH_CPUINFO", str(tmp_path / "cpuinfo"))
+    assert ort_recommended_reduce_range() is reduced
+    _, path, calib, d = fp32
+    out = ort_quantize_static(path, tmp_path / "ort.onnx", calib)
+    codes = [numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer
+             if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
+    widest = max(int(np.abs(c.astype(np.int16)).max()) for c in codes)
+    assert (widest <= 64) if reduced else (widest > 64)

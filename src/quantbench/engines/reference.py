@@ -6,7 +6,9 @@ the same FP32 model and the same calibration images:
 
 * ONNX Runtime: ``quant_pre_process`` then ``quantize_static`` - QDQ format, per-channel s8
   weights, u8 activations (the format ORT fuses into ``QLinearConv``), MinMax / Entropy /
-  Percentile calibration;
+  Percentile calibration, and ``reduce_range`` (7-bit weights) where ORT recommends it: on x86
+  CPUs without VNNI/AMX, whose u8 x s8 kernels (``vpmaddubsw``) saturate with full-range weights
+  (:func:`ort_recommended_reduce_range`);
 * OpenVINO: NNCF's ``nncf.quantize`` on the OpenVINO model read from the same FP32 ONNX file
   (default preset: symmetric weights, per-channel), saved as OpenVINO IR.
 
@@ -32,7 +34,7 @@ import numpy as np
 from quantbench.engines.onnx_export import INPUT_NAME
 from quantbench.errors import QuantbenchError
 
-__all__ = ["ORT_CALIBRATION", "nncf_quantize_openvino", "ort_quantize_static"]
+__all__ = ["ORT_CALIBRATION", "nncf_quantize_openvino", "ort_quantize_static", "ort_recommended_reduce_range"]
 
 ORT_CALIBRATION = ("minmax", "entropy", "percentile")
 
@@ -57,8 +59,19 @@ def _batches(images: np.ndarray, batch: int) -> list[np.ndarray]:
     return [images[i:i + batch] for i in range(0, len(images), batch)]
 
 
+def ort_recommended_reduce_range() -> bool:
+    """ONNX Runtime's advice for this CPU: ``reduce_range=True`` (7-bit weights) where its u8 x s8 kernels saturate.
+
+    ORT's quantization guide: on x86-64 with AVX2/AVX-512 but without VNNI, U8S8 uses ``vpmaddubsw``,
+    which can saturate; use ``reduce_range`` there. With VNNI/AMX, or on Arm, full-range weights are exact.
+    """
+    from quantbench.engines.base import int8_saturates
+
+    return int8_saturates()[0]
+
+
 def ort_quantize_static(fp32_onnx: str | Path, out: str | Path, calib_images: np.ndarray, *,
-                        method: str = "minmax", batch: int = 16) -> Path:
+                        method: str = "minmax", batch: int = 16, reduce_range: bool | None = None) -> Path:
     """ONNX Runtime's own static INT8 model of ``fp32_onnx`` (QDQ, per-channel s8 weights, u8 activations).
 
     Args:
@@ -67,6 +80,7 @@ def ort_quantize_static(fp32_onnx: str | Path, out: str | Path, calib_images: np
         calib_images: float32 ``(N, C, H, W)`` calibration images (already normalised).
         method: ``minmax``, ``entropy`` or ``percentile`` (ORT's own defaults for each).
         batch: images per calibration feed.
+        reduce_range: 7-bit weights; None: what ORT recommends for this CPU (:func:`ort_recommended_reduce_range`).
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -94,6 +108,7 @@ def ort_quantize_static(fp32_onnx: str | Path, out: str | Path, calib_images: np
         quant_pre_process(str(fp32_onnx), str(pre))
         quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        reduce_range=ort_recommended_reduce_range() if reduce_range is None else reduce_range,
                         calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                                           "percentile": CalibrationMethod.Percentile}[method],
                         calibration_providers=["CPUExecutionProvider"])  # fmt: skip
