@@ -107,3 +107,19 @@ def test_list_splits_of_a_users_model(tmp_path, capsys):
                  "--companding", "none", "--calib-size", "40", "--no-store", "--json", "--no-progress"]) == 0
     (rec,) = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["records"]
     assert rec["split"] == 2 and rec["feature_shape"] == [8, 16, 16] and 0 < rec["bpp"]
+
+
+def test_training_regimes_noise_at_two_blocks_in_one_run(tmp_path, capsys):
+    """``--noise-at 1,2``: one model per noise block (and its no-noise twin), each evaluated at every split."""
+    assert main(_args(tmp_path, "--splits", "1,2", "--qbins", "4", "--companding", "none", "--noise-train", "1",
+                      "--noise-at", "1,2")) == 0
+    text = capsys.readouterr().out
+    with ResultStore(tmp_path / "s.db") as store:
+        (run,) = store.runs()
+        rows = [r for r in store.query(run_id=run["run_id"]) if r["metric"] == "split.top1"]
+    regimes = {"none", "noise@1", "noise@2", "no-noise@1", "no-noise@2"}
+    assert {(r["extra"]["split"], r["extra"]["noise"]) for r in rows} == {(s, n) for s in (1, 2) for n in regimes}
+    assert "Edge / cloud compute per image (MACs; FLOPs = 2 x MACs" in text and "edge FLOPs (2 x MACs)" in text
+    html = (tmp_path / "out" / "report.html").read_text()
+    for needle in ("split_regimes", "split_accuracy_resnet20_noise_2", "Edge / cloud compute per image"):
+        assert needle in html, needle

@@ -140,6 +140,11 @@ def _print_split(cfg: Any, out: Any) -> int:
                   f"{x['cloud_macs'] / 1e6:.1f}"] for x in r["records"]])
     if r["fp32_top1"] is not None:
         print(f"\nFP32 top-1 {r['fp32_top1']:.2f}% on the same images")
+    if r.get("points"):
+        from quantbench.report.split_compute import TITLE, compute_table
+
+        print(f"\n{TITLE}:")
+        print_table(*compute_table(r["points"], r.get("edge"), r.get("cloud")))
     if r.get("edge"):
         print("latency model: " + ", ".join(f"{side} {d['name']} ({d['source']}, {d['gflops']:.3g} GFLOPS)"
                                             for side, d in (("edge", r["edge"]), ("cloud", r["cloud"]))))

@@ -16,6 +16,8 @@ from typing import Any
 from quantbench.errors import QuantbenchError
 from quantbench.report.answer import ANSWER_METRIC, answer_lines
 from quantbench.report.figures import Figure, make_figures, matplotlib_available
+from quantbench.report.split_compute import TITLE as SPLIT_COMPUTE_TITLE
+from quantbench.report.split_compute import split_compute_table
 from quantbench.report.tables import (
     bench_records,
     bench_table,
@@ -125,6 +127,7 @@ def _sections(run: dict[str, Any], rows: list[dict[str, Any]], lead: Sequence[Se
     spt = split_table(rows)
     if spt[1]:
         out.append(("Split computing", spt))
+        out.append((SPLIT_COMPUTE_TITLE, split_compute_table(rows)))
         rt = recover_table(rows)
         if rt[1]:
             out.append(("Anonymization: can the input be recovered from the features?", rt))

@@ -37,8 +37,9 @@ class SplitExperiment(Calibration, TrainingData, DataOptions):
     noise_train: int = option(0, "fine-tune with quantization noise at the split for N epochs (and without, for "
                               "comparison)", ge=0, metavar="EPOCHS")
     noise_qbins: tuple[int, ...] = option((4,), "qbins of the noise while fine-tuning", metavar="Q", ge=2, le=256)
-    noise_at: int | None = option(None, "inject the noise after point N instead of at the evaluated split",
-                                  ge=0, metavar="N")
+    noise_at: tuple[int, ...] = option((), "inject the noise after point N instead of at the evaluated split; "
+                                       "several (1,2): one fine-tuned model per point, each evaluated at every "
+                                       "split - the training-regime comparison", ge=0, metavar="N1,N2")
     finetune_part: str = option("cloud", "fine-tuning trains the cloud part only (edge frozen) or all",
                                 choices=("cloud", "all"))
     bn_stats: str = option("frozen", "BatchNorm running statistics while fine-tuning: kept or re-estimated",
@@ -75,25 +76,73 @@ def list_points(model: Any, input_shape: tuple[int, int, int]) -> list[dict[str,
             for p in split_points(model, input_shape)]
 
 
+def regime_label(noise: bool, at: int | None) -> str:
+    """How a fine-tuned model is named in records and reports: ``noise`` / ``no-noise`` when the noise sat at
+    the evaluated split (the default), ``noise@N`` / ``no-noise@N`` when ``noise_at`` placed it after point N.
+
+    Example:
+        >>> regime_label(True, None), regime_label(False, 2)
+        ('noise', 'no-noise@2')
+    """
+    return ("noise" if noise else "no-noise") + ("" if at is None else f"@{at}")
+
+
 def split_model_experiment(cfg: SplitExperiment, ctx: Context) -> dict[str, Any]:
     from quantbench.experiments.prepare import prepare
+    from quantbench.splitting.experiment import split_costs
+    from quantbench.splitting.splitter import split_points
 
     listing = cfg.list_splits
     p = prepare(cfg, ctx, train=cfg.noise_train > 0 and not listing, calib=not listing)
-    points = list_points(p.model, p.input_shape)
     if listing:
+        points = list_points(p.model, p.input_shape)
         return {"model": p.loaded.label, "input_shape": list(p.input_shape), "points": points}
-    splits = cfg.splits or default_splits(len(points))
-    bad = [s for s in (*splits, *([cfg.noise_at] if cfg.noise_at is not None else [])) if s >= len(points)]
+    every = split_points(p.model, p.input_shape)
+    splits = cfg.splits or default_splits(len(every))
+    bad = [s for s in (*splits, *cfg.noise_at) if s >= len(every)]
     if bad:
-        raise QuantbenchError(f"split: {p.loaded.label} has split points 0..{len(points) - 1} (see --list-splits), "
+        raise QuantbenchError(f"split: {p.loaded.label} has split points 0..{len(every) - 1} (see --list-splits), "
                               f"got {bad[0]}")
+    # MACs only at the evaluated splits: each costs two forward passes (a ResNet-101 at 224 has 34 points)
+    points = {s: {"index": s, "label": every[s].label, "unit": every[s].unit,
+                  **split_costs(p.model, s, p.input_shape)} for s in splits}
     return _run(cfg, ctx, p, list(splits), points)
 
 
-def _run(cfg: SplitExperiment, ctx: Context, p: Any, splits: list[int], points: list[dict[str, Any]]
+def _finetuned(cfg: SplitExperiment, model: Any, train_xy: Any, splits: list[int]) -> dict[tuple[int, int, str], Any]:
+    """The fine-tuned models of each (split, qbins, companding) cell, by regime label (see :func:`regime_label`).
+
+    Each model is trained once and shared by every cell it belongs to: with ``noise_at`` (1, 2) the model
+    trained with noise after point 1 is evaluated at every split, as is the no-noise model of point 1.
+    """
+    from quantbench.splitting.experiment import noise_finetune
+
+    regime = {"epochs": cfg.noise_train, "lr": cfg.lr, "seed": cfg.seed, "part": cfg.finetune_part,
+              "freeze_bn": cfg.bn_stats == "frozen"}
+    noisy: dict[tuple[int, int, str], Any] = {}
+    plain: dict[int, Any] = {}  # no-noise fine-tuning does not depend on qbins or companding
+    models: dict[tuple[int, int, str], dict[str, Any]] = {}
+    for s in splits:
+        for q in cfg.noise_qbins:
+            for c in cfg.companding:
+                cell: dict[str, Any] = {}
+                for at in cfg.noise_at or (s,):
+                    if (at, q, c) not in noisy:
+                        noisy[(at, q, c)] = noise_finetune(model, train_xy, noise_at=at, qbins=q, companding=c,
+                                                           **regime)[0]
+                    if at not in plain:
+                        plain[at] = noise_finetune(model, train_xy, noise_at=at, qbins=q, companding=c, noise=False,
+                                                   **regime)[0]
+                    label_at = at if cfg.noise_at else None
+                    cell[regime_label(True, label_at)] = noisy[(at, q, c)]
+                    cell[regime_label(False, label_at)] = plain[at]
+                models[(s, q, c)] = cell
+    return models
+
+
+def _run(cfg: SplitExperiment, ctx: Context, p: Any, splits: list[int], points: dict[int, dict[str, Any]]
          ) -> dict[str, Any]:
-    from quantbench.splitting.experiment import anonymization, grid_png, noise_finetune, run_split
+    from quantbench.splitting.experiment import anonymization, grid_png, run_split
     from quantbench.splitting.features import FeatureQuantizer
     from quantbench.splitting.latency import best_split, estimate_latency, parse_profile
 
@@ -102,20 +151,7 @@ def _run(cfg: SplitExperiment, ctx: Context, p: Any, splits: list[int], points: 
                "edge_gflops": edge.gflops, "cloud_gflops": cloud.gflops}
     test_xy, calib_xy = p.test.tensors(), p.calib.tensors()
     train_xy = p.train.tensors() if p.train is not None else None
-    models: dict[tuple[int, int, str], dict[str, Any]] = {}
-    plain_at: dict[int, Any] = {}  # no-noise fine-tuning does not depend on qbins or companding
-    regime = {"epochs": cfg.noise_train, "lr": cfg.lr, "seed": cfg.seed, "part": cfg.finetune_part,
-              "freeze_bn": cfg.bn_stats == "frozen"}
-    if cfg.noise_train > 0:
-        for s in splits:
-            for q in cfg.noise_qbins:
-                for c in cfg.companding:
-                    at = s if cfg.noise_at is None else cfg.noise_at
-                    noisy, _ = noise_finetune(p.model, train_xy, noise_at=at, qbins=q, companding=c, **regime)
-                    if at not in plain_at:
-                        plain_at[at] = noise_finetune(p.model, train_xy, noise_at=at, qbins=q, companding=c,
-                                                      noise=False, **regime)[0]
-                    models[(s, q, c)] = {"noise" if at == s else f"noise@{at}": noisy, "no-noise": plain_at[at]}
+    models = _finetuned(cfg, p.model, train_xy, splits) if cfg.noise_train > 0 else {}
     recs = run_split(p.model, calib_xy, test_xy, splits=splits, qbins=list(cfg.qbins),
                      companding=list(cfg.companding), range_mode=cfg.range, codec=cfg.codec, models=models,
                      log=ctx.log if ctx.progress else None)
@@ -159,8 +195,9 @@ def _run(cfg: SplitExperiment, ctx: Context, p: Any, splits: list[int], points: 
                 r.setdefault("recover_psnr_db", a["psnr_db"])
     ctx.commit(rows)
     return {"model": p.loaded.label, "data": cfg.data, "split": p.split, "n_images": len(test_xy[1]),
-            "codec": cfg.codec, "range": cfg.range, "records": recs, "points": points,
-            "fp32_top1": recs[0]["fp32_top1"] if recs else None, "edge": edge.as_dict(), "cloud": cloud.as_dict()}
+            "codec": cfg.codec, "range": cfg.range, "records": recs,
+            "fp32_top1": recs[0]["fp32_top1"] if recs else None, "edge": edge.as_dict(), "cloud": cloud.as_dict(),
+            "points": [points[s] for s in splits]}
 
 
 register_kind("split", SplitExperiment, split_model_experiment,

@@ -1,7 +1,8 @@
 """Report figures (matplotlib, imported lazily with the Agg backend), one module per family.
 
 Each figure function takes store rows and returns a :class:`Figure` (PNG bytes + caption) or
-None when the rows hold nothing worth a picture (one point, a straight line by construction).
+None when the rows hold nothing worth a picture (one point, a straight line by construction); a family
+drawn once per model or regime (``split_accuracy``) returns a list.
 :func:`make_figures` is the entry point: it runs every family and ends each caption with the
 machine (or devices) the numbers come from.
 """
@@ -52,7 +53,10 @@ def make_figures(rows: Sequence[Row], machine: str = "") -> list[Figure]:
     """
     if not matplotlib_available():
         return []
-    out = [f for f in (fn(rows) for fn in ALL_FIGURES) if f is not None]
+    out: list[Figure] = []
+    for fn in ALL_FIGURES:  # a family returns one figure, None, or a list (one per model / regime)
+        made = fn(rows)
+        out += made if isinstance(made, list) else [made] if made is not None else []
     if machine:
         out = [Figure(f.name, f.png, f"{f.caption} {machine}") for f in out]
     return out
