@@ -1,4 +1,5 @@
-"""A sweep's report: one FP32 reference, a pivot of the grid (top-1 and drop per cell), scheme x algorithm.
+"""A sweep's report: one FP32 reference, a pivot of the grid (top-1 and drop per cell), scheme x algorithm,
+and (through the rows' ``sweep_cell`` tag) figures against each swept numeric hyper-parameter.
 
 Why a view of its own: a sweep's rows, read as one run, repeat the FP32 model once per cell and
 scatter the grid over a long table. A person asks "which cell of my grid is best, and by how
@@ -103,9 +104,10 @@ def sweep_rows(params: list[dict[str, Any]], per_cell: Sequence[Sequence[Row]]) 
     """
     shared = _fp32_shared(per_cell)
     labels = cell_labels(params)
+    cells = _varying(params)
     seen: set[tuple[Any, ...]] = set()
     out = []
-    for rows, label in zip(per_cell, labels, strict=True):
+    for rows, label, cell in zip(per_cell, labels, cells, strict=True):
         for r in rows:
             if shared and r["method"] == "fp32":
                 key = (r["model"], r["engine"], r["metric"], r["batch"], repr(r["extra"].get("epoch")))
@@ -113,9 +115,18 @@ def sweep_rows(params: list[dict[str, Any]], per_cell: Sequence[Sequence[Row]]) 
                     continue
                 seen.add(key)
                 out.append(r)
-            else:
-                out.append({**r, "model": f"{r['model']} {label}".rstrip()})
+            else:  # the cell's parameters travel with its rows: figures against a swept hyper-parameter read them
+                out.append({**r, "model": f"{r['model']} {label}".rstrip(),
+                            "extra": {**(r.get("extra") or {}), "sweep_cell": cell}})
     return out
+
+
+def _varying(params: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per cell, the flattened parameters that differ between cells and no row shows (as :func:`cell_labels`)."""
+    flat = [_flatten(p) for p in params]
+    keys = sorted({k for p in flat for k in p} - _SHOWN_BY_ROWS)
+    varying = [k for k in keys if len({repr(p.get(k)) for p in flat}) > 1]
+    return [{k: p.get(k) for k in varying} for p in flat]
 
 
 def _grid_keys(flat: list[dict[str, Any]]) -> list[str]:

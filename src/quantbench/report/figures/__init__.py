@@ -21,6 +21,7 @@ from quantbench.report.figures.accuracy import (
     training_curves,
 )
 from quantbench.report.figures.common import Figure, Row, _plt, _png, matplotlib_available, pareto_front
+from quantbench.report.figures.hyper import sweep_vs_hyper
 from quantbench.report.figures.latency import device_latency, latency_vs_batch, speedup_matrix
 from quantbench.report.figures.split import (
     split_accuracy,
@@ -33,11 +34,11 @@ from quantbench.report.figures.split import (
 __all__ = ["ALL_FIGURES", "Figure", "accuracy_drop", "accuracy_vs_latency", "accuracy_vs_loss", "accuracy_vs_size",
            "device_latency", "latency_vs_batch", "make_figures", "matplotlib_available", "parameters", "pareto_front",
            "sensitivity", "speedup_matrix", "split_accuracy", "split_bpp", "split_latency", "split_rate_accuracy",
-           "split_regimes", "training_curves", "_plt", "_png"]
+           "split_regimes", "sweep_vs_hyper", "training_curves", "_plt", "_png"]
 
 ALL_FIGURES = (training_curves, accuracy_vs_loss, accuracy_drop, parameters, accuracy_vs_size,
                accuracy_vs_latency, sensitivity, latency_vs_batch, speedup_matrix, split_accuracy,
-               split_regimes, split_rate_accuracy, split_bpp, split_latency, device_latency)
+               split_regimes, split_rate_accuracy, split_bpp, split_latency, device_latency, sweep_vs_hyper)
 
 
 def make_figures(rows: Sequence[Row], machine: str = "") -> list[Figure]:
