@@ -6,6 +6,7 @@ tests that need it are marked ``realdata`` and skip, with the reason, when it is
 
 from __future__ import annotations
 
+import atexit
 import os
 from pathlib import Path
 
@@ -19,6 +20,16 @@ RESNET20_WEIGHTS = SHARED / "weights" / "resnet20-12fca82f.th"
 
 # Two xdist workers on a 2-core machine: one intra-op thread each keeps them from fighting.
 torch.set_num_threads(1)
+
+# `--weight-range auto` follows the CPU (7-bit weight codes on x86 without VNNI), so labels such as
+# `w8a8:mse` would read `w8a8:mse-reduced` on some of the machines this suite runs on. The suite
+# chooses as on a VNNI CPU everywhere; tests/unit/test_weight_range.py fakes both kinds of CPU to test
+# the choice itself. Engines still pick their storage from the real CPU (`real_cpu_flags`), so the
+# parity contracts hold on the machine that runs them.
+_VNNI_CPUINFO = Path(os.environ.get("TMPDIR", "/tmp")) / f"quantbench-test-cpuinfo-{os.getpid()}"
+_VNNI_CPUINFO.write_text("processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma avx512f avx512_vnni\n")
+os.environ["QUANTBENCH_CPUINFO"] = str(_VNNI_CPUINFO)
+atexit.register(_VNNI_CPUINFO.unlink, missing_ok=True)
 
 
 @pytest.fixture

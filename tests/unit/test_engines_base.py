@@ -94,12 +94,12 @@ def test_missing_package_makes_the_engine_unavailable(dep, monkeypatch):
 
 
 def test_bf16_needs_native_cpu_support(dep, monkeypatch):
-    monkeypatch.setattr(base, "cpu_flags", lambda: {"sse2", "avx2", "fma"})
+    monkeypatch.setattr(base, "real_cpu_flags", lambda *a: {"sse2", "avx2", "fma"})
     ok, reason = TorchEngine.supports("bf16")
     assert not ok and "avx512_bf16" in reason
     with pytest.raises(QuantbenchError, match="cannot run variant 'bf16' here"):
         load_session("torch", dep, "bf16")
-    monkeypatch.setattr(base, "cpu_flags", lambda: set())
+    monkeypatch.setattr(base, "real_cpu_flags", lambda *a: set())
     assert "cannot read CPU flags" in TorchEngine.supports("bf16")[1]
     assert TorchEngine.supports("fp32") == (True, "")
 

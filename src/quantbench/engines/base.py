@@ -194,13 +194,19 @@ CPUINFO_ENV = "QUANTBENCH_CPUINFO"
 
 
 def cpu_flags() -> set[str]:
-    """CPU feature flags from /proc/cpuinfo (empty where unavailable, e.g. not Linux).
+    """CPU feature flags that quantbench's choices follow: /proc/cpuinfo's, or another machine's.
 
     ``QUANTBENCH_CPUINFO=FILE`` reads another machine's cpuinfo instead, to see what quantbench
     would choose there (e.g. ``--weight-range auto`` for an AVX2-only server) - and to test it.
+    What the kernels running HERE do is :func:`real_cpu_flags`.
     """
+    return real_cpu_flags(os.environ.get(CPUINFO_ENV) or "/proc/cpuinfo")
+
+
+def real_cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
+    """Feature flags of this machine's CPU (empty where unavailable, e.g. not Linux)."""
     try:
-        with open(os.environ.get(CPUINFO_ENV) or "/proc/cpuinfo", encoding="utf-8") as fh:
+        with open(path, encoding="utf-8") as fh:
             for line in fh:
                 if line.startswith("flags"):
                     return set(line.split(":", 1)[1].split())
@@ -242,7 +248,7 @@ def int8_saturates(flags: set[str] | None = None, machine: str | None = None) ->
 
 def cpu_has_bf16() -> tuple[bool, str]:
     """Native BF16 compute on this CPU (AVX512_BF16 or AMX-BF16), with the reason when not."""
-    flags = cpu_flags()
+    flags = real_cpu_flags()
     if flags & {"avx512_bf16", "amx_bf16"}:
         return True, ""
     if not flags:

@@ -75,7 +75,7 @@ METADATA_PREFIX = "quantbench."
 _EXPORT_BATCH = 2
 
 
-def ort_weight_type(qm: QuantizedModel | None = None) -> str:
+def ort_weight_type(qm: QuantizedModel | None = None, flags: set[str] | None = None) -> str:
     """``"uint8"`` where ONNX Runtime's u8 x s8 integer kernels can saturate on this CPU, else ``"int8"``.
 
     Why: without VNNI (``avx512_vnni``, ``avx_vnni``) or AMX, ONNX Runtime's x86 u8 x s8 GEMM uses
@@ -83,11 +83,12 @@ def ort_weight_type(qm: QuantizedModel | None = None) -> str:
     AMD EPYC with ONNX Runtime 1.32: logits 0.16 off (of 0.48) on a 3-layer test network, while the
     same values as u8 weights (zero point 128) were exact. Elsewhere (VNNI, AMX, Arm) s8 weights are
     exact and the fastest format - and so they are for ``qm`` when every weight code lies in
-    -64..63 (``--weight-range reduced``): ``2 x 255 x 64`` fits in int16.
+    -64..63 (``--weight-range reduced``): ``2 x 255 x 64`` fits in int16. ``flags`` default to the
+    CPU the kernels really run on (never a ``QUANTBENCH_CPUINFO`` stand-in).
     """
-    from quantbench.engines.base import int8_saturates
+    from quantbench.engines.base import int8_saturates, real_cpu_flags
 
-    if not int8_saturates()[0]:
+    if not int8_saturates(real_cpu_flags() if flags is None else flags)[0]:
         return "int8"
     if qm is not None and all(fq.spec.qmin >= -64 and fq.spec.qmax <= 63 for _, fq in qm.weight_quantizers()):
         return "int8"
