@@ -15,6 +15,10 @@ as it does for a model's convolutions):
 * one convolution, 3x3 64->64 at 56x56 (ResNet stage 1): ``Conv`` (fp32) vs ``QLinearConv`` (u8 x s8,
   requantized to u8).
 
+The int8 weights span the full s8 range: only speed is measured, and on x86 without VNNI the fast
+``vpmaddubsw`` path timed here is the one a model with 7-bit weights (``--weight-range reduced``,
+ORT's ``reduce_range``) runs exactly, so the ceiling is what such a model can reach there.
+
 Without onnxruntime, fp32 falls back to ``numpy.matmul`` on the same GEMM shapes (its BLAS, its own thread
 count) and int8 is skipped with the reason: numpy has no integer GEMM kernel worth calling a ceiling.
 
