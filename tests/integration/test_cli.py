@@ -102,6 +102,8 @@ def test_models_and_datasets_listings(capsys):
     recs = _last_json(capsys)
     r20 = next(r for r in recs if r["name"] == "resnet20")
     assert r20["params"] == 269_722 and r20["macs"] > 40_000_000
+    assert main(["models", "vgg16", "--num-classes", "10", "--no-progress"]) == 0  # the published VGG16 CIFAR-10 count
+    assert "134,301,514" in capsys.readouterr().out
     assert main(["datasets", "--json"]) == 0
     kinds = {r["kind"] for r in _last_json(capsys)}
     assert {"digits", "synthetic", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder"} <= kinds

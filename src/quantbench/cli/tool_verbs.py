@@ -44,9 +44,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(records)
         return 0
-    print_table(["model", "family", "input", "classes", "params", "MACs/image"],
+    print_table(["model", "family", "input", "classes", "params", "parameters (exact)", "MACs/image"],
                 [[r["name"], str(r.get("family", "")), "x".join(map(str, r["input_shape"])), str(r["num_classes"]),
-                  human_count(r.get("params")), human_count(r.get("macs"))] for r in records])
+                  human_count(r.get("params")), f"{r['params']:,}" if r.get("params") is not None else "–",
+                  human_count(r.get("macs"))] for r in records])
     print("\nMACs = multiply-accumulates of conv/linear layers at the default input, batch 1; FLOPs = 2 x MACs.")
     print("Any other model works too: --model FILE.py:FACTORY, package.module:FACTORY, FILE.onnx, FILE.pt2, "
           "torchvision:NAME, timm:NAME.")
