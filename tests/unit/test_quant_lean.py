@@ -160,3 +160,15 @@ def test_resnet20_mixed_budget_below_the_old_67kb_floor_is_met(tmp_path):
         assert torch.equal(load_quantized(tmp_path / "m.qbm").eval()(x[:2]), qm.eval()(x[:2]))
     assert load_lean(tmp_path / "m.qbm")[0]["count"] == len(qm.state_dict())
     mixed_plan(BitChoice(search.choice.bits, 0.0, 0, 2.0, "mse"))  # the plan is an ordinary mixed plan
+
+
+def test_solver_spends_the_few_bytes_above_the_smallest_model():
+    """20 layers, budget = the 2-bit model + 400 bytes: the DP over each layer's cost above its cheapest option
+    resolves those 400 bytes (rounding costs of the whole budget up used to leave everything at 2 bits)."""
+    from quantbench.quant.mixed import LayerBits, solve_bits, weight_bytes
+
+    sens = [LayerBits(f"l{i}", "Conv2d", 9216 if i else 432, {2: 10.0 if i else 100.0, 4: 1.0, 8: 0.1})
+            for i in range(20)]
+    smallest = sum(weight_bytes(s.numel, 2) for s in sens)
+    choice = solve_bits(sens, budget_bytes=smallest + 400)
+    assert choice.bits["l0"] == 8 and choice.weight_bytes <= smallest + 400
