@@ -30,8 +30,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -48,10 +49,11 @@ from quantbench.quant.bias_correction import (
     relu_follows,
     run_to_layer,
 )
+from quantbench.quant.brecq_blocks import propagate
 from quantbench.quant.fake import FakeQuant, broadcast_param
 from quantbench.quant.prepare import QuantizedModel
 
-__all__ = ["ZETA", "GAMMA", "adaround", "rectified_sigmoid", "round_layer"]
+__all__ = ["GAMMA", "ZETA", "SoftRounding", "adaround", "annealed_beta", "rectified_sigmoid", "round_layer"]
 
 ZETA, GAMMA = 1.1, -0.1
 """Stretch of the rectified sigmoid (paper section 4.1): h reaches exactly 0 and 1."""
@@ -76,6 +78,70 @@ def _layer_forward(layer: nn.Module, x: Tensor, weight: Tensor) -> Tensor:
 def _rec_loss(out: Tensor, target: Tensor) -> Tensor:
     """Squared error summed over channels (dim 1), averaged over images and positions."""
     return (out - target).pow(2).sum(dim=1).mean()
+
+
+class SoftRounding(nn.Module):
+    """The rounding variables of one layer: ``W~ = s * (clamp(floor(W / s) + h(V) + z, qmin, qmax) - z)``.
+
+    Installed in place of a layer's ``weight_fq`` while its rounding is optimised (the layer's
+    forward then uses the soft weight, whatever network runs it: one layer, a block, a stage);
+    :meth:`harden` writes the chosen grid point back into the weight. Shared by AdaRound and
+    block reconstruction (:mod:`quantbench.quant.brecq`).
+
+    Example:
+        >>> rounding = SoftRounding(qm.layer("conv1"))  # doctest: +SKIP
+    """
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        fq = layer.weight_fq
+        if not isinstance(fq, FakeQuant):
+            raise QuantbenchError(f"AdaRound: layer {type(layer).__name__} has no weight quantizer")
+        if fq.spec.companding != "none":
+            raise QuantbenchError("AdaRound needs a uniform weight grid; this layer uses companding")
+        self.layer, self.fq, self.spec = [layer], fq, fq.spec  # list: not a registered submodule
+        w = layer.weight.detach()
+        scale, zero_point = fq.qparams()
+        self.register_buffer("s", broadcast_param(scale, w, fq.spec).to(w.dtype))
+        self.register_buffer("z", broadcast_param(zero_point, w, fq.spec).to(w.dtype))
+        self.register_buffer("w_floor", torch.floor(w / self.s))
+        self.v = nn.Parameter(_inverse_rectified_sigmoid(w / self.s - self.w_floor))
+
+    def weight(self, h: Tensor) -> Tensor:
+        """The weight for rounding offsets ``h`` in ``[0, 1]`` (soft, or 0/1 for the final choice)."""
+        return (torch.clamp(self.w_floor + h + self.z, self.spec.qmin, self.spec.qmax) - self.z) * self.s
+
+    def forward(self, _w: Tensor) -> Tensor:  # called as the layer's weight_fq(weight)
+        return self.weight(rectified_sigmoid(self.v))
+
+    def regularizer(self, b: float) -> Tensor:
+        """``sum(1 - |2 h(V) - 1|^b)``: zero only when every ``h`` is exactly 0 or 1."""
+        return (1.0 - (2.0 * rectified_sigmoid(self.v) - 1.0).abs().pow(b)).sum()
+
+    def harden(self) -> None:
+        """Write ``W = s * (clamp(floor(W / s) + [h(V) >= 0.5] + z) - z)`` into the layer (on the grid)."""
+        with torch.no_grad():
+            hard = (rectified_sigmoid(self.v) >= 0.5).to(self.s.dtype)
+            self.layer[0].weight.copy_(self.weight(hard))
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[SoftRounding]:
+        """The layer computes with the soft weight inside the block, with its quantizer afterwards."""
+        layer = self.layer[0]
+        layer.weight_fq = self
+        try:
+            yield self
+        finally:
+            layer.weight_fq = self.fq
+
+
+def annealed_beta(t: int, iters: int, warmup: float, beta: tuple[float, float]) -> float | None:
+    """The regulariser exponent at step ``t`` (None during warm-up): linear from ``beta[0]`` to ``beta[1]``."""
+    start = int(warmup * iters)
+    if t < start:
+        return None
+    rel = (t - start) / max(iters - start, 1)
+    return beta[1] + (beta[0] - beta[1]) * max(0.0, 1.0 - rel)
 
 
 def round_layer(
@@ -112,20 +178,12 @@ def round_layer(
     Returns:
         ``{"loss_nearest", "loss_adaround"}``: reconstruction loss (see :func:`_rec_loss`)
         on up to 256 cached samples with round-to-nearest and with the result.
-    """
-    fq = layer.weight_fq
-    if not isinstance(fq, FakeQuant):
-        raise QuantbenchError(f"AdaRound: layer {type(layer).__name__} has no weight quantizer")
-    spec = fq.spec
-    w = layer.weight.detach()
-    scale, zero_point = fq.qparams()
-    s = broadcast_param(scale, w, spec).to(w.dtype)
-    z = broadcast_param(zero_point, w, spec).to(w.dtype)
-    w_floor = torch.floor(w / s)
-    v = nn.Parameter(_inverse_rectified_sigmoid(w / s - w_floor))
 
-    def soft_weight(h: Tensor) -> Tensor:
-        return (torch.clamp(w_floor + h + z, spec.qmin, spec.qmax) - z) * s
+    Example:
+        >>> round_layer(qm.layer("conv1"), x, target, iters=500)  # doctest: +SKIP
+    """
+    rounding = SoftRounding(layer)
+    w = layer.weight.detach()
 
     def loss_on(weight: Tensor) -> float:
         n = min(len(x), 256)
@@ -136,26 +194,21 @@ def round_layer(
                 total += float(_rec_loss(act(out) if act else out, target[i : min(i + 64, n)])) * len(out)
         return total / n
 
-    loss_nearest = loss_on(fq(w))
-    opt = torch.optim.Adam([v], lr=lr)
-    start = int(warmup * iters)
+    loss_nearest = loss_on(rounding.fq(w))
+    opt = torch.optim.Adam([rounding.v], lr=lr)
     for t in range(iters):
         idx = torch.randint(len(x), (min(batch_size, len(x)),), generator=generator)
-        h = rectified_sigmoid(v)
-        out = _layer_forward(layer, x[idx], soft_weight(h))
+        out = _layer_forward(layer, x[idx], rounding(w))
         loss = _rec_loss(act(out) if act else out, target[idx])
-        if t >= start:
-            rel = (t - start) / max(iters - start, 1)
-            b = beta[1] + (beta[0] - beta[1]) * max(0.0, 1.0 - rel)
-            loss = loss + reg_weight * (1.0 - (2.0 * h - 1.0).abs().pow(b)).sum()
+        b = annealed_beta(t, iters, warmup, beta)
+        if b is not None:
+            loss = loss + reg_weight * rounding.regularizer(b)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if on_step is not None:
             on_step()
-    with torch.no_grad():
-        hard = (rectified_sigmoid(v) >= 0.5).to(w.dtype)
-        layer.weight.copy_(soft_weight(hard))
+    rounding.harden()
     return {"loss_nearest": loss_nearest, "loss_adaround": loss_on(layer.weight.detach())}
 
 
@@ -238,31 +291,67 @@ def adaround(
             f"AdaRound needs a uniform weight grid; layer(s) {', '.join(companded)} use companding"
         )
     ref = float_reference(qm, float_model)
-    ref.to(model_device(qm))
-    images = collect_images(data, n_images)
+    dev = model_device(qm)
+    ref.to(dev)
+    images = collect_images(data, n_images).to(dev)
     generator = torch.Generator().manual_seed(seed)
+    units = cached_units(qm, ref)
+    index = {name: i for i, (name, _) in enumerate(todo, 1)}
     was_training = qm.training
     qm.eval()
     try:
         with bypass_uncalibrated(qm):
-            for i, (name, _) in enumerate(todo, 1):
-                t0 = time.perf_counter()
-                layer = qm.layer(name)
-                act = F.relu if relu_aware and relu_follows(qm.net, name) else None
-                # Cached once per layer, before its iterations: the quantized network's inputs (earlier
-                # layers already rounded) and the float network's outputs; every Adam step samples them.
-                x = _collect(qm, layer, images, "input", 128)
-                target = _collect(ref, ref.get_submodule(name), images, "output", 128)
-                if act is not None:
-                    target = act(target)
-                with bar(total=iters, desc=f"adaround layer {i}/{len(todo)} {name}", unit="iter",
-                         enabled=progress) as shown:
-                    stats = round_layer(
-                        layer, x, target, act=act, iters=iters, batch_size=batch_size, lr=lr,
-                        reg_weight=reg_weight, beta=beta, warmup=warmup, generator=generator, on_step=shown.update,
-                    )  # fmt: skip
-                del x, target
-                note(f"adaround layer {i}/{len(todo)} {name}: loss nearest {stats['loss_nearest']:.4g} -> "
-                     f"{stats['loss_adaround']:.4g} ({time.perf_counter() - t0:.1f} s)", enabled=progress)
+            # The quantized and float networks' values at the current unit's input, advanced one unit at
+            # a time (each unit runs once per network), instead of running from the images to every layer.
+            xq = xf = images
+            for u, (seg_q, seg_f, names) in enumerate(units):
+                for name in (n for n in names if n in index):
+                    i, t0 = index[name], time.perf_counter()
+                    layer = qm.layer(name)
+                    act = F.relu if relu_aware and relu_follows(qm.net, name) else None
+                    # Cached once per layer, before its iterations: the quantized network's inputs (earlier
+                    # layers already rounded) and the float network's outputs; every Adam step samples them.
+                    x = _collect(seg_q, layer, xq, "input", 128)
+                    target = _collect(seg_f, ref.get_submodule(name), xf, "output", 128)
+                    if act is not None:
+                        target = act(target)
+                    with bar(total=iters, desc=f"adaround layer {i}/{len(todo)} {name}", unit="iter",
+                             enabled=progress) as shown:
+                        stats = round_layer(
+                            layer, x, target, act=act, iters=iters, batch_size=batch_size, lr=lr, beta=beta,
+                            reg_weight=reg_weight, warmup=warmup, generator=generator, on_step=shown.update,
+                        )  # fmt: skip
+                    del x, target
+                    note(f"adaround layer {i}/{len(todo)} {name}: loss nearest {stats['loss_nearest']:.4g} -> "
+                         f"{stats['loss_adaround']:.4g} ({time.perf_counter() - t0:.1f} s)", enabled=progress)
+                if u + 1 < len(units):
+                    xq, xf = propagate(seg_q, xq), propagate(seg_f, xf)
     finally:
         qm.train(was_training)
+
+
+def cached_units(qm: QuantizedModel, ref: nn.Module) -> list[tuple[nn.Module, nn.Module, tuple[str, ...]]]:
+    """``(quantized unit, float unit, layer names)`` per unit of :func:`~quantbench.quant.brecq_blocks.find_blocks`.
+
+    The float unit is the same piece of graph with the activation quantizers taken out and each
+    conv/linear replaced by the float reference's layer of the same name. A graph that cannot be
+    cut (several inputs or outputs) gives one unit: the whole quantized and float networks.
+
+    Example:
+        >>> [names for _, _, names in cached_units(qm, ref)][:2]  # doctest: +SKIP
+        [('conv1',), ('layer1.0.conv1', 'layer1.0.conv2')]
+    """
+    from quantbench.quant.brecq_blocks import find_blocks, segment_module
+
+    try:
+        blocks = find_blocks(qm)
+    except QuantbenchError:
+        return [(qm, ref, tuple(info.name for info in qm.layers))]
+    layer_names = {info.name for info in qm.layers}
+
+    def float_path(target: str, module: nn.Module) -> nn.Module | None:
+        if isinstance(module, FakeQuant):
+            return None
+        return ref.get_submodule(target) if target in layer_names else module
+
+    return [(segment_module(qm.net, b), segment_module(qm.net, b, float_path), b.layers) for b in blocks]

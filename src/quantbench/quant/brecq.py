@@ -1,0 +1,348 @@
+"""Block reconstruction: BRECQ (Li et al., ICLR 2021) and QDrop (Wei et al., ICLR 2022).
+
+Why: AdaRound rounds each layer to reproduce that layer's output, but at 4-bit activations and
+2-bit weights the errors of the two convolutions of a residual block interact (the second can
+compensate the first only if both are chosen together) and the layer-wise optimum is not the
+block's. BRECQ chooses the rounding of every weight of a block jointly, with the *block output*
+error as the loss, and learns the block's activation step sizes beside it (LSQ). QDrop adds one
+idea: during reconstruction each activation quantizer of the block is skipped per element with
+probability ``p`` (and the block input is the float network's value in the same elements), so
+the rounding is chosen for a neighbourhood of activation noise instead of one fixed noise
+pattern; the published records (MQBench, ImageNet ResNet-18 W2A4: AdaRound 62.3, BRECQ 63.6,
+QDrop 64.5) show the order.
+
+Method, per unit of :func:`~quantbench.quant.brecq_blocks.find_blocks` in execution order:
+
+* cached once per unit: the quantized network's value at the unit input ``x_q`` (earlier units
+  already reconstructed, their activation quantizers applied), the float network's ``x_f`` and
+  the float unit's output ``y`` for ``n_images`` images; the caches advance one unit at a time;
+* every weight quantizer of the unit becomes an AdaRound soft rounding
+  (:class:`~quantbench.quant.adaround.SoftRounding`), every static activation quantizer a
+  learned step size (LSQ gradient, Adam with a cosine-decayed rate);
+* each Adam step samples ``batch_size`` cached images; with ``drop_prob = p > 0`` the input is
+  ``x_f`` where a uniform draw is below ``p`` and ``x_q`` elsewhere, and each activation
+  quantizer passes its input through unquantized in the elements where a fresh draw is below
+  ``p``; loss ``||y - unit(x)||^2`` (optionally weighted per element by the Fisher diagonal,
+  below) plus AdaRound's annealed rounding regulariser;
+* finally weights go to the chosen grid points, the learned steps into the quantizers.
+
+``drop_prob = 0`` draws no random numbers for dropping, so QDrop with ``p = 0`` *is* BRECQ (same
+seed, same result). Fisher weighting (BRECQ's ``fisher_diag``): each element of the output error
+is weighted by ``(1 + g^2 / mean g^2) / 2``, ``g`` the gradient of the KL divergence between the
+float network's and the quantized network's predictions with respect to the unit's output.
+
+Example:
+    >>> qm = calibrate(prepare(model, parse_scheme("w4a4")), calib)  # doctest: +SKIP
+    >>> reconstruct(qm, model, calib, iters=1000, drop_prob=0.5)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from quantbench.errors import QuantbenchError
+from quantbench.progress import bar, note
+from quantbench.quant.adaround import SoftRounding, annealed_beta
+from quantbench.quant.bias_correction import (
+    bypass_uncalibrated,
+    collect_images,
+    float_reference,
+    model_device,
+)
+from quantbench.quant.brecq_blocks import Block, find_blocks, propagate, segment_module
+from quantbench.quant.fake import EPS, FakeQuant, lsq_grad_scale
+from quantbench.quant.prepare import QuantizedModel
+
+__all__ = ["LearnedActQuant", "reconstruct"]
+
+
+class _ActQuant(torch.autograd.Function):
+    """LSQ fake quantization with QDrop's per-element bypass, forward and backward written out.
+
+    Same values and gradients as :func:`~quantbench.quant.fake.lsq_fake_quantize` (mixed with the
+    input where ``keep`` is 1), but without autograd's chain of clamp/where nodes: on a CPU those
+    element-wise passes, not the convolutions, dominated a reconstruction step.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: Tensor, z: Tensor, qmin: int, qmax: int, grad_scale: float,
+                keep: Tensor | None) -> Tensor:
+        s = scale.reshape(scale.shape + (1,) * (x.dim() - scale.dim())) if scale.dim() else scale
+        v = x / s
+        t = torch.round(v).add_(z)
+        code = t.clamp(qmin, qmax)
+        inside = torch.eq(t, code).to(x.dtype)
+        code.sub_(z)  # q / s
+        ds = code - v.mul_(inside)  # d q / d s: round(v) - v inside, qmin - z / qmax - z outside
+        out = code.mul_(s)
+        if keep is not None:
+            out.add_(keep * (x - out))
+            inside.add_(keep * (1.0 - inside))  # a kept float element passes its gradient
+            ds.mul_(1.0 - keep)
+        ctx.save_for_backward(inside, ds)
+        ctx.scale_shape, ctx.s_shape, ctx.grad_scale = scale.shape, s.shape, grad_scale
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        inside, ds = ctx.saved_tensors
+        gs = (g * ds).sum_to_size(ctx.s_shape) if len(ctx.s_shape) else (g * ds).sum()
+        return g * inside, gs.reshape(ctx.scale_shape) * ctx.grad_scale, None, None, None, None, None
+
+
+class DropPool:
+    """Bernoulli(p) masks for QDrop, as windows at random offsets into one pool of draws.
+
+    Why a pool: drawing a fresh uniform number per activation element costs more than the rest of
+    a reconstruction step on a CPU (measured: 4.7 ms for a 32x16x32x32 batch against 0.06 ms for a
+    multiplication). A window of a 2^23-element pool at a random offset is a mask whose elements
+    are independent Bernoulli(p) draws; consecutive masks overlap in draws but not in position.
+    """
+
+    def __init__(self, p: float, generator: torch.Generator, device: torch.device) -> None:
+        self.p, self.generator, self.device = p, generator, device
+        self.pool = torch.empty(0, device=device)
+
+    def mask(self, shape: torch.Size) -> Tensor:
+        n = math.prod(shape)
+        if 4 * n > len(self.pool):  # drawn once per run, grown for a larger activation
+            size = max(1 << 22, 8 * n)
+            self.pool = (torch.rand(size, generator=self.generator, device=self.device) < self.p).float()
+        start = int(torch.randint(len(self.pool) - n + 1, (1,), generator=self.generator, device=self.device))
+        return self.pool[start: start + n].view(shape)
+
+
+class LearnedActQuant(nn.Module):
+    """An activation quantizer's stand-in during reconstruction: learned step, optional dropping.
+
+    ``scale`` starts at the calibrated one and learns with LSQ's gradient; while ``dropping`` is
+    set (the optimisation steps) each element is left unquantized with the pool's probability
+    (QDrop). :meth:`write_back` stores the learned step in the real quantizer.
+    """
+
+    def __init__(self, fq: FakeQuant, drops: DropPool | None, learn: bool) -> None:
+        super().__init__()
+        self.fq, self.drops = [fq], drops  # list: not a submodule
+        self.dropping = False  # on only during the optimisation steps (not for the before/after losses)
+        self.scale = nn.Parameter(fq.qparams()[0].clone(), requires_grad=learn)
+        self.register_buffer("z", fq.zero_point.detach().to(torch.float32))
+
+    def forward(self, x: Tensor) -> Tensor:
+        spec = self.fq[0].spec
+        scale = self.scale.abs().clamp(min=EPS)
+        z = self.z.reshape(self.z.shape + (1,) * (x.dim() - self.z.dim())) if self.z.dim() else self.z
+        numel = x[0].numel() // max(scale.numel(), 1) if x.dim() > 1 else x.numel()
+        keep = self.drops.mask(x.shape) if self.dropping and self.drops is not None else None
+        return _ActQuant.apply(x, scale, z, spec.qmin, spec.qmax, lsq_grad_scale(numel, spec), keep)
+
+    def write_back(self) -> None:
+        fq = self.fq[0]
+        with torch.no_grad():
+            fq.scale.copy_(self.scale.detach().abs().clamp(min=EPS).to(fq.scale.dtype))
+
+
+def _check(iters: int, batch_size: int, drop_prob: float, lr: float, act_lr: float, warmup: float) -> None:
+    if iters < 1 or batch_size < 1:
+        raise QuantbenchError(f"block reconstruction: iters and batch_size must be >= 1, got {iters}, {batch_size}")
+    if not (isinstance(drop_prob, (int, float)) and 0.0 <= drop_prob < 1.0):
+        raise QuantbenchError(f"QDrop: drop probability must be in [0, 1), got {drop_prob!r}")
+    if not (lr > 0 and act_lr >= 0 and 0.0 <= warmup < 1.0):
+        raise QuantbenchError(f"block reconstruction: need lr > 0, act_lr >= 0, 0 <= warmup < 1; "
+                              f"got {lr}, {act_lr}, {warmup}")
+
+
+def reconstruct(
+    qm: QuantizedModel,
+    float_model: nn.Module,
+    data: Any,
+    *,
+    n_images: int | None = 512,
+    iters: int = 1000,
+    batch_size: int = 32,
+    drop_prob: float = 0.0,
+    granularity: str = "block",
+    fisher: bool = False,
+    learn_act: bool = True,
+    lr: float = 1e-2,
+    act_lr: float = 4e-4,
+    reg_weight: float = 0.01,
+    beta: tuple[float, float] = (20.0, 2.0),
+    warmup: float = 0.2,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """BRECQ (``drop_prob=0``) or QDrop (``drop_prob>0``) on every unit of ``qm``, in place.
+
+    Run it after :func:`~quantbench.quant.prepare.calibrate` (the calibrated activation steps are
+    the starting point) and do not re-calibrate afterwards: that would discard the learned steps.
+
+    Args:
+        qm: The prepared, calibrated model; weights go to grid points, activation steps are learned.
+        float_model: The float model ``prepare`` received.
+        data: Calibration images: a tensor, ``(images, labels)``, a data set or a loader.
+        n_images: Calibration images to cache (None: all).
+        iters: Adam steps per unit.
+        batch_size: Images per step.
+        drop_prob: QDrop's probability of leaving an activation element unquantized (0: BRECQ).
+        granularity: ``"block"`` (residual blocks) or ``"stage"`` (runs of blocks of one width).
+        fisher: Weight the output error by the Fisher diagonal (see the module docstring).
+        learn_act: Learn the activation step sizes (LSQ) beside the rounding.
+        lr: Adam rate of the rounding variables.
+        act_lr: Adam rate of the step sizes (cosine-decayed to 0 over ``iters``).
+        reg_weight: ``lambda`` of AdaRound's rounding regulariser.
+        beta: ``(start, end)`` of the annealed regulariser exponent.
+        warmup: Fraction of ``iters`` before the regulariser starts.
+        seed: Seeds batch sampling and dropping (results are reproducible).
+        progress: A bar per unit on stderr and one line per finished unit (loss before/after, time).
+
+    Returns:
+        Per unit: ``{"block", "layers", "loss_before", "loss_after", "seconds"}`` (output MSE on up
+        to 256 cached images, no dropping).
+
+    Raises:
+        QuantbenchError: Bad arguments, companded weights, a model that cannot be cut into units
+            (several inputs/outputs), no quantized layer, or a float model that does not match.
+
+    Example:
+        >>> calibrate(qm, calib)  # doctest: +SKIP
+        >>> stats = reconstruct(qm, model, calib, iters=1000, drop_prob=0.5)  # doctest: +SKIP
+    """
+    _check(iters, batch_size, drop_prob, lr, act_lr, warmup)
+    companded = [n for n, fq in qm.weight_quantizers() if fq.spec.companding != "none"]
+    if companded:
+        raise QuantbenchError(f"block reconstruction needs a uniform weight grid; {', '.join(companded)} companded")
+    blocks = find_blocks(qm, granularity)
+    ref = float_reference(qm, float_model)
+    dev = model_device(qm)
+    ref.to(dev)
+    images = collect_images(data, n_images).to(dev)
+    generator = torch.Generator(device=dev).manual_seed(seed)
+    layer_names = {info.name for info in qm.layers}
+
+    def float_path(target: str, module: nn.Module) -> nn.Module | None:
+        if isinstance(module, FakeQuant):
+            return None
+        return ref.get_submodule(target) if target in layer_names else module
+
+    logits = propagate(ref, images) if fisher else None
+    drops = DropPool(drop_prob, generator, dev) if drop_prob > 0 else None
+    stats: list[dict[str, Any]] = []
+    was_training = qm.training
+    qm.eval()
+    try:
+        with bypass_uncalibrated(qm):
+            xq = xf = images
+            for k, block in enumerate(blocks):
+                t0 = time.perf_counter()
+                seg_f = segment_module(qm.net, block, float_path)
+                target = propagate(seg_f, xf)
+                weight = _fisher_weight(qm, blocks, k, xq, logits) if logits is not None else None
+                with bar(total=iters, desc=f"reconstruct {k + 1}/{len(blocks)} {block.name}", unit="iter",
+                         enabled=progress) as shown:
+                    before, after = _reconstruct_block(
+                        qm, block, xq, xf, target, weight, drops, iters=iters, batch_size=batch_size,
+                        learn_act=learn_act, lr=lr, act_lr=act_lr, reg_weight=reg_weight, beta=beta, warmup=warmup,
+                        generator=generator, on_step=shown.update)  # fmt: skip
+                seconds = time.perf_counter() - t0
+                stats.append({"block": block.name, "layers": list(block.layers), "loss_before": before,
+                              "loss_after": after, "seconds": seconds})
+                note(f"reconstruct {k + 1}/{len(blocks)} {block.name} ({len(block.layers)} layers): output loss "
+                     f"{before:.4g} -> {after:.4g} ({seconds:.1f} s)", enabled=progress)
+                if k + 1 < len(blocks):
+                    xq, xf = propagate(segment_module(qm.net, block), xq), propagate(seg_f, xf)
+    finally:
+        qm.train(was_training)
+    return stats
+
+
+def _output_loss(out: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Squared error summed over channels (dim 1), averaged over images and positions."""
+    err = (out - target).pow(2)
+    if weight is not None:
+        err = err * weight
+    return err.sum(dim=1).mean() if err.dim() > 1 else err.mean()
+
+
+def _reconstruct_block(
+    qm: QuantizedModel, block: Block, xq: Tensor, xf: Tensor, target: Tensor, weight: Tensor | None,
+    drops: DropPool | None, *,
+    iters: int, batch_size: int, learn_act: bool, lr: float, act_lr: float, reg_weight: float,
+    beta: tuple[float, float], warmup: float, generator: torch.Generator, on_step: Any,
+) -> tuple[float, float]:
+    """Optimise one unit's rounding (and activation steps); returns the output loss before and after."""
+    roundings = [SoftRounding(qm.layer(name)) for name in block.layers]
+    acts: dict[str, LearnedActQuant] = {}
+    for name in block.act_quantizers:
+        fq = qm.net.get_submodule(name)
+        if fq.mode == "quant" and fq.calibrated and not fq.spec.dynamic and fq.spec.companding == "none":
+            acts[name] = LearnedActQuant(fq, drops, learn_act)
+    seg = segment_module(qm.net, block, lambda target, module: acts.get(target, module))
+
+    def evaluate() -> float:
+        n = min(len(xq), 256)
+        with torch.no_grad():
+            return sum(float(_output_loss(seg(xq[i: i + 64]), target[i: i + 64],
+                                          None if weight is None else weight[i: i + 64])) * len(xq[i: i + 64])
+                       for i in range(0, n, 64)) / n
+
+    with contextlib.ExitStack() as stack:
+        before = evaluate()  # round to nearest, calibrated steps (roundings not installed yet)
+        for r in roundings:
+            stack.enter_context(r.installed())
+        params = [{"params": [r.v for r in roundings], "lr": lr}]
+        opt = torch.optim.Adam(params)
+        scales = [a.scale for a in acts.values() if a.scale.requires_grad]
+        opt_s = torch.optim.Adam(scales, lr=act_lr) if scales and act_lr > 0 else None
+        for a in acts.values():
+            a.dropping = True
+        for t in range(iters):
+            idx = torch.randint(len(xq), (min(batch_size, len(xq)),), generator=generator, device=xq.device)
+            x = xq[idx]
+            if drops is not None:  # QDrop: the float network's value in the dropped elements of the input
+                x = x + drops.mask(x.shape) * (xf[idx] - x)
+            loss = _output_loss(seg(x), target[idx], None if weight is None else weight[idx])
+            b = annealed_beta(t, iters, warmup, beta)
+            if b is not None:
+                loss = loss + reg_weight * sum(r.regularizer(b) for r in roundings)
+            opt.zero_grad(set_to_none=True)
+            if opt_s is not None:
+                opt_s.zero_grad(set_to_none=True)
+                for group in opt_s.param_groups:  # cosine decay to 0 over the iterations
+                    group["lr"] = act_lr * 0.5 * (1.0 + math.cos(math.pi * t / iters))
+            loss.backward()
+            opt.step()
+            if opt_s is not None:
+                opt_s.step()
+            on_step()
+        for r in roundings:
+            r.harden()
+    for a in acts.values():
+        a.dropping = False
+        a.write_back()
+    seg = segment_module(qm.net, block)  # the real quantizers, learned steps, hard weights
+    return before, evaluate()
+
+
+def _fisher_weight(qm: QuantizedModel, blocks: list[Block], k: int, xq: Tensor, logits: Tensor) -> Tensor:
+    """``(1 + g^2 / mean g^2) / 2`` per element of unit ``k``'s output (see the module docstring)."""
+    units = [segment_module(qm.net, b) for b in blocks[k:]]
+    parts = []
+    for i in range(0, len(xq), 64):
+        with torch.no_grad():
+            z = units[0](xq[i: i + 64])
+        z.requires_grad_(True)
+        out = z
+        for unit in units[1:]:
+            out = unit(out)
+        kl = F.kl_div(F.log_softmax(out, dim=1), F.softmax(logits[i: i + 64], dim=1), reduction="sum")
+        (g,) = torch.autograd.grad(kl, z)
+        parts.append(g.detach().pow(2))
+    g2 = torch.cat(parts)
+    return 0.5 * (1.0 + g2 / g2.mean().clamp(min=1e-30))

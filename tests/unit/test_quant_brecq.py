@@ -1,0 +1,221 @@
+"""Block reconstruction (BRECQ, QDrop) and the graph units it reconstructs.
+
+Tiny models and smooth random images (CPU, a few seconds each).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from quantbench.errors import QuantbenchError
+from quantbench.quant.adaround import adaround
+from quantbench.quant.brecq import _ActQuant, reconstruct
+from quantbench.quant.brecq_blocks import find_blocks, propagate, segment_module
+from quantbench.quant.fake import broadcast_param, lsq_fake_quantize
+from quantbench.quant.prepare import calibrate, prepare
+from quantbench.quant.ptq import ALGOS, PTQConfig, parse_method, quantize_ptq
+from quantbench.quant.spec import QuantSpec, parse_scheme
+
+
+class TinyRes(nn.Module):
+    """stem conv-ReLU -> one residual block (conv-ReLU-conv + skip, ReLU) -> pool -> linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.c1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 5)
+        for m in (self.stem, self.c1, self.c2, self.fc):
+            m.weight.data = torch.randn(m.weight.shape, generator=g) / m.weight[0].numel() ** 0.5
+            m.bias.data = 0.1 * torch.randn(m.bias.shape, generator=g)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem(x))
+        x = F.relu(self.c2(F.relu(self.c1(x))) + x)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class BlockFirst(nn.Module):
+    """A residual block straight on the image (conv 3->8-ReLU-conv 8->3 + skip, ReLU), 1x1 conv, pool, linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 3, 3, padding=1)
+        self.head = nn.Conv2d(3, 4, 1)
+        self.fc = nn.Linear(4, 5)
+        for m in (self.c1, self.c2, self.head, self.fc):
+            m.weight.data = torch.randn(m.weight.shape, generator=g) / m.weight[0].numel() ** 0.5
+            m.bias.data = 0.1 * torch.randn(m.bias.shape, generator=g)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.c2(F.relu(self.c1(x))) + x)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.head(x), 1), 1))
+
+
+class TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) + self.conv(y)
+
+
+def _images(n: int = 64, seed: int = 0) -> torch.Tensor:
+    """Smooth 8x8 images (neighbouring pixels correlate, so rounding choices matter)."""
+    g = torch.Generator().manual_seed(seed)
+    x = F.interpolate(torch.randn(n, 3, 3, 3, generator=g), size=(8, 8), mode="bilinear", align_corners=True)
+    return x + 0.1 * torch.randn(n, 3, 8, 8, generator=g)
+
+
+def _prepared(scheme: str = "w4a4", first_last: str = "same", model: nn.Module | None = None):
+    model = (model or TinyRes()).eval()
+    calib = _images()
+    return model, calib, calibrate(prepare(model, parse_scheme(scheme, first_last=first_last)), calib)
+
+
+# ----------------------------------------------------------------------------- units from the graph
+
+
+def test_blocks_are_found_from_the_graph() -> None:
+    _, _, qm = _prepared()
+    blocks = find_blocks(qm)
+    assert [b.layers for b in blocks] == [("stem",), ("c1", "c2"), ("fc",)]  # residual block kept whole
+    assert all(name.startswith("aq_") for b in blocks for name in b.act_quantizers)
+    chain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 4 * 4, 3)).eval()
+    qc = calibrate(prepare(chain, parse_scheme("w4a8")), _images(8))
+    assert [b.layers for b in find_blocks(qc)] == [("0",), ("2",), ("5",)]  # a chain: one unit per layer
+    assert [b.layers for b in find_blocks(qc, "stage")] == [("0",), ("2",), ("5",)]
+
+
+def test_units_compose_to_the_network() -> None:
+    _, calib, qm = _prepared()
+    x = calib
+    for block in find_blocks(qm):
+        x = propagate(segment_module(qm.net, block), x)
+    assert torch.allclose(x, qm(calib).detach(), atol=1e-6)
+
+
+def test_units_refuse_models_they_cannot_cut() -> None:
+    qm = prepare(TwoInputs().eval(), parse_scheme("w4"))
+    with pytest.raises(QuantbenchError, match="one input"):
+        find_blocks(qm)
+    _, _, qm = _prepared()
+    with pytest.raises(QuantbenchError, match="granularity"):
+        find_blocks(qm, "layer")
+
+
+# ----------------------------------------------------------------------------- reconstruction
+
+
+def test_block_reconstruction_beats_layerwise_adaround_on_the_block_output() -> None:
+    """Weights only (3 bits), the block straight on the image: both methods see the same block input,
+    so the block's output error compares the rounding choices alone. AdaRound fits each conv's own
+    output; block reconstruction fits the block output, where conv2 can make up for conv1's error."""
+    model = BlockFirst().eval()
+    (_, calib, ada), (_, _, blk), (_, _, nearest) = (_prepared("w3", model=model) for _ in range(3))
+    adaround(ada, model, calib, iters=300, batch_size=16)
+    reconstruct(blk, model, calib, iters=300, batch_size=16)
+    block = find_blocks(blk)[0]
+    assert block.layers == ("c1", "c2")
+    with torch.no_grad():
+        ref = F.relu(model.c2(F.relu(model.c1(calib))) + calib)
+        e_nearest, e_ada, e_blk = (float((segment_module(qm.net, block)(calib) - ref).pow(2).mean())
+                                   for qm in (nearest, ada, blk))
+    assert e_ada < e_nearest
+    assert e_blk < 0.8 * e_ada, (e_nearest, e_ada, e_blk)
+
+
+def test_weights_end_on_the_grid_and_steps_are_learned() -> None:
+    model, calib, qm = _prepared("w3a4")
+    w0 = {n: qm.layer(n).weight.detach().clone() for n, _ in qm.weight_quantizers()}
+    s0 = {n: fq.scale.clone() for n, fq in qm.act_quantizers()}
+    stats = reconstruct(qm, model, calib, iters=60, batch_size=16, drop_prob=0.5)
+    assert [s["block"] for s in stats] == ["stem", "c1..c2", "fc"]
+    for name, fq in qm.weight_quantizers():
+        w = qm.layer(name).weight.detach()
+        assert torch.equal(fq(w), w)
+        s = broadcast_param(fq.qparams()[0], w, fq.spec)
+        codes, floor = torch.round(w / s), torch.floor(w0[name] / s)
+        assert (((codes == floor) | (codes == floor + 1)) | (codes == fq.spec.qmin) | (codes == fq.spec.qmax)).all()
+    assert any(not torch.equal(fq.scale, s0[n]) for n, fq in qm.act_quantizers())
+    assert all(not isinstance(fq.scale, nn.Parameter) for _, fq in qm.act_quantizers())
+
+
+def test_qdrop_with_p0_is_brecq_and_the_algorithms_are_registered() -> None:
+    model, calib = TinyRes().eval(), _images()
+    cfgs = {name: PTQConfig("w4a4", name, calib_size=64, adaround_iters=30) for name in ("brecq", "qdrop")}
+    manual = {}
+    for p in (0.0, 0.5):
+        qm = calibrate(prepare(model, cfgs["brecq"].plan()), calib, n_images=64, batch_size=64)
+        reconstruct(qm, model, calib, n_images=64, iters=30, drop_prob=p)
+        manual[p] = qm
+    brecq, qdrop = (quantize_ptq(model, cfgs[name], calib) for name in ("brecq", "qdrop"))
+    assert ALGOS.get("qdrop").drop_prob == 0.5 and ALGOS.get("brecq").drop_prob == 0.0
+
+    def same(a: nn.Module, b: nn.Module) -> bool:
+        return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+    assert same(manual[0.0], brecq)  # QDrop's code path with p = 0 is BRECQ, bit for bit
+    assert same(manual[0.5], qdrop)
+    assert not same(brecq, qdrop)  # dropping changes what is learned
+    assert parse_method("w4a4:qdrop-flint8").label() == "w4a4:qdrop-flint8"
+
+
+def test_fisher_weighting_and_stage_units_run() -> None:
+    model, calib, qm = _prepared("w4a8")
+    stats = reconstruct(qm, model, calib, iters=20, fisher=True, granularity="stage")
+    assert len(stats) == 3 and all(s["loss_after"] == s["loss_after"] for s in stats)  # finite, not NaN
+
+
+def test_progress_lines_per_block(capsys: pytest.CaptureFixture[str]) -> None:
+    model, calib, qm = _prepared("w4a8")
+    reconstruct(qm, model, calib, iters=2, progress=True)
+    err = capsys.readouterr().err
+    assert "reconstruct 2/3 c1..c2 (2 layers): output loss" in err
+    reconstruct(qm, model, calib, iters=2)
+    assert capsys.readouterr().err == ""
+
+
+def test_fused_act_quantizer_matches_lsq() -> None:
+    spec = QuantSpec(bits=4, signed=False, symmetric=False)
+    x = (2 * torch.randn(4, 3, 5, 5)).requires_grad_()
+    s = torch.tensor(0.3, requires_grad=True)
+    g = torch.randn(4, 3, 5, 5)
+    y1 = lsq_fake_quantize(x, s, torch.tensor(2), spec, 0.1)
+    gx1, gs1 = torch.autograd.grad((y1 * g).sum(), [x, s])
+    y2 = _ActQuant.apply(x, s, torch.tensor(2.0), spec.qmin, spec.qmax, 0.1, None)
+    gx2, gs2 = torch.autograd.grad((y2 * g).sum(), [x, s])
+    assert torch.equal(y1, y2) and torch.allclose(gx1, gx2) and torch.allclose(gs1, gs2)
+    keep = (torch.rand(4, 3, 5, 5) < 0.5).float()
+    y3 = _ActQuant.apply(x, s, torch.tensor(2.0), spec.qmin, spec.qmax, 0.1, keep)
+    assert torch.allclose(y3, keep * x.detach() + (1 - keep) * y1.detach(), atol=1e-6)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"drop_prob": 1.0}, "drop probability"), ({"drop_prob": -0.1}, "drop probability"),
+    ({"iters": 0}, "iters"), ({"granularity": "net"}, "granularity"), ({"lr": 0.0}, "lr"),
+])
+def test_refusals_are_one_line(kwargs: dict, match: str) -> None:
+    model, calib, qm = _prepared("w4a4")
+    with pytest.raises(QuantbenchError, match=match) as info:
+        reconstruct(qm, model, calib, **{"iters": 2, **kwargs})
+    assert "\n" not in str(info.value)
+
+
+def test_refuses_companded_weights_and_all_fp32_layers() -> None:
+    model = TinyRes().eval()
+    with pytest.raises(QuantbenchError, match="companded"):
+        reconstruct(prepare(model, parse_scheme("w4", companding="mulaw")), model, _images(8), iters=2)
+    chain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    qm = prepare(chain, parse_scheme("w4", first_last="fp32"))
+    with pytest.raises(QuantbenchError, match="no layer has a weight quantizer"):
+        reconstruct(qm, chain, _images(8), iters=2)
