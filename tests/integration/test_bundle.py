@@ -144,6 +144,11 @@ def test_device_ceilings_go_from_the_runner_through_import_to_the_split_latency_
         (True, c["fp32"]["gmacs_per_s"], "measured"), (False, c["int8"]["gmacs_per_s"], "measured")}
     html = (tmp_path / "rep" / "report.html").read_text()
     assert "GEMM ceilings (measured on each device)" in html and " GMAC/s (measured)</td>" in html
+    from test_report_browser import _check_in_browser, _chromium  # the same probe as every other report kind
+
+    if _chromium() is not None:  # the devices report opens with its answer and every figure decodes
+        (tmp_path / "browser").mkdir()
+        _check_in_browser(tmp_path / "rep" / "report.html", tmp_path / "browser", "report_devices.png", min_images=1)
     edge = parse_profile("my-board", db)
     assert (edge.source, edge.gflops) == ("measured", pytest.approx(2 * c["fp32"]["gmacs_per_s"]))
     assert parse_profile("raspberry-pi-4b", db).source == "published" and parse_profile("x=3", db).source == "given"
