@@ -243,3 +243,24 @@ def test_adaround_rejects_companded_weights_and_bad_arguments() -> None:
         adaround(qm, model, _images(8), iters=2)
     with pytest.raises(QuantbenchError, match="iters"):
         adaround(prepare(model, parse_scheme("w4")), model, _images(8), iters=0)
+
+
+def test_adaround_unit_caches_give_the_whole_network_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AdaRound advances cached values unit by unit; running the whole network up to every layer
+    (the fallback for graphs that cannot be cut) must choose the same rounding."""
+    import quantbench.quant.brecq_blocks as blocks
+
+    model = build_model("resnet20").eval()
+    calib = _images(16)  # 8x8: the CIFAR ResNet's adaptive pooling takes it
+    plan = parse_scheme("w4a8")
+    by_units = calibrate(prepare(model, plan), calib)
+    adaround(by_units, model, calib, iters=3, batch_size=8)
+
+    def cannot_cut(*_a: object, **_k: object) -> None:
+        raise QuantbenchError("cannot cut")
+
+    monkeypatch.setattr(blocks, "find_blocks", cannot_cut)
+    whole = calibrate(prepare(model, plan), calib)
+    adaround(whole, model, calib, iters=3, batch_size=8)
+    for name, _ in by_units.weight_quantizers():
+        assert torch.allclose(by_units.layer(name).weight, whole.layer(name).weight, atol=1e-6), name
