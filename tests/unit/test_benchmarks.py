@@ -45,7 +45,7 @@ def test_ptq_vs_onnxruntime_refuses_missing_data_and_unknown_methods(tmp_path, c
     assert "--folds must be >= 2" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["ptq_resnet20", "ptq_vs_onnxruntime", "split_noise"])
+@pytest.mark.parametrize("name", ["ptq_resnet20", "ptq_vs_onnxruntime", "split_noise", "quantize_speed"])
 def test_real_data_benchmarks_exit_1_naming_what_is_missing(name, tmp_path, capsys):
     bench = _load(name)
     assert bench.main(["--weights", str(tmp_path / "none.th"), "--data", str(tmp_path / "nodata")]) == 1
