@@ -134,6 +134,8 @@ def test_encodings_are_exact_or_not_used():
     assert below.any() and (sf8_round(x)[below] == 2.0 ** (math.floor(math.log2(float(x.max()))) - 7)).all()
     y = torch.randn(1000)
     assert (q8_round(y) - y).abs().max() <= y.abs().max() / 127
+    tiny = torch.tensor([-1e-6, 0.5, -0.0])  # rounds to -0.0, which int8 cannot hold: it must come out +0.0
+    assert encode(q8_round(tiny)).enc == Q8
     assert torch.equal(sf8_round(sf8_round(x)), sf8_round(x)) and torch.equal(q8_round(q8_round(y)), q8_round(y))
 
 

@@ -131,7 +131,7 @@ def q8_round(t: Tensor) -> Tensor:
     if peak == 0.0:
         return torch.zeros_like(x)
     e = _q8_exponent(peak)
-    q = torch.clamp(torch.round(x.to(torch.float64) / 2.0**e), -127, 127)
+    q = torch.clamp(torch.round(x.to(torch.float64) / 2.0**e), -127, 127) + 0.0  # -0.0 -> +0.0: int8 has no -0
     return torch.ldexp(q.to(torch.float32), torch.tensor(float(e))).reshape(t.shape)
 
 
