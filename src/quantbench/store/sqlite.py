@@ -307,7 +307,7 @@ class ResultStore:
         if kind:
             sql, args = sql + " WHERE kind=?", [kind]
         out = []
-        for row in self._read(sql + " ORDER BY created, run_id", args):
+        for row in self._read(sql + " ORDER BY created, rowid", args):
             d = dict(row)
             d["config"] = self._json(d["config"], "config")
             d["environment"] = self._json(d["environment"], "environment")

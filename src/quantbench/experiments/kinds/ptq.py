@@ -97,8 +97,6 @@ def quantize_model(cfg: PTQExperiment, ctx: Context) -> dict[str, Any]:
 
     ptq = cfg.ptq_config(cfg.method, cfg.calib_size)
     weight_note = cfg.weight_range_note(cfg.method)
-    if weight_note:
-        ctx.log(weight_note)
     controlled = cfg.max_drop is not None
     from quantbench.experiments.controlled import val_share
 
@@ -110,6 +108,8 @@ def quantize_model(cfg: PTQExperiment, ctx: Context) -> dict[str, Any]:
 
         check_provable(p, cfg)
     _, fp32, train_eval = pretrained_baseline(p, cfg, ctx)
+    if weight_note and ptq.weight_range == "reduced":  # said (once the model loaded) when it changes the grid
+        ctx.log(weight_note)
     calib = p.calib
     ptq = dataclasses.replace(ptq, calib_size=min(ptq.calib_size, len(calib)) if calib is not None else 0)
     if controlled:

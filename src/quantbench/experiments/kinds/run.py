@@ -71,7 +71,7 @@ def run_default(cfg: RunExperiment, ctx: Context) -> dict[str, Any]:
         ptq = cfg.ptq_config(method, cfg.calib_size)
         calib = p.calib if needs_calibration(ptq) else None
         ptq = dataclasses.replace(ptq, calib_size=min(ptq.calib_size, len(calib)) if calib is not None else 0)
-        note = cfg.weight_range_note(method)
+        note = cfg.weight_range_note(method) if ptq.weight_range == "reduced" else None
         ctx.log(f"quantize: {ptq.label()}" + (f" (calibration on {ptq.calib_size} images)" if calib else "")
                 + (f"; {note}" if note else ""))
         out = run_ptq(p.model, ptq, calib, p.test, p.key, fp32, ctx.out_dir, **kw,
