@@ -37,6 +37,11 @@ def missing_reference(prog: str, weights: Path, data: Path) -> bool:
     return bool(missing)
 
 
+def drop_text(d: Any) -> str:
+    """``drop [lo, hi]`` in points, drop = FP32 - quantized (the negated paired difference)."""
+    return f"{-d.diff_points:+6.2f} [{-d.ci_high:+.2f}, {-d.ci_low:+.2f}]"
+
+
 def write_json(path: Path, doc: dict[str, Any]) -> None:
     """``doc`` as indented JSON (non-JSON values as strings), folders created; says where it went."""
     path.parent.mkdir(parents=True, exist_ok=True)

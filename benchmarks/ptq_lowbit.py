@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import missing_reference, reference_parser, write_json
+from common import drop_text, missing_reference, reference_parser, write_json
 
 ROWS = (
     "w4a8:minmax", "w4a8:mse", "w4a8:adaround", "w4a8:brecq", "w4a8:qdrop",
@@ -97,11 +97,6 @@ def resnet56_from_resnet20(weights: Path, gamma: float, seed: int = 0) -> torch.
     own = {k: v for k, v in r20.state_dict().items() if not k.startswith("layer")}
     r56.load_state_dict(own, strict=False)
     return r56.eval()
-
-
-def drop_text(d: Any) -> str:
-    """``drop [lo, hi]`` in points, drop = FP32 - quantized (the negated paired difference)."""
-    return f"{-d.diff_points:+6.2f} [{-d.ci_high:+.2f}, {-d.ci_low:+.2f}]"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import missing_reference, reference_parser, write_json
+from common import drop_text, missing_reference, reference_parser, write_json
 
 GROUPS = ("w8a8", "w4a8", "w4a4", "w2a8")
 TARGETS = {  # name: (row key, largest allowed drop in points)
@@ -87,11 +87,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     p.add_argument("--out", type=Path, default=None, help="write the rows and verdicts as JSON to this file")
     return p.parse_args(argv)
-
-
-def drop_text(d: Any) -> str:
-    """``drop [lo, hi]`` in points, drop = FP32 - quantized (the negated paired difference)."""
-    return f"{-d.diff_points:+6.2f} [{-d.ci_high:+.2f}, {-d.ci_low:+.2f}]"
 
 
 def main(argv: list[str] | None = None) -> int:
