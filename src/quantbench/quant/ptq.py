@@ -126,8 +126,8 @@ class PTQConfig:
             tags.append(self.companding)
         if self.first_last != "same":
             tags.append(f"fl{self.first_last}")
-        if self.plan().weight_range != "full":
-            tags.append(self.plan().weight_range)
+        if self.weight_range != "full" and self.plan().weight_range != "full":  # plan(): only where it applies
+            tags.append(self.weight_range)
         return f"{self.scheme}:{'-'.join([self.algo, *tags])}"
 
 
