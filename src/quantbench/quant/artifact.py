@@ -44,10 +44,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 import sys
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +56,7 @@ import torch
 from torch import Tensor
 
 from quantbench.errors import QuantbenchError
+from quantbench.paths import write_atomic
 from quantbench.quant.pack import pack_bits, packed_nbytes, unpack_bits
 
 MAGIC = b"QBENCH1\0"
@@ -174,19 +173,7 @@ def save_artifact(path: str | Path, meta: dict[str, Any], tensors: dict[str, Pac
         raise QuantbenchError(f"artifact {path}: meta is not JSON-serialisable ({exc})") from None
     raw = text.encode("utf-8")
     raw += b" " * (-len(raw) % ALIGN)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC + struct.pack("<Q", len(raw)) + raw)
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, [MAGIC + struct.pack("<Q", len(raw)) + raw, *chunks])
     return _PREFIX + len(raw) + offset
 
 

@@ -32,9 +32,7 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -42,6 +40,7 @@ from typing import Any
 from torch import Tensor
 
 from quantbench.errors import QuantbenchError
+from quantbench.paths import write_atomic
 from quantbench.quant.pack_float import DTYPES, ENCODINGS, PACKED, Encoded, decode, payload_nbytes
 
 MAGIC = b"QBENCH2\0"
@@ -90,17 +89,7 @@ def save_lean(path: str | Path, meta: dict[str, Any], names: list[str], tensors:
     header = zlib.compress(text + b"\0" + bytes(table), 9)
     body = header + b"".join(e.data for e in tensors)
     blob = MAGIC + struct.pack("<II", len(header), zlib.crc32(body)) + body
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, [blob])
     return len(blob)
 
 

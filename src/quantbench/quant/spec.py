@@ -270,9 +270,9 @@ class QuantPlan:
         if name in self.overrides:
             spec = self.overrides[name]
         elif (is_first or is_last) and self.first_last != "same":
-            if self.first_last == "fp32":
-                return FP32_LAYER
-            spec = LayerSpec(_with_bits(self.default.weight, 8), _with_bits(self.default.act, 8))
+            spec = self._edge_layer()
+            if spec.is_fp32:
+                return spec
         else:
             spec = self.default
         return reduce_weight_range(spec) if self.weight_range == "reduced" else spec
@@ -281,9 +281,14 @@ class QuantPlan:
     def can_saturate(self) -> bool:
         """True when some layer could pair 8-bit weights with 8-bit unsigned activations: the
         products that saturate ``vpmaddubsw`` on x86 CPUs without VNNI (what ``reduced`` avoids)."""
-        return any(_saturating(s) for s in (self.default, *self.overrides.values())) or (
-            self.first_last == "int8" and _saturating(LayerSpec(_with_bits(self.default.weight, 8),
-                                                                 _with_bits(self.default.act, 8))))
+        edge = [self._edge_layer()] if self.first_last != "same" else []
+        return any(_saturating(s) for s in (self.default, *self.overrides.values(), *edge))
+
+    def _edge_layer(self) -> LayerSpec:
+        """The first/last layers' spec under a ``first_last`` policy other than ``"same"``."""
+        if self.first_last == "fp32":
+            return FP32_LAYER
+        return LayerSpec(_with_bits(self.default.weight, 8), _with_bits(self.default.act, 8))
 
     def replace(self, **changes: Any) -> QuantPlan:
         """A copy with ``changes`` applied (e.g. ``overrides=...`` from a mixed-precision search)."""
