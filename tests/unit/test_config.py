@@ -32,7 +32,7 @@ def test_the_same_concept_has_one_declaration_and_default_everywhere():
             assert key in fields, (name, key)
     defaults = {KINDS.get(k).config.__dataclass_fields__["adaround_iters"].default
                 for k in ("ptq", "qat", "run")}
-    assert defaults == {1000}  # one AdaRound budget, not 1000 / 500 / 200
+    assert defaults == {None}  # one budget: each algorithm's own default, not 1000 / 500 / 200
     calib = {KINDS.get(k).config.__dataclass_fields__["calib_size"].default for k in ("ptq", "qat", "mixed", "run")}
     assert calib == {512}
 

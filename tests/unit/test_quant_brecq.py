@@ -170,6 +170,15 @@ def test_qdrop_with_p0_is_brecq_and_the_algorithms_are_registered() -> None:
     assert parse_method("w4a4:qdrop-flint8").label() == "w4a4:qdrop-flint8"
 
 
+def test_each_algorithm_has_its_own_step_default_and_results_store_the_count_used() -> None:
+    assert PTQConfig("w4a4", "qdrop").iterations() == PTQConfig("w4a4", "brecq").iterations() == 3000
+    assert PTQConfig("w4a8", "adaround").iterations() == 1000
+    assert PTQConfig("w4a4", "qdrop", adaround_iters=40).iterations() == 40  # an explicit count wins
+    assert PTQConfig("w4a4", "qdrop").resolved().adaround_iters == 3000
+    assert PTQConfig("w8a8", "mse").resolved().adaround_iters is None  # no rounding optimiser, no count
+    assert parse_method("w4a4:qdrop", adaround_iters=None).iterations() == 3000
+
+
 def test_fisher_weighting_and_stage_units_run() -> None:
     model, calib, qm = _prepared("w4a8")
     stats = reconstruct(qm, model, calib, iters=20, fisher=True, granularity="stage")

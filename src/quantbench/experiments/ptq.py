@@ -72,14 +72,14 @@ def run_ptq(model: nn.Module, cfg: PTQConfig, calib: Any, eval_data: Any, base: 
                            extra=ptq_extra(cfg, calib))
     key = RowKey(base.model, base.data, out.record["method"], "torch")
     out.rows.append(key.row("ptq_time_s", ptq_s, "s", calib_images=n_calib))
-    out.record["ptq"] = asdict(cfg)
+    out.record["ptq"] = asdict(cfg.resolved())
     out.record["quant"]["ptq_time_s"] = ptq_s
     return out
 
 
 def ptq_extra(cfg: PTQConfig, calib: Any) -> dict[str, Any]:
     """The metadata a PTQ model's file carries (also what a size budget must count)."""
-    return {"ptq": asdict(cfg), "calib_images": min(cfg.calib_size, len(calib)) if calib is not None else 0}
+    return {"ptq": asdict(cfg.resolved()), "calib_images": min(cfg.calib_size, len(calib)) if calib is not None else 0}
 
 
 def params_x_bits_bytes(qm: Any) -> float:

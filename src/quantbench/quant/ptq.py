@@ -36,6 +36,7 @@ class Algorithm:
     description: str = ""
     reconstruct: str = "none"  # "block": BRECQ/QDrop block reconstruction (quantbench.quant.brecq)
     drop_prob: float = 0.0  # QDrop's probability of skipping an activation quantizer element
+    iters: int = 1000  # default optimisation steps per layer (AdaRound) or per block (BRECQ/QDrop)
 
 
 ALGOS: Registry[Algorithm] = Registry("PTQ algorithm")
@@ -55,9 +56,11 @@ for _name, _algo in {
         "mse", "mse", equalize=True, adaround=True, description="cross-layer equalization + AdaRound"
     ),
     "bc-mse": Algorithm("mse", "mse", bias_correction=True, description="MSE ranges + bias correction"),
-    "brecq": Algorithm("mse", "mse", reconstruct="block", description=(
+    # 3,000 steps per block: what W4A4 needed on the shared ResNet-20 (1,000: +2.04 points, 3,000: +0.60;
+    # docs/benchmarks/ptq.md); AdaRound's 1,000 per layer holds W4A8 within noise.
+    "brecq": Algorithm("mse", "mse", reconstruct="block", iters=3000, description=(
         "BRECQ: block-wise weight rounding with the block output loss + learned activation steps")),
-    "qdrop": Algorithm("mse", "mse", reconstruct="block", drop_prob=0.5, description=(
+    "qdrop": Algorithm("mse", "mse", reconstruct="block", drop_prob=0.5, iters=3000, description=(
         "QDrop: BRECQ with activation quantization dropped per element (p 0.5) while reconstructing")),
 }.items():
     ALGOS.register(_name, description=_algo.description)(_algo)
@@ -75,7 +78,7 @@ class PTQConfig:
     first_last: str = "same"
     calib_size: int = 512
     calib_batch_size: int = 64
-    adaround_iters: int = 1000
+    adaround_iters: int | None = None  # None: the algorithm's own step count (Algorithm.iters)
     equalize: bool | None = None  # None: the algorithm decides
     bias_correction: bool | None = None
     weight_range: str = "full"  # "reduced": 7-bit codes for 8-bit weights (see QuantPlan.weight_range)
@@ -88,6 +91,19 @@ class PTQConfig:
             if v is not None
         }
         return dataclasses.replace(algo, **changes)
+
+    def iterations(self) -> int:
+        """Reconstruction steps per layer (AdaRound) or per block (BRECQ/QDrop): the explicit
+        ``adaround_iters``, else the algorithm's default."""
+        return self.adaround_iters if self.adaround_iters is not None else self.algorithm().iters
+
+    def resolved(self) -> PTQConfig:
+        """This config with the step count spelled out where the algorithm uses one: what a result
+        and a model file store, so they say how many steps made them even when the default did."""
+        algo = self.algorithm()
+        if self.adaround_iters is None and (algo.adaround or algo.reconstruct != "none"):
+            return dataclasses.replace(self, adaround_iters=algo.iters)
+        return self
 
     def plan(self) -> QuantPlan:
         if self.weight_range not in WEIGHT_RANGES:
@@ -256,14 +272,14 @@ def quantize_ptq(model: nn.Module, cfg: PTQConfig, calib_data: Any = None, *,
         # AdaRound reconstructs each layer from the quantized network's inputs, so activation
         # ranges are calibrated first and refreshed once the weights have changed.
         calibrate(qm, calib_data, n_images=n, batch_size=cfg.calib_batch_size, progress=progress)
-        adaround(qm, float_model, calib_data, n_images=n, iters=cfg.adaround_iters, progress=progress)
+        adaround(qm, float_model, calib_data, n_images=n, iters=cfg.iterations(), progress=progress)
     if reconstructs:
         from quantbench.quant.brecq import reconstruct
 
         # Block reconstruction starts from calibrated activation steps and learns them, so there is
         # no re-calibration afterwards (it would discard the learned steps).
         calibrate(qm, calib_data, n_images=n, batch_size=cfg.calib_batch_size, progress=progress)
-        reconstruct(qm, float_model, calib_data, n_images=n, iters=cfg.adaround_iters, drop_prob=algo.drop_prob,
+        reconstruct(qm, float_model, calib_data, n_images=n, iters=cfg.iterations(), drop_prob=algo.drop_prob,
                     granularity=algo.reconstruct, progress=progress)
     elif any(not fq.spec.dynamic for _, fq in qm.act_quantizers()):
         calibrate(qm, calib_data, n_images=n, batch_size=cfg.calib_batch_size, progress=progress)

@@ -59,7 +59,7 @@ class QATConfig:
         bn_freeze_epoch: BatchNorm statistics keep updating for this many epochs, then freeze
             (0: frozen from the start, i.e. plain folded weights).
         calib_size: images calibrating the starting point.
-        adaround_iters: when ``init`` uses AdaRound.
+        adaround_iters: steps when ``init`` optimises rounding (AdaRound, BRECQ, QDrop); None: its default.
         train: epochs, batch size, optimiser, learning rate (fine-tuning: small lr).
     """
 
@@ -70,7 +70,7 @@ class QATConfig:
     learn_scales: bool = True
     bn_freeze_epoch: int = 0
     calib_size: int = 512
-    adaround_iters: int = 500
+    adaround_iters: int | None = None  # None: the init algorithm's own step count
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, lr=1e-3, optimizer="adamw",
                                                                    batch_size=64, weight_decay=0.0))
 

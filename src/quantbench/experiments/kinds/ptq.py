@@ -32,9 +32,10 @@ from quantbench.experiments.options import (
 
 @dataclass(frozen=True)
 class AdaRoundOptions:
-    """AdaRound's budget, wherever AdaRound runs (PTQ methods and QAT starting points)."""
+    """The rounding optimisers' budget, wherever they run (PTQ methods and QAT starting points)."""
 
-    adaround_iters: int = option(1000, "AdaRound iterations per layer", ge=1)
+    adaround_iters: int | None = option(None, "optimisation steps per layer for AdaRound (default 1000), per "
+                                        "block for BRECQ/QDrop (default 3000)", ge=1)
 
 
 @dataclass(frozen=True)
