@@ -93,6 +93,22 @@ def test_overwrite_is_atomic_and_failed_save_keeps_the_old_file(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["m.qb"]
 
 
+def test_a_write_that_fails_midway_leaves_the_old_file_and_no_temporary(tmp_path):
+    from quantbench.paths import write_atomic
+
+    path = tmp_path / "m.qbm"
+    assert write_atomic(path, [b"old"]) == 3
+
+    def chunks():
+        yield b"new, half of it"
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(path, chunks())
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.qbm"]
+
+
 def test_bad_inputs_to_save(tmp_path):
     with pytest.raises(QuantbenchError, match="Tensor or PackedTensor"):
         save_artifact(tmp_path / "x.qb", {}, {"x": [1, 2]})  # type: ignore[dict-item]
