@@ -141,6 +141,30 @@ def test_sweep_view_pivots_the_grid_with_one_fp32_reference(tmp_path):
     assert sum(r["method"] == "fp32" and r["metric"] == "top1" for r in merged) == 1  # FP32 once, not per cell
 
 
+def test_a_sweep_of_one_parameter_at_a_time_is_listed_per_cell_naming_only_what_each_sets(tmp_path):
+    params, cells = [], []
+    for i, (hyper, ptq, qat) in enumerate((({"alpha": 0.25}, 80.0, 84.0), ({"alpha": 1.0}, 88.0, 90.0),
+                                          ({"beta": 0.5}, 85.0, 91.5), ({"t0": 4}, 86.0, 87.0))):
+        fp32_bytes = 2_000_000 if "beta" in hyper else 1_000_000  # another model that ties on accuracy
+        _, rows = _store(tmp_path, [*_acc("fp32", 90.0, fp32_bytes), *_acc("w8a8:mse", ptq, 300_000),
+                                    *_acc("w8a8:qat", qat, 300_000), _drop("w8a8:mse", 90.0 - ptq, 0.0, 1.0),
+                                    _drop("w8a8:qat", 90.0 - qat, -1.0, 1.0)], db=f"h{i}.db")
+        params.append({"model": "phinet", "method": "w8a8", "hyper": hyper})
+        cells.append(rows)
+    sections, answer = sweep_view(params, cells)
+    (_, (_, fp32)), (title, (header, body)) = sections
+    assert [line[0] for line in fp32] == ["net [hyper.alpha=0.25] [hyper.alpha=1.0] [hyper.t0=4]",
+                                          "net [hyper.beta=0.5]"]  # equal top-1, other file: not one model
+    assert title == "Sweep: top-1 % (drop vs FP32, points) per cell"
+    assert header == ["cell (parameters it sets)", "variant", "top-1 % (drop vs FP32, points)"]
+    assert [line[0] for line in body] == ["hyper.alpha=0.25"] * 2 + ["hyper.alpha=1.0"] * 2 + [
+        "hyper.beta=0.5"] * 2 + ["hyper.t0=4"] * 2
+    assert "None" not in repr(body) and "None" not in " ".join(answer)
+    # the best point is a QAT model: the answer names the variant, not only the cell
+    assert answer[0].startswith("Across 4 cells over hyper.alpha, hyper.beta, hyper.t0, the most accurate is "
+                                "hyper.beta=0.5 (w8a8:qat / torch) with 91.50% top-1, 1.50 points above FP32")
+
+
 def test_a_report_that_cannot_be_made_is_one_line_and_leaves_no_folder(tmp_path):
     run_id, _ = _store(tmp_path, [], status="failed")
     with pytest.raises(QuantbenchError, match="failed before storing any result"):

@@ -83,12 +83,14 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _fp32_shared(per_cell: Sequence[Sequence[Row]]) -> bool:
-    """True when every cell measured the same FP32 model: equal top-1 on as many images, per model."""
+    """True when every cell measured the same FP32 model: equal top-1 on as many images and an equal file
+    size, per model (two architectures can tie on accuracy; their files differ)."""
     seen: dict[str, set[tuple[Any, ...]]] = {}
     for rows in per_cell:
+        size = next((r["value"] for r in rows if r["method"] == "fp32" and r["metric"] == "size_bytes"), None)
         for r in rows:
             if r["method"] == "fp32" and r["metric"] == "top1" and r["value"] is not None:
-                seen.setdefault(r["model"], set()).add((round(r["value"], 9), r["extra"].get("n_images")))
+                seen.setdefault(r["model"], set()).add((round(r["value"], 9), r["extra"].get("n_images"), size))
     return bool(seen) and all(len(v) == 1 for v in seen.values())
 
 
@@ -159,26 +161,50 @@ def sweep_view(params: list[dict[str, Any]], per_cell: Sequence[Sequence[Row]]) 
     flat = [_flatten(p) for p in params]
     keys = _grid_keys(flat)
     points = []  # (grid values, variant, top1 row, drop row or None)
+    most_variants = 0
     for p, rows in zip(flat, per_cell, strict=True):
         tops = {(r["method"], r["engine"]): r for r in rows if r["metric"] == "top1" and r["value"] is not None}
         drops = {(r["method"], r["engine"]): r for r in rows if r["metric"] == "top1_drop" and r["value"] is not None}
         quant = [k for k in tops if k[0] != "fp32"] or list(tops)
+        grid = {key: str(p.get(key)) for key in keys}
+        most_variants = max(most_variants, len(quant))
         for k in quant:
-            points.append(({key: str(p.get(key)) for key in keys}, f"{k[0]} / {k[1]}", tops[k], drops.get(k)))
+            points.append((grid, f"{k[0]} / {k[1]}", tops[k], drops.get(k)))
     if not points:
         return [], ["No cell of this sweep stored a top-1 accuracy; the tables below list what the cells measured."]
-    if len({v for _, v, _, _ in points}) > len(per_cell) or not keys:  # several variants per cell: a key too
+    if most_variants > 1 or not keys:  # several variants per cell: the variant is a key too
         keys = [*keys, "variant"]
         points = [({**g, "variant": v}, v, t, d) for g, v, t, d in points]
     raw = {str(p.get(k)): p.get(k) for p in flat for k in keys}
 
-    def cell(t: Row, d: Row | None) -> str:
-        return f"{t['value']:.2f}" + (f" (drop {d['value']:.2f})" if d else "")
-
     sections: list[Section] = []
-    fp32 = _fp32_reference(per_cell)
+    fp32 = _fp32_reference(per_cell, cell_labels(params))
     if fp32:
         sections.append(("Sweep: FP32 reference", fp32))
+    sections.append(_pivot(points, keys, raw) if _is_grid(points, keys) else _per_cell(points, keys, raw))
+    if {"scheme", "algo"} <= set(keys) and keys[:2] != ["scheme", "algo"] and len(keys) > 2:
+        sections.append(_scheme_by_algo(points))
+    return sections, _sweep_answer(points, fp32, len(per_cell), keys)
+
+
+def _cell(t: Row, d: Row | None) -> str:
+    return f"{t['value']:.2f}" + (f" (drop {d['value']:.2f})" if d else "")
+
+
+def _is_grid(points: list[tuple[dict[str, str], str, Row, Row | None]], keys: list[str]) -> bool:
+    """True when the cells fill at least half of a rows x columns pivot of at most three keys; a list of
+    one-parameter-at-a-time cells (a study's sweep over layers, then alpha, then beta) is not a grid."""
+    if len(keys) > 3:
+        return False
+    rows = {g[keys[0]] for g, *_ in points}
+    cols = {tuple(g[k] for k in keys[1:]) for g, *_ in points}
+    filled = {(g[keys[0]], tuple(g[k] for k in keys[1:])) for g, *_ in points}
+    return 2 * len(filled) >= len(rows) * len(cols)
+
+
+def _pivot(points: list[tuple[dict[str, str], str, Row, Row | None]], keys: list[str],
+           raw: dict[str, Any]) -> Section:
+    """The first key down, the others across: the grid at a glance."""
     row_key, col_keys = keys[0], keys[1:]
     cols = _order({", ".join(f"{k}={g[k]}" for k in col_keys) for g, *_ in points}, raw) if col_keys else [""]
     body = []
@@ -187,13 +213,38 @@ def sweep_view(params: list[dict[str, Any]], per_cell: Sequence[Sequence[Row]]) 
         for c in cols:
             hit = [(t, d) for g, _, t, d in points
                    if g[row_key] == rv and ", ".join(f"{k}={g[k]}" for k in col_keys) == c]
-            line.append(cell(*hit[0]) if hit else "–")
+            line.append(_cell(*hit[0]) if hit else "–")
         body.append(line)
     header = [row_key] + ([c for c in cols] if col_keys else ["top-1 % (drop vs FP32, points)"])
-    sections.append((f"Sweep: top-1 % (drop vs FP32, points) by {' x '.join(keys)}", (header, body)))
-    if {"scheme", "algo"} <= set(keys) and keys[:2] != ["scheme", "algo"] and len(keys) > 2:
-        sections.append(_scheme_by_algo(points))
-    return sections, _sweep_answer(points, fp32, len(per_cell), keys)
+    return (f"Sweep: top-1 % (drop vs FP32, points) by {' x '.join(keys)}", (header, body))
+
+
+def _per_cell(points: list[tuple[dict[str, str], str, Row, Row | None]], keys: list[str],
+              raw: dict[str, Any]) -> Section:
+    """One line per cell (and variant), naming only the parameters the cell sets."""
+    cell_keys = [k for k in keys if k != "variant"]
+
+    def sort_key(point: tuple[dict[str, str], str, Row, Row | None]) -> tuple[Any, ...]:
+        g = point[0]
+        out: list[Any] = []
+        for k in cell_keys:
+            x = raw.get(g[k])
+            out += [g[k] == "None", float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else 0.0,
+                    g[k]]
+        return (*out, point[1])
+
+    body = []
+    for g, variant, t, d in sorted(points, key=sort_key):
+        line = [_cell_name(g)] + ([variant] if "variant" in keys else []) + [_cell(t, d)]
+        body.append(line)
+    header = ["cell (parameters it sets)"] + (["variant"] if "variant" in keys else []) + [
+        "top-1 % (drop vs FP32, points)"]
+    return ("Sweep: top-1 % (drop vs FP32, points) per cell", (header, body))
+
+
+def _cell_name(g: dict[str, str]) -> str:
+    """``k=v`` of the parameters a cell sets (an unset one is the default, not named); no variant."""
+    return ", ".join(f"{k}={v}" for k, v in g.items() if k != "variant" and v != "None") or "the defaults"
 
 
 def _scheme_by_algo(points: list[tuple[dict[str, str], str, Row, Row | None]]) -> Section:
@@ -210,10 +261,13 @@ def _scheme_by_algo(points: list[tuple[dict[str, str], str, Row, Row | None]]) -
     return ("Sweep: scheme x algorithm (best top-1 % over the other grid keys)", (["scheme", *algos], body))
 
 
-def _fp32_reference(per_cell: Sequence[Sequence[Row]]) -> tuple[list[str], list[list[str]]] | None:
-    """One line per distinct FP32 model of the sweep (one line in all when every cell shares it)."""
+def _fp32_reference(per_cell: Sequence[Sequence[Row]], labels: Sequence[str] | None = None,
+                    ) -> tuple[list[str], list[list[str]]] | None:
+    """One line per distinct FP32 model of the sweep (one line in all when every cell shares it), named
+    with the cells it came from (``labels``: :func:`cell_labels`), so nine lines never all read "phinet"."""
     seen: dict[tuple[Any, ...], list[str]] = {}
-    for rows in per_cell:
+    cells_of: dict[tuple[Any, ...], list[str]] = {}
+    for i, rows in enumerate(per_cell):
         top = next((r for r in rows if r["method"] == "fp32" and r["metric"] == "top1" and r["value"] is not None),
                    None)
         if top is None:
@@ -221,17 +275,24 @@ def _fp32_reference(per_cell: Sequence[Sequence[Row]]) -> tuple[list[str], list[
         size = next((r["value"] for r in rows if r["method"] == "fp32" and r["metric"] == "size_bytes"), None)
         e = top["extra"]
         ci = f" [{e['ci_low']:.2f}, {e['ci_high']:.2f}]" if "ci_low" in e and "ci_high" in e else ""
-        seen.setdefault((top["model"], round(top["value"], 9), e.get("n_images")),
-                        [top["model"], f"{top['value']:.2f}{ci}", str(e.get("n_images", "–")), human_bytes(size)])
+        key = (top["model"], round(top["value"], 9), e.get("n_images"), size)  # equal accuracy, other model: 2 lines
+        seen.setdefault(key, [top["model"], f"{top['value']:.2f}{ci}", str(e.get("n_images", "–")), human_bytes(size)])
+        if labels and labels[i]:
+            cells_of.setdefault(key, []).append(labels[i])
     if not seen:
         return None
+    if len(seen) > 1:
+        for key, line in seen.items():
+            named = cells_of.get(key, [])
+            more = f" and {len(named) - 2} more cells" if len(named) > 3 else ""
+            line[0] = " ".join([line[0], *(named if len(named) <= 3 else named[:2])]) + more
     return ["model", "FP32 top-1 % [95% CI]", "images", "size on disk"], list(seen.values())
 
 
 def _sweep_answer(points: list[tuple[dict[str, str], str, Row, Row | None]],
                   fp32: tuple[list[str], list[list[str]]] | None, n_cells: int, keys: list[str]) -> list[str]:
     def name(g: dict[str, str]) -> str:
-        return ", ".join(f"{k}={v}" for k, v in g.items())
+        return _cell_name(g) + (f" ({g['variant']})" if "variant" in g else "")
 
     def drop(d: Row | None) -> str:
         return f", {d['value']:.2f} points below FP32" if d and d["value"] >= 0 else (
@@ -240,7 +301,8 @@ def _sweep_answer(points: list[tuple[dict[str, str], str, Row, Row | None]],
     best = max(points, key=lambda p: p[2]["value"])
     worst = min(points, key=lambda p: p[2]["value"])
     n = best[2]["extra"].get("n_images")
-    out = [f"Across {n_cells} cells over {', '.join(keys)}, the most accurate is {name(best[0])} with "
+    over = [k for k in keys if k != "variant"]
+    out = [f"Across {n_cells} cells" + (f" over {', '.join(over)}" if over else "") + f", the most accurate is {name(best[0])} with "
            f"{best[2]['value']:.2f}% top-1{drop(best[3])}" + (f" on {n:,} images." if n else ".")]
     if worst is not best:
         out.append(f"The least accurate is {name(worst[0])} with {worst[2]['value']:.2f}%{drop(worst[3])}.")
