@@ -80,14 +80,17 @@ def sweep_vs_hyper(rows: Sequence[Row]) -> list[Figure]:
         fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 2.2, 3.8), squeeze=False)
         xs_all: set[float] = set()
         colors: dict[str, Any] = {}  # one colour per method (and other-parameter values) in every panel
+        styles: dict[str, str] = {}  # one line style per engine: the same model on two engines, told apart
         legend: dict[str, Any] = {}
         for ax, (metric, ylabel, scale) in zip(axes[0], panels, strict=True):
             for label, pts in sorted(series[metric].items()):
                 pts = sorted(set(pts))
                 xs_all.update(x for x, _ in pts)
                 hue = label.split(" / ")[0] + label.partition(" [")[2]
+                engine = label.partition(" / ")[2].partition(" [")[0]
+                style = styles.setdefault(engine, ("-", "--", ":", "-.")[len(styles) % 4])
                 line = ax.plot([x for x, _ in pts], [y * scale for _, y in pts], marker="o", label=label,
-                               **({"color": colors[hue]} if hue in colors else {}))[0]
+                               linestyle=style, **({"color": colors[hue]} if hue in colors else {}))[0]
                 colors.setdefault(hue, line.get_color())
                 legend.setdefault(label, line)
             ax.set(xlabel=key, ylabel=ylabel)
@@ -105,5 +108,6 @@ def sweep_vs_hyper(rows: Sequence[Row]) -> list[Figure]:
                            + (f" (latency at the smallest batch timed, {lat})" if lat and any(
                                m == "latency_median_ms" for m, _, _ in panels) else "")
                            + "; one line per method / engine and per value of the other parameters those cells "
-                             "set. Top-1 is on each cell's own evaluation images."))
+                             "set (colour: method; line style: engine). Top-1 is on each cell's own evaluation "
+                             "images."))
     return figs
