@@ -37,6 +37,8 @@ import io
 import logging
 import operator
 import os
+import sys
+import tempfile
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -73,18 +75,53 @@ def import_litert_torch() -> Any:
 
 @contextlib.contextmanager
 def _quiet():
-    """Silence Python warnings, logging below ERROR and the converter's prints for one block."""
+    """Silence Python warnings, logging below ERROR, the converter's prints and the native libraries'
+    stderr (kept and replayed if the block fails) for one block."""
     loggers = [logging.getLogger(), logging.getLogger("torch")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _native_stderr_held():
             warnings.simplefilter("ignore")
             yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def _native_stderr_held():
+    """File descriptor 2 into a temporary file for one block; its text is written back only if the block fails.
+
+    Why at the descriptor: TensorFlow (inside litert-torch) logs from C++ ("All log messages before
+    absl::InitializeLog() ...", oneDNN notices) once per process, and ``bench`` converts in a fresh process
+    per engine and variant, so these lines repeated through every run; ``TF_CPP_MIN_LOG_LEVEL`` does not
+    reach absl's and Python's redirections do not reach C++.
+    """
+    fd = 2  # what C++ writes to, whatever Python's sys.stderr is
+    try:
+        os.fstat(fd)
+    except OSError:  # no descriptor 2 at all (a detached process)
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), fd)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+            if failed:
+                held.seek(0)
+                text = held.read().decode("utf-8", "replace")
+                if text.strip():
+                    sys.stderr.write(text[-4000:])
 
 
 class _ActQ(nn.Module):
