@@ -165,6 +165,27 @@ def test_a_sweep_of_one_parameter_at_a_time_is_listed_per_cell_naming_only_what_
                                 "hyper.beta=0.5 (w8a8:qat / torch) with 91.50% top-1, 1.50 points above FP32")
 
 
+def test_a_sweep_that_timed_models_opens_with_the_fastest_deployment_of_each(tmp_path):
+    def lat(model, engine, variant, batch, ms, busy=0.0):
+        return Result(model, "d", variant, engine, "latency_median_ms", ms, "ms", batch,
+                      {"threads": 2, "other_cpu_share": busy, "median_ci_low_ms": ms * 0.98,
+                       "median_ci_high_ms": ms * 1.02})
+
+    cells = []
+    for i, (model, busy) in enumerate((("resnet18", 0.0), ("vgg16", 0.5))):
+        _, rows = _store(tmp_path, [lat(model, "onnxruntime", "fp32", 1, 20.0, busy),
+                                    lat(model, "openvino", "int8", 1, 5.0, busy),
+                                    lat(model, "openvino", "int8", 8, 30.0, busy),
+                                    Result(model, "d", "int8", "openvino", "speedup_vs_torch_fp32", 4.0, "x", 1)],
+                         kind="bench", db=f"b{i}.db")
+        cells.append(rows)
+    _, answer = sweep_view([{"model": "resnet18"}, {"model": "vgg16"}], cells)
+    assert answer == ["resnet18, batch 1: the fastest deployment is openvino int8 at 5 ms, 4.00x the speed of the "
+                      "fastest FP32 (onnxruntime, 20 ms).",
+                      "vgg16, batch 1: no verdict - other processes used up to 50% of the CPU while timing; rerun "
+                      "on a quiet machine before choosing an engine."]
+
+
 def test_a_report_that_cannot_be_made_is_one_line_and_leaves_no_folder(tmp_path):
     run_id, _ = _store(tmp_path, [], status="failed")
     with pytest.raises(QuantbenchError, match="failed before storing any result"):

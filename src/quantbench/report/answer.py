@@ -165,6 +165,21 @@ def _bench(rows: Sequence[Row]) -> list[str]:
     return out
 
 
+def fastest_per_model(rows: Sequence[Row]) -> list[str]:
+    """One line per model at its smallest timed batch: the fastest deployment and its ratio to the fastest
+    FP32 (no verdict where timed on a busy machine). The opening of a sweep over models that measured speed only.
+
+    Example:
+        >>> fastest_per_model([])
+        []
+    """
+    smallest: dict[str, int] = {}
+    for r in rows:
+        if r["metric"] == "latency_median_ms" and r.get("batch"):
+            smallest[r["model"]] = min(r["batch"], smallest.get(r["model"], r["batch"]))
+    return _bench([r for r in rows if r.get("batch") is None or r["batch"] == smallest.get(r["model"])])
+
+
 def _devices(rows: Sequence[Row]) -> list[str]:
     """Per imported device: its fastest engine/scheme at the smallest batch, and the speed-up over its FP32."""
     cells: dict[str, list[Row]] = defaultdict(list)

@@ -171,7 +171,11 @@ def sweep_view(params: list[dict[str, Any]], per_cell: Sequence[Sequence[Row]]) 
         for k in quant:
             points.append((grid, f"{k[0]} / {k[1]}", tops[k], drops.get(k)))
     if not points:
-        return [], ["No cell of this sweep stored a top-1 accuracy; the tables below list what the cells measured."]
+        from quantbench.report.answer import fastest_per_model
+
+        speed = fastest_per_model([r for rows in per_cell for r in rows])
+        return [], speed or ["No cell of this sweep stored a top-1 accuracy or a latency; the tables below list "
+                             "what the cells measured."]
     if most_variants > 1 or not keys:  # several variants per cell: the variant is a key too
         keys = [*keys, "variant"]
         points = [({**g, "variant": v}, v, t, d) for g, v, t, d in points]
