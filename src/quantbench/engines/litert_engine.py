@@ -19,19 +19,16 @@ conv/fully-connected ops with int8 inputs (those run on integer kernels).
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import os
-import sys
-import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from quantbench.engines.base import ENGINES, Deployable, Engine, Session, file_info
+from quantbench.engines.native_stderr import held_stderr
 from quantbench.errors import QuantbenchError
 from quantbench.measure.environment import package_version
 
@@ -45,38 +42,17 @@ _PRECISION = {
 _INT_LAYERS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
 
-@contextlib.contextmanager
-def _without_delegate_notice() -> Iterator[None]:
-    """Drop the runtime's "INFO: Created TensorFlow Lite XNNPACK delegate" line (C++ writes it to fd 2).
-
-    Everything else the runtime writes there is passed on.
-    """
-    try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # stderr replaced by something without a descriptor
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(fd)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), fd)
-        try:
-            yield
-        finally:
-            os.dup2(saved, fd)
-            os.close(saved)
-            tmp.seek(0)
-            rest = [ln for ln in tmp.read().decode(errors="replace").splitlines(keepends=True)
-                    if not ln.startswith("INFO: Created TensorFlow Lite XNNPACK delegate")]
-            if rest:
-                sys.stderr.write("".join(rest))
+def _without_delegate_notice(text: str, failed: bool) -> str:
+    """Everything the runtime wrote to stderr but its "INFO: Created TensorFlow Lite XNNPACK delegate" line."""
+    return "".join(ln for ln in text.splitlines(keepends=True)
+                   if not ln.startswith("INFO: Created TensorFlow Lite XNNPACK delegate"))
 
 
 def _interpreter(model_path: str | Path, num_threads: int | None, **kwargs: Any) -> Any:
     """An allocated LiteRT interpreter (``num_threads`` None: LiteRT chooses), without the delegate notice."""
     from ai_edge_litert.interpreter import Interpreter
 
-    with _without_delegate_notice():
+    with held_stderr(_without_delegate_notice):
         it = Interpreter(model_path=str(model_path), num_threads=num_threads, **kwargs)
         it.allocate_tensors()
     return it

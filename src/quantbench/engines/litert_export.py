@@ -37,8 +37,6 @@ import io
 import logging
 import operator
 import os
-import sys
-import tempfile
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -52,6 +50,7 @@ from torch import nn
 
 from quantbench.engines.base import Deployable
 from quantbench.engines.export_qdq import check_exportable, export_net, weight_codes
+from quantbench.engines.native_stderr import held_stderr
 from quantbench.errors import QuantbenchError
 from quantbench.quant.fake import FakeQuant
 
@@ -73,6 +72,11 @@ def import_litert_torch() -> Any:
     return litert_torch
 
 
+def _on_failure(text: str, failed: bool) -> str:
+    """The converter's native stderr, shown only when the conversion failed (its last 4,000 characters)."""
+    return text[-4000:] if failed and text.strip() else ""
+
+
 @contextlib.contextmanager
 def _quiet():
     """Silence Python warnings, logging below ERROR, the converter's prints and the native libraries'
@@ -82,46 +86,12 @@ def _quiet():
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _native_stderr_held():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), held_stderr(_on_failure):
             warnings.simplefilter("ignore")
             yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
-
-
-@contextlib.contextmanager
-def _native_stderr_held():
-    """File descriptor 2 into a temporary file for one block; its text is written back only if the block fails.
-
-    Why at the descriptor: TensorFlow (inside litert-torch) logs from C++ ("All log messages before
-    absl::InitializeLog() ...", oneDNN notices) once per process, and ``bench`` converts in a fresh process
-    per engine and variant, so these lines repeated through every run; ``TF_CPP_MIN_LOG_LEVEL`` does not
-    reach absl's and Python's redirections do not reach C++.
-    """
-    fd = 2  # what C++ writes to, whatever Python's sys.stderr is
-    try:
-        os.fstat(fd)
-    except OSError:  # no descriptor 2 at all (a detached process)
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(fd)
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), fd)
-        failed = True
-        try:
-            yield
-            failed = False
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, fd)
-            os.close(saved)
-            if failed:
-                held.seek(0)
-                text = held.read().decode("utf-8", "replace")
-                if text.strip():
-                    sys.stderr.write(text[-4000:])
 
 
 class _ActQ(nn.Module):
