@@ -43,7 +43,7 @@ def _plt() -> Any:
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")  # long tick labels are never cut off
     _plt().close(fig)
     return buf.getvalue()
 
