@@ -38,10 +38,8 @@ def test_recommend_prints_its_answer_first_and_stores_it_for_the_report(tmp_path
     timed = {(r[0], r[1]) for r in rows if r[2] == "latency_median_ms"}
     assert len([r for r in rows if r[2] == "latency_median_ms"]) == len({(r[0], r[1], r[3]) for r in rows
                                                                         if r[2] == "latency_median_ms"})
-    # two rounds merged into one row per cell (above), each with its interval stored (merge_rounds' doctest
-    # checks that the interval spans every round)
-    lat = [json.loads(r[4]) for r in rows if r[2] == "latency_median_ms"]
-    assert lat and all({"median_ci_low_ms", "median_ci_high_ms"} <= e.keys() for e in lat)
+    # two rounds merged into one row per cell (above); merge_rounds' doctest checks on fixed numbers that the
+    # stored interval spans every round
     assert {("fp32", "onnxruntime"), ("w8a8:mse", "onnxruntime"), ("w8a8:mse", "torch-int8")} <= timed
     # the report opens with the answer
     md = (tmp_path / "rec" / "report.md").read_text()
