@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from quantbench.errors import QuantbenchError
+from quantbench.report.answer import fastest_per_model
 from quantbench.report.tables import human_bytes
 from quantbench.store import ResultStore
 
@@ -82,12 +83,17 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _fp32_size(rows: Sequence[Row]) -> Any:
+    """The FP32 model's file size in a cell's rows (None when not stored): tells apart models that tie on top-1."""
+    return next((r["value"] for r in rows if r["method"] == "fp32" and r["metric"] == "size_bytes"), None)
+
+
 def _fp32_shared(per_cell: Sequence[Sequence[Row]]) -> bool:
     """True when every cell measured the same FP32 model: equal top-1 on as many images and an equal file
     size, per model (two architectures can tie on accuracy; their files differ)."""
     seen: dict[str, set[tuple[Any, ...]]] = {}
     for rows in per_cell:
-        size = next((r["value"] for r in rows if r["method"] == "fp32" and r["metric"] == "size_bytes"), None)
+        size = _fp32_size(rows)
         for r in rows:
             if r["method"] == "fp32" and r["metric"] == "top1" and r["value"] is not None:
                 seen.setdefault(r["model"], set()).add((round(r["value"], 9), r["extra"].get("n_images"), size))
@@ -171,8 +177,6 @@ def sweep_view(params: list[dict[str, Any]], per_cell: Sequence[Sequence[Row]]) 
         for k in quant:
             points.append((grid, f"{k[0]} / {k[1]}", tops[k], drops.get(k)))
     if not points:
-        from quantbench.report.answer import fastest_per_model
-
         speed = fastest_per_model([r for rows in per_cell for r in rows])
         return [], speed or ["No cell of this sweep stored a top-1 accuracy or a latency; the tables below list "
                              "what the cells measured."]
@@ -276,7 +280,7 @@ def _fp32_reference(per_cell: Sequence[Sequence[Row]], labels: Sequence[str] | N
                    None)
         if top is None:
             continue
-        size = next((r["value"] for r in rows if r["method"] == "fp32" and r["metric"] == "size_bytes"), None)
+        size = _fp32_size(rows)
         e = top["extra"]
         ci = f" [{e['ci_low']:.2f}, {e['ci_high']:.2f}]" if "ci_low" in e and "ci_high" in e else ""
         key = (top["model"], round(top["value"], 9), e.get("n_images"), size)  # equal accuracy, other model: 2 lines
