@@ -170,10 +170,15 @@ def test_cells_with_the_same_training_share_one_trained_model(tmp_path):
             fp32.append({(r["metric"], str(r["extra"].get("epoch"))): r["value"] for r in rows
                          if r["metric"].startswith("epoch.") or r["metric"] in ("top1", "loss", "train_time_s")})
     assert fp32[0] == fp32[1] and ("train_time_s", "None") in fp32[0]  # same model, same history rows
-    # a different training setting trains anew
+    files = sorted((tmp_path / "out" / "share").glob("*/model_fp32.pt"))
+    assert len(files) == 2 and files[0].stat().st_ino == files[1].stat().st_ino  # its FP32 file stored once
+    # a different training setting trains anew, and its different FP32 file is its own
     g = _write(tmp_path, "share", "  method: [w8a8]\n", extra="pretrain_lr: 0.01\n")
     run_sweep(load_sweep(g), store_path=str(db), progress=False, threads=1, log=lambda m: None)
     assert len(list((tmp_path / "out" / "share" / "_pretrained").glob("*.pt"))) == 2
+    inodes = [f.stat().st_ino for f in (tmp_path / "out" / "share").glob("*/model_fp32.pt")]
+    assert len(inodes) == 3 and len(set(inodes)) == 2
+    assert files[0].read_bytes() == files[1].read_bytes()  # the linked pair kept its bytes
 
 
 def test_pool_executor_matches_inprocess(tmp_path):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from torch import nn
 from quantbench.errors import QuantbenchError
 from quantbench.experiments.records import TRAIN_PREFIX, RowKey, accuracy_rows, cost_rows, latency_rows
 from quantbench.measure.accuracy import EvalResult, evaluate
+from quantbench.paths import link_identical, torch_save_atomic
 from quantbench.store import Result
 
 __all__ = ["fp32_baseline", "int8_latency_rows", "pretrain", "pretrained_baseline", "train_eval_subset",
@@ -69,13 +69,11 @@ def pretrain(model: nn.Module, train: Any, val: Any, cfg: Any, *, out_dir: Path,
             hist = None
     if hist is None:
         hist = fit(model, train, val, fit_cfg, progress=progress, checkpoint_path=checkpoint_path)
-        if cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
-            torch.save({"state_dict": model.state_dict(), "history": json.dumps(hist.as_dict(), default=str)}, tmp)
-            os.replace(tmp, path)  # concurrent workers: the last complete file wins, never a partial one
+        if cache:  # concurrent workers: the last complete file wins, never a partial one
+            torch_save_atomic({"state_dict": model.state_dict(), "history": json.dumps(hist.as_dict(), default=str)},
+                              path)
     elif checkpoint_path is not None:
-        torch.save(model.state_dict(), checkpoint_path)
+        torch_save_atomic(model.state_dict(), checkpoint_path)
     torch.manual_seed(fit_cfg.seed + 1)
     return hist
 
@@ -121,6 +119,8 @@ def fp32_baseline(p: Any, cfg: Any, ctx: Any, *, train_eval: Any = None, desc: s
     ev = evaluate(p.model, p.test, topk=(1, p.topk), batch_size=cfg.eval_batch_size,
                   progress=desc if ctx.progress else False)
     size = save_fp32(p.model, ctx.out_dir / "model_fp32.pt")
+    # Sweep cells (and runs) beside this one that saved the same FP32 model share its bytes.
+    link_identical(ctx.out_dir / "model_fp32.pt", sorted(ctx.out_dir.parent.glob("*/model_fp32.pt")))
     batches = tuple(getattr(cfg, "batch_sizes", ()) or ())
     rows = (accuracy_rows(p.key, ev, "test") + train_accuracy_rows(p.key, p.model, train_eval, p.topk, cfg.eval_batch_size)
             + cost_rows(p.key, params=count_parameters(p.model), size_bytes=size, size_file="model_fp32.pt",

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from quantbench.errors import QuantbenchError
+from quantbench.paths import torch_save_atomic
 
 __all__ = ["file_size", "format_bytes", "save_fp32"]
 
@@ -88,10 +89,8 @@ def save_fp32(model: nn.Module, path: str | os.PathLike[str]) -> int:
         >>> save_fp32(nn.Linear(256, 1000), "/tmp/lin.pt") > 257_000 * 4  # doctest: +SKIP
         True
     """
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(_fp32_state_dict(model), p)
-    return file_size(p)
+    torch_save_atomic(_fp32_state_dict(model), path)  # a hard-linked file is replaced, not written through
+    return file_size(path)
 
 
 def format_bytes(n: float) -> str:

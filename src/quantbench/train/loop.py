@@ -23,6 +23,7 @@ from torch import nn
 
 from quantbench.config import TrainConfig
 from quantbench.measure.accuracy import evaluate
+from quantbench.paths import torch_save_atomic
 
 
 @dataclass
@@ -144,9 +145,8 @@ def fit(
         history.epochs.append(record)
         if on_epoch is not None:
             on_epoch(record)
-        if checkpoint_path is not None:
-            Path(checkpoint_path).parent.mkdir(parents=True, exist_ok=True)
-            torch.save(model.state_dict(), checkpoint_path)
+        if checkpoint_path is not None:  # replaced whole, never written through (a crash keeps the last epoch's)
+            torch_save_atomic(model.state_dict(), checkpoint_path)
     history.wall_s = time.perf_counter() - t_start
     model.eval()
     return history

@@ -1,0 +1,52 @@
+"""Files on disk: identical files stored once as hard links, atomic replacement that never writes through a link."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from quantbench.paths import link_identical, torch_save_atomic
+
+
+def _ino(p):
+    return p.stat().st_ino
+
+
+def test_identical_bytes_are_linked_and_others_are_left_alone(tmp_path):
+    a, b, c, d = (tmp_path / n for n in "abcd")
+    a.write_bytes(b"x" * 100)
+    b.write_bytes(b"x" * 100)
+    c.write_bytes(b"x" * 99 + b"y")  # same size, other bytes
+    d.write_bytes(b"x" * 50)  # other size
+    assert link_identical(b, [d, c, tmp_path / "missing", a]) == a
+    assert _ino(a) == _ino(b) and b.read_bytes() == b"x" * 100
+    assert link_identical(c, [a, b, d]) is None and _ino(c) not in (_ino(a), _ino(d))
+    assert link_identical(b, [a]) is None  # already the same file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c", "d"]  # no temporary left
+
+
+def test_saving_over_a_linked_file_replaces_it_and_keeps_the_other(tmp_path):
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    torch_save_atomic({"w": torch.ones(3)}, a)
+    torch_save_atomic({"w": torch.ones(3)}, b)
+    assert link_identical(b, [a]) == a and os.stat(a).st_nlink == 2
+    n = torch_save_atomic({"w": torch.zeros(3)}, b)
+    assert n == b.stat().st_size and _ino(a) != _ino(b)
+    assert torch.equal(torch.load(a, weights_only=True)["w"], torch.ones(3))
+    assert torch.equal(torch.load(b, weights_only=True)["w"], torch.zeros(3))
+
+
+def test_a_save_that_fails_keeps_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "m.pt"
+    torch_save_atomic({"w": torch.ones(2)}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle")
+
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        torch_save_atomic({"w": Unpicklable()}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
