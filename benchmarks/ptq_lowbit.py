@@ -7,7 +7,8 @@ method row quantizes the model with ``quantize_ptq`` (the registered algorithms,
 against FP32 on the same images with its paired (Newcombe) 95% CI and exact McNemar p, and the wall
 time of quantizing. ``-flint8`` rows keep the first and last layer at 8 bits; rows without it are
 all-low-bit. ``--iters`` takes a comma list: each reconstruction row runs at each count (the
-iterations-vs-drop measurement behind the default). The published ImageNet records the issue quotes
+iterations-vs-drop measurement behind the default); ``default`` (the default) is each algorithm's own
+count, what ``quantize`` uses (AdaRound 1,000 steps per layer, BRECQ/QDrop 3,000 per block). The published ImageNet records the issue quotes
 are printed beside the table, labelled as theirs: other data, other models, not comparable numbers.
 
 ResNet-56 has no shared pretrained weights. ``resnet56`` here is built from the pretrained ResNet-20:
@@ -22,7 +23,7 @@ drop <= 1.5 points. The verdict lines name the row they judge.
 
 Usage:
     .venv/bin/python benchmarks/ptq_lowbit.py [--models resnet20,resnet56] [--rows w4a4:qdrop-flint8,...]
-        [--iters 1000] [--threads 2] [--out results.json]
+        [--iters default|N,N,...] [--threads 2] [--out results.json]
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = reference_parser(__doc__)
     p.add_argument("--models", default="resnet20,resnet56", help="comma list of: resnet20, resnet56")
     p.add_argument("--rows", default=",".join(ROWS), help="comma list of method labels (any quantize --method)")
-    p.add_argument("--iters", default="1000", help="reconstruction steps per layer/block; a comma list sweeps")
+    p.add_argument("--iters", default="default",
+                   help="reconstruction steps per layer/block, a comma list sweeps; 'default': each algorithm's own")
     p.add_argument("--n-calib", type=int, default=500, help="calibration images (the rest: evaluation)")
     p.add_argument("--seed", type=int, default=0, help="split seed")
     p.add_argument("--r56-gamma", type=float, default=0.1, help="BN scale of ResNet-56's added residual branches")
@@ -108,11 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     try:
-        iters = [int(i) for i in args.iters.split(",") if i.strip()]
+        iters = [None if i.strip() == "default" else int(i) for i in args.iters.split(",") if i.strip()]
     except ValueError:
         iters = []
-    if not models or set(models) - {"resnet20", "resnet56"} or not rows or not iters or min(iters) < 1:
-        print("ptq_lowbit: --models takes resnet20,resnet56; --rows method labels; --iters integers >= 1",
+    if (not models or set(models) - {"resnet20", "resnet56"} or not rows or not iters
+            or min((i for i in iters if i is not None), default=1) < 1):
+        print("ptq_lowbit: --models takes resnet20,resnet56; --rows method labels; --iters 'default' or integers >= 1",
               file=sys.stderr)
         return 2
 
@@ -142,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         fp32 = fp32s[name] = evaluate(model, test, batch_size=args.batch)
         print(f"{name}: fp32 top-1 {fp32.top1:.2f}%", flush=True)
         for cfg in methods:
-            counts = iters if cfg.algo.split("-")[0] in RECONSTRUCTING else [iters[0]]
+            reconstructs = cfg.algo.split("-")[0] in RECONSTRUCTING
+            counts = iters if reconstructs else [None]
             for n_iter in counts:
                 cfg_n = parse_method(cfg.label(), calib_size=len(calib[0]), adaround_iters=n_iter)
                 t = time.perf_counter()
@@ -150,10 +154,10 @@ def main(argv: list[str] | None = None) -> int:
                 quant_s = time.perf_counter() - t
                 res = evaluate(qm, test, batch_size=args.batch)
                 d = paired_difference(fp32.correct, res.correct)
-                shown = cfg_n.label() + (f" @{n_iter}" if len(counts) > 1 or cfg.algo in RECONSTRUCTING else "")
-                results.append({"model": name, "row": cfg.label(), "shown": shown, "iters": n_iter, "cfg": cfg_n,
-                                "result": res, "diff": d, "quant_s": quant_s,
-                                "load": [round(v, 2) for v in os.getloadavg()]})
+                shown = cfg_n.label() + (f" @{cfg_n.iterations()}" if reconstructs else "")
+                results.append({"model": name, "row": cfg.label(), "shown": shown,
+                                "iters": cfg_n.iterations() if reconstructs else None, "cfg": cfg_n, "result": res,
+                                "diff": d, "quant_s": quant_s, "load": [round(v, 2) for v in os.getloadavg()]})
                 print(f"  {name} {shown:<30} top-1 {res.top1:6.2f}%  drop {-d.diff_points:+.2f}  "
                       f"(quantize {quant_s:6.1f} s)", flush=True)
 
