@@ -51,3 +51,37 @@ def test_real_data_benchmarks_exit_1_naming_what_is_missing(name, tmp_path, caps
     assert bench.main(["--weights", str(tmp_path / "none.th"), "--data", str(tmp_path / "nodata")]) == 1
     err = capsys.readouterr().err
     assert f"{name}: not found: weights" in err and "nodata" in err
+
+
+def test_reconstruct_variants_parses_and_refuses_before_any_work(tmp_path, capsys):
+    rv = _load("reconstruct_variants")
+    assert rv.parse_variant("w4a4:qdrop-flint8@act_lr=0,seed=1+recal") == ("w4a4:qdrop-flint8",
+                                                                            {"act_lr": 0.0, "seed": 1}, True)
+    assert rv.parse_variant("w4a4:adaround") == ("w4a4:adaround", {}, False)
+    assert rv.main([str(tmp_path), "w4a4:qdrop"]) == 2
+    assert "needs config.yaml and model_fp32.pt" in capsys.readouterr().err
+    (tmp_path / "config.yaml").write_text("kind: run\n")
+    (tmp_path / "model_fp32.pt").write_bytes(b"")
+    for bad, needle in [("w4a4:mse@seed=1", "without block reconstruction"), ("w4a4:qdrop@speed=2", "key=value"),
+                        ("w4a4:bogus", "unknown algorithm")]:
+        assert rv.main([str(tmp_path), bad]) == 2
+        assert needle in capsys.readouterr().err
+
+
+def test_reconstruct_variants_reruns_a_stored_run_on_its_own_images(tmp_path, capsys):
+    import json
+
+    from quantbench.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", "--model", "lenet", "--data", "digits", "--epochs", "1", "--methods", "w8a8", "--qat", "",
+                 "--batch-sizes", "1", "--out", str(out), "--store", str(tmp_path / "s.db"), "--no-progress"]) == 0
+    capsys.readouterr()
+    rv = _load("reconstruct_variants")
+    assert rv.main([str(out), "w4a4:brecq@iters=2", "w4a4:qdrop@iters=2,drop_prob=0", "--threads", "1",
+                    "--out", str(tmp_path / "r.json")]) == 0
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    fp32 = json.loads((out / "results.json").read_text())
+    assert rows[0]["top1"] == rows[1]["top1"] and rows[0]["loss"] == rows[1]["loss"]  # QDrop with p 0 is BRECQ
+    assert rows[1]["paired_vs_first"]["diff_points"] == 0
+    assert "fp32: top-1" in capsys.readouterr().out and fp32  # the run's own FP32 model was evaluated
