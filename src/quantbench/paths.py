@@ -35,12 +35,25 @@ def safe_component(text: str, fallback: str = "unnamed", limit: int = 120) -> st
     return name or fallback
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file; read once, at import (single-threaded)
+
+
 def _replace_with(path: str | Path, write: Callable[[BinaryIO], int]) -> int:
-    """Run ``write`` on a temporary file beside ``path``, fsync, then rename it over ``path``."""
+    """Run ``write`` on a temporary file beside ``path``, fsync, then rename it over ``path``.
+
+    The file gets the permissions ``open()`` would give it (``mkstemp`` makes temporaries owner-only).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, _FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             written = write(f)
             f.flush()

@@ -50,3 +50,16 @@ def test_a_save_that_fails_keeps_the_old_file_and_no_temporary(tmp_path):
         torch_save_atomic({"w": Unpicklable()}, path)
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+
+
+def test_written_files_get_the_usual_permissions_not_a_temporary_files(tmp_path):
+    from quantbench.paths import write_atomic
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x")
+    write_atomic(tmp_path / "a.bin", [b"x"])
+    torch_save_atomic({"w": torch.ones(1)}, tmp_path / "b.pt")
+    for p in ("a.bin", "b.pt"):
+        assert (tmp_path / p).stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o666 & ~mask
