@@ -104,15 +104,17 @@ def torch_save_atomic(obj: Any, path: str | Path) -> int:
 
 
 def link_identical(path: str | Path, candidates: Iterable[str | Path]) -> Path | None:
-    """Replace ``path`` by a hard link to the first candidate with the same bytes; return it (None: kept).
+    """Replace ``path`` by a hard link to a candidate with the same bytes; return it (None: kept).
 
     Why: the cells of a sweep each save the same FP32 model beside their quantized file (the size
     rows measure that file, and a cell folder is complete on its own); for a 134 M-parameter VGG16 that
     is 537 MB per cell. A hard link keeps every folder complete while the bytes are stored once, and
     deleting one folder never breaks another. Candidates of another size are skipped without reading;
-    one of the same size is linked only when its SHA-256 equals ``path``'s. The swap goes through a
-    temporary link and a rename, so ``path`` is always a whole file; where links are impossible (another
-    file system, no permission) ``path`` stays as it is.
+    the others are tried from the largest group of links down, and one is linked only when its SHA-256
+    equals ``path``'s and its group is at least as large as ``path``'s own (so files already sharing
+    bytes are never split off to a smaller group, and calling this on every file of a folder in any
+    order leaves one copy). The swap goes through a temporary link and a rename, so ``path`` is always a
+    whole file; where links are impossible (another file system, no permission) ``path`` stays as it is.
 
     Example:
         >>> import tempfile, pathlib
@@ -126,14 +128,17 @@ def link_identical(path: str | Path, candidates: Iterable[str | Path]) -> Path |
 
     path = Path(path)
     me = path.stat()
-    digest = None
+    groups: dict[tuple[int, int], tuple[int, Path]] = {}  # one candidate per stored file (device, inode)
     for cand in map(Path, candidates):
         try:
             other = cand.stat()
         except OSError:
             continue
-        if other.st_size != me.st_size or (other.st_dev, other.st_ino) == (me.st_dev, me.st_ino):
-            continue
+        key = (other.st_dev, other.st_ino)
+        if other.st_size == me.st_size and key != (me.st_dev, me.st_ino) and other.st_nlink >= me.st_nlink:
+            groups.setdefault(key, (other.st_nlink, cand))
+    digest = None
+    for _, cand in sorted(groups.values(), key=lambda g: -g[0]):
         digest = digest or sha256(path)
         if sha256(cand) != digest:
             continue

@@ -63,3 +63,15 @@ def test_written_files_get_the_usual_permissions_not_a_temporary_files(tmp_path)
     torch_save_atomic({"w": torch.ones(1)}, tmp_path / "b.pt")
     for p in ("a.bin", "b.pt"):
         assert (tmp_path / p).stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_linking_every_file_of_a_folder_in_any_order_leaves_one_copy(tmp_path):
+    files = [tmp_path / f"{i}.pt" for i in range(4)]
+    for f in files:
+        f.write_bytes(b"model" * 10)
+    (tmp_path / "other.pt").write_bytes(b"other" * 10)
+    everything = sorted(tmp_path.glob("*.pt"))
+    for f in [files[1], files[0], files[3], files[2]]:
+        link_identical(f, everything)
+    assert len({f.stat().st_ino for f in files}) == 1 and files[0].stat().st_nlink == 4
+    assert (tmp_path / "other.pt").stat().st_nlink == 1
