@@ -13,8 +13,9 @@ Example:
 
 from __future__ import annotations
 
+import filecmp
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -35,32 +36,28 @@ def safe_component(text: str, fallback: str = "unnamed", limit: int = 120) -> st
     return name or fallback
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file; read once, at import (single-threaded)
+def _sibling(path: Path, tag: str) -> Path:
+    """A name beside ``path`` no other writer uses (process id and random bits), hidden by a leading dot."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.{tag}")
 
 
 def _replace_with(path: str | Path, write: Callable[[BinaryIO], int]) -> int:
-    """Run ``write`` on a temporary file beside ``path``, fsync, then rename it over ``path``.
+    """Run ``write`` on a new temporary file beside ``path``, fsync, then rename it over ``path``.
 
-    The file gets the permissions ``open()`` would give it (``mkstemp`` makes temporaries owner-only).
+    The temporary is created by ``open(..., "xb")`` (exclusive), so the file gets the permissions any new
+    file gets (``tempfile.mkstemp`` would make it owner-only).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = _sibling(path, "tmp")
     try:
-        os.chmod(tmp, _FILE_MODE)
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             written = write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return written
 
@@ -110,8 +107,9 @@ def link_identical(path: str | Path, candidates: Iterable[str | Path]) -> Path |
     rows measure that file, and a cell folder is complete on its own); for a 134 M-parameter VGG16 that
     is 537 MB per cell. A hard link keeps every folder complete while the bytes are stored once, and
     deleting one folder never breaks another. Candidates of another size are skipped without reading;
-    the others are tried from the largest group of links down, and one is linked only when its SHA-256
-    equals ``path``'s and its group is at least as large as ``path``'s own (so files already sharing
+    the others are tried from the largest group of links down, and one is linked only when its bytes
+    equal ``path``'s (compared block by block, stopping at the first difference: two trainings of one
+    architecture differ within the first tensor) and its group is at least as large as ``path``'s own (so files already sharing
     bytes are never split off to a smaller group, and calling this on every file of a folder in any
     order leaves one copy). The swap goes through a temporary link and a rename, so ``path`` is always a
     whole file; where links are impossible (another file system, no permission) ``path`` stays as it is.
@@ -123,9 +121,6 @@ def link_identical(path: str | Path, candidates: Iterable[str | Path]) -> Path |
         >>> link_identical(d / "b", [d / "a"]) == d / "a", (d / "a").stat().st_ino == (d / "b").stat().st_ino
         (True, True)
     """
-    # the one file digest (stdlib only, because bundles carry that module)
-    from quantbench.bundle_runner import sha256
-
     path = Path(path)
     me = path.stat()
     groups: dict[tuple[int, int], tuple[int, Path]] = {}  # one candidate per stored file (device, inode)
@@ -137,14 +132,11 @@ def link_identical(path: str | Path, candidates: Iterable[str | Path]) -> Path |
         key = (other.st_dev, other.st_ino)
         if other.st_size == me.st_size and key != (me.st_dev, me.st_ino) and other.st_nlink >= me.st_nlink:
             groups.setdefault(key, (other.st_nlink, cand))
-    digest = None
     for _, cand in sorted(groups.values(), key=lambda g: -g[0]):
-        digest = digest or sha256(path)
-        if sha256(cand) != digest:
+        if not filecmp.cmp(path, cand, shallow=False):
             continue
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.link")
+        tmp = _sibling(path, "link")
         try:
-            tmp.unlink(missing_ok=True)
             os.link(cand, tmp)
             os.replace(tmp, path)
         except OSError:
