@@ -51,23 +51,15 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any], bool]:
 
 
 def quantize_variant(model: Any, label: str, kwargs: dict[str, Any], recal: bool, calib: Any) -> Any:
-    """The method ``label`` as ``quantize_ptq`` runs it, with ``kwargs`` passed to block reconstruction."""
-    from quantbench.quant.brecq import reconstruct
-    from quantbench.quant.prepare import calibrate, prepare
+    """The method ``label`` as ``quantize`` runs it, ``kwargs`` passed on to block reconstruction."""
+    from quantbench.quant.prepare import calibrate
     from quantbench.quant.ptq import parse_method, quantize_ptq
 
     cfg = parse_method(label)
-    algo = cfg.algorithm()
-    if algo.reconstruct == "none":
-        qm = quantize_ptq(model, cfg, calib)
-    else:  # quantize_ptq's block-reconstruction path, spelled out so the keywords reach reconstruct()
-        qm = calibrate(prepare(model.eval(), cfg.plan()), calib, n_images=cfg.calib_size,
-                       batch_size=cfg.calib_batch_size)
-        options = {"iters": cfg.iterations(), "drop_prob": algo.drop_prob, "granularity": algo.reconstruct, **kwargs}
-        reconstruct(qm, model, calib, n_images=cfg.calib_size, **options)
+    qm = quantize_ptq(model, cfg, calib, reconstruct_options=kwargs)
     if recal:
         calibrate(qm, calib, n_images=cfg.calib_size, batch_size=cfg.calib_batch_size)
-    qm.set_mode("quant")
+        qm.set_mode("quant")
     return qm.eval()
 
 
@@ -88,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         variants = [parse_variant(v) for v in args.variants]
-        for text, (label, kwargs, _) in zip(args.variants, variants, strict=True):
-            if parse_method(label).algorithm().reconstruct == "none" and kwargs:  # parse_method refuses bad labels
+        for text, (label, kwargs, _) in zip(args.variants, variants, strict=True):  # parse_method refuses bad labels
+            if parse_method(label).algorithm().reconstruct == "none" and kwargs:  # what quantize_ptq refuses, up front
                 raise ValueError(f"variant {text!r}: reconstruction keywords for a method without block reconstruction")
     except (ValueError, QuantbenchError) as e:
         print(f"reconstruct_variants: {e}", file=sys.stderr)

@@ -168,6 +168,10 @@ def test_qdrop_with_p0_is_brecq_and_the_algorithms_are_registered() -> None:
     assert same(manual[0.5], qdrop)
     assert not same(brecq, qdrop)  # dropping changes what is learned
     assert parse_method("w4a4:qdrop-flint8").label() == "w4a4:qdrop-flint8"
+    # reconstruction options reach reconstruct(): QDrop told p = 0 is BRECQ; a method without it refuses them
+    assert same(quantize_ptq(model, cfgs["qdrop"], calib, reconstruct_options={"drop_prob": 0.0}), brecq)
+    with pytest.raises(QuantbenchError, match="w4a4:mse: reconstruction options given to a method without"):
+        quantize_ptq(model, PTQConfig("w4a4", "mse"), calib, reconstruct_options={"seed": 1})
 
 
 def test_each_algorithm_has_its_own_step_default_and_results_store_the_count_used() -> None:

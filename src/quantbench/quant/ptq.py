@@ -235,7 +235,8 @@ def with_observers(plan: QuantPlan, weight_observer: str, act_observer: str) -> 
 
 
 def quantize_ptq(model: nn.Module, cfg: PTQConfig, calib_data: Any = None, *,
-                 plan: QuantPlan | None = None, progress: bool = False) -> QuantizedModel:
+                 plan: QuantPlan | None = None, progress: bool = False,
+                 reconstruct_options: dict[str, Any] | None = None) -> QuantizedModel:
     """Quantize a float model after training.
 
     Args:
@@ -247,11 +248,17 @@ def quantize_ptq(model: nn.Module, cfg: PTQConfig, calib_data: Any = None, *,
         plan: A per-layer plan (e.g. mixed precision) used instead of ``cfg.scheme``; the
             algorithm's observers are applied to every quantizer of it.
         progress: Bars on stderr for calibration, AdaRound, block reconstruction and bias correction.
+        reconstruct_options: Keywords for :func:`~quantbench.quant.brecq.reconstruct` over the
+            algorithm's own (``drop_prob``, ``act_lr``, ``seed``, ...): for studying BRECQ/QDrop variants
+            (benchmarks/reconstruct_variants.py); refused for an algorithm without block reconstruction.
 
     Returns:
         The prepared, calibrated :class:`QuantizedModel` in quantized mode.
     """
     algo = cfg.algorithm()
+    if reconstruct_options and algo.reconstruct == "none":
+        raise QuantbenchError(f"PTQ {cfg.label()}: reconstruction options given to a method without block "
+                              "reconstruction (brecq, qdrop)")
     plan = cfg.plan() if plan is None else with_observers(plan, algo.weight_observer, algo.act_observer)
     float_model = model.eval()
     if algo.equalize:
@@ -279,8 +286,9 @@ def quantize_ptq(model: nn.Module, cfg: PTQConfig, calib_data: Any = None, *,
         # Block reconstruction starts from calibrated activation steps and learns them, so there is
         # no re-calibration afterwards (it would discard the learned steps).
         calibrate(qm, calib_data, n_images=n, batch_size=cfg.calib_batch_size, progress=progress)
-        reconstruct(qm, float_model, calib_data, n_images=n, iters=cfg.iterations(), drop_prob=algo.drop_prob,
-                    granularity=algo.reconstruct, progress=progress)
+        options = {"iters": cfg.iterations(), "drop_prob": algo.drop_prob, "granularity": algo.reconstruct,
+                   **(reconstruct_options or {})}
+        reconstruct(qm, float_model, calib_data, n_images=n, progress=progress, **options)
     elif any(not fq.spec.dynamic for _, fq in qm.act_quantizers()):
         calibrate(qm, calib_data, n_images=n, batch_size=cfg.calib_batch_size, progress=progress)
     if algo.bias_correction:
