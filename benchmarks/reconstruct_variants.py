@@ -29,7 +29,8 @@ from typing import Any
 from common import drop_text, write_json
 
 KEYS = {"drop_prob": float, "act_lr": float, "lr": float, "seed": int, "learn_act": lambda v: v == "true",
-        "fisher": lambda v: v == "true", "iters": int, "granularity": str}
+        "fisher": lambda v: v == "true", "iters": int, "granularity": str,
+        "share_input_mask": lambda v: v == "true"}
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any], bool]:

@@ -150,6 +150,48 @@ def test_weights_end_on_the_grid_and_steps_are_learned() -> None:
     assert all(not isinstance(fq.scale, nn.Parameter) for _, fq in qm.act_quantizers())
 
 
+def test_qdrop_unit_input_is_float_unquantized_or_quantized_never_a_mix() -> None:
+    """QDrop's reference feeds a block the float network's value or the quantized network's value,
+    quantized, per element. With ``share_input_mask`` the quantizer on the unit input drops exactly
+    the elements that took the float value: it reuses the input mask instead of drawing its own;
+    without it (the default) it draws its own."""
+    from quantbench.quant.brecq import LearnedActQuant
+
+    model, calib, qm = _prepared("w4a4")
+    block = find_blocks(qm)[1]
+    assert block.layers == ("c1", "c2")
+    # one quantizer on the block input, shared by c1 and the residual add (same spec)
+    assert len(block.input_quantizers) == 1 and set(block.input_quantizers) <= set(block.act_quantizers)
+    seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def record(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        if isinstance(module, LearnedActQuant) and module.dropping and module.fq[0] is qm.net.get_submodule(
+                block.input_quantizers[0]):
+            assert module.input_keep is not None  # the unit's mask, not a fresh draw
+            q = lsq_fake_quantize(args[0], module.scale.abs(), module.z, module.fq[0].spec, 1.0)
+            seen.append((args[0].detach(), out.detach(), module.input_keep.clone(), q.detach()))
+
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        reconstruct(qm, model, calib, iters=3, batch_size=16, drop_prob=0.5, share_input_mask=True)
+    finally:
+        handle.remove()
+    assert len(seen) == 3
+    for x, out, keep, q in seen:
+        assert 0.3 < float(keep.mean()) < 0.7
+        assert torch.equal(out[keep == 1], x[keep == 1])  # float elements pass unquantized
+        assert torch.allclose(out[keep == 0], q[keep == 0], atol=1e-6)  # the others are quantized
+        assert not torch.equal(out, x)
+    _, _, qm = _prepared("w4a4")
+    seen.clear()
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        with pytest.raises(AssertionError):  # the default: the input quantizer draws its own mask
+            reconstruct(qm, model, calib, iters=3, batch_size=16, drop_prob=0.5)
+    finally:
+        handle.remove()
+
+
 def test_qdrop_with_p0_is_brecq_and_the_algorithms_are_registered() -> None:
     model, calib = TinyRes().eval(), _images()
     cfgs = {name: PTQConfig("w4a4", name, calib_size=64, adaround_iters=30) for name in ("brecq", "qdrop")}

@@ -22,7 +22,7 @@ Method, per unit of :func:`~quantbench.quant.brecq_blocks.find_blocks` in execut
 * each Adam step samples ``batch_size`` cached images; with ``drop_prob = p > 0`` the input is
   ``x_f`` where a uniform draw is below ``p`` and ``x_q`` elsewhere, and each activation
   quantizer passes its input through unquantized in the elements where a fresh draw is below
-  ``p``; loss ``||y - unit(x)||^2`` (optionally weighted per element by the Fisher diagonal,
+  ``p`` (``share_input_mask``: the quantizer on the unit input reuses the input's draw); loss ``||y - unit(x)||^2`` (optionally weighted per element by the Fisher diagonal,
   below) plus AdaRound's annealed rounding regulariser;
 * finally weights go to the chosen grid points, the learned steps into the quantizers.
 
@@ -125,12 +125,16 @@ class LearnedActQuant(nn.Module):
     ``scale`` starts at the calibrated one and learns with LSQ's gradient; while ``dropping`` is
     set (the optimisation steps) each element is left unquantized with the pool's probability
     (QDrop). :meth:`write_back` stores the learned step in the real quantizer.
+
+    With ``share_input_mask`` a quantizer on the unit's input takes the unit's own input mask
+    (``input_keep``, set each step) instead of a fresh one (see :func:`reconstruct`).
     """
 
     def __init__(self, fq: FakeQuant, drops: DropPool | None, learn: bool) -> None:
         super().__init__()
         self.fq, self.drops = [fq], drops  # list: not a submodule
         self.dropping = False  # on only during the optimisation steps (not for the before/after losses)
+        self.input_keep: Tensor | None = None  # the unit's input mask, for a quantizer on the unit input
         self.scale = nn.Parameter(fq.qparams()[0].clone(), requires_grad=learn)
         self.register_buffer("z", fq.zero_point.detach().to(torch.float32))
 
@@ -139,7 +143,9 @@ class LearnedActQuant(nn.Module):
         scale = self.scale.abs().clamp(min=EPS)
         z = self.z.reshape(self.z.shape + (1,) * (x.dim() - self.z.dim())) if self.z.dim() else self.z
         numel = x[0].numel() // max(scale.numel(), 1) if x.dim() > 1 else x.numel()
-        keep = self.drops.mask(x.shape) if self.dropping and self.drops is not None else None
+        keep = None
+        if self.dropping and self.drops is not None:
+            keep = self.input_keep if self.input_keep is not None else self.drops.mask(x.shape)
         return _ActQuant.apply(x, scale, z, spec.qmin, spec.qmax, lsq_grad_scale(numel, spec), keep)
 
     def write_back(self) -> None:
@@ -176,6 +182,7 @@ def reconstruct(
     beta: tuple[float, float] = (20.0, 2.0),
     warmup: float = 0.2,
     seed: int = 0,
+    share_input_mask: bool = False,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """BRECQ (``drop_prob=0``) or QDrop (``drop_prob>0``) on every unit of ``qm``, in place.
@@ -200,6 +207,11 @@ def reconstruct(
         beta: ``(start, end)`` of the annealed regulariser exponent.
         warmup: Fraction of ``iters`` before the regulariser starts.
         seed: Seeds batch sampling and dropping (results are reproducible).
+        share_input_mask: QDrop only: the quantizer on the unit input drops exactly the elements
+            that took the float network's value, so each input element is either the float value,
+            unquantized, or the quantized network's value, quantized (the reference code's mix,
+            whose blocks receive already-quantized inputs). Off by default: independent masks
+            measured no worse (docs/benchmarks/ptq.md).
         progress: A bar per unit on stderr and one line per finished unit (loss before/after, time).
 
     Returns:
@@ -249,7 +261,7 @@ def reconstruct(
                     before, after = _reconstruct_block(
                         qm, block, xq, xf, target, weight, drops, iters=iters, batch_size=batch_size,
                         learn_act=learn_act, lr=lr, act_lr=act_lr, reg_weight=reg_weight, beta=beta, warmup=warmup,
-                        generator=generator, on_step=shown.update)  # fmt: skip
+                        generator=generator, share_input_mask=share_input_mask, on_step=shown.update)  # fmt: skip
                 seconds = time.perf_counter() - t0
                 stats.append({"block": block.name, "layers": list(block.layers), "loss_before": before,
                               "loss_after": after, "seconds": seconds})
@@ -274,7 +286,7 @@ def _reconstruct_block(
     qm: QuantizedModel, block: Block, xq: Tensor, xf: Tensor, target: Tensor, weight: Tensor | None,
     drops: DropPool | None, *,
     iters: int, batch_size: int, learn_act: bool, lr: float, act_lr: float, reg_weight: float,
-    beta: tuple[float, float], warmup: float, generator: torch.Generator, on_step: Any,
+    beta: tuple[float, float], warmup: float, generator: torch.Generator, share_input_mask: bool, on_step: Any,
 ) -> tuple[float, float]:
     """Optimise one unit's rounding (and activation steps); returns the output loss before and after."""
     roundings = [SoftRounding(qm.layer(name)) for name in block.layers]
@@ -300,13 +312,17 @@ def _reconstruct_block(
         opt = torch.optim.Adam(params)
         scales = [a.scale for a in acts.values() if a.scale.requires_grad]
         opt_s = torch.optim.Adam(scales, lr=act_lr) if scales and act_lr > 0 else None
+        on_input = [acts[name] for name in block.input_quantizers if name in acts] if share_input_mask else []
         for a in acts.values():
             a.dropping = True
         for t in range(iters):
             idx = torch.randint(len(xq), (min(batch_size, len(xq)),), generator=generator, device=xq.device)
             x = xq[idx]
-            if drops is not None:  # QDrop: the float network's value in the dropped elements of the input
-                x = x + drops.mask(x.shape) * (xf[idx] - x)
+            if drops is not None:  # QDrop: the float network's value, unquantized, in the dropped elements
+                keep = drops.mask(x.shape)
+                x = x + keep * (xf[idx] - x)
+                for a in on_input:
+                    a.input_keep = keep
             loss = _output_loss(seg(x), target[idx], None if weight is None else weight[idx])
             b = annealed_beta(t, iters, warmup, beta)
             if b is not None:
@@ -324,7 +340,7 @@ def _reconstruct_block(
         for r in roundings:
             r.harden()
     for a in acts.values():
-        a.dropping = False
+        a.dropping, a.input_keep = False, None
         a.write_back()
     seg = segment_module(qm.net, block)  # the real quantizers, learned steps, hard weights
     return before, evaluate()

@@ -54,6 +54,8 @@ class Block:
         nodes: Names of the unit's nodes in execution order (``start`` excluded, ``end`` included).
         layers: Targets of the quantized conv/linear layers in the unit (weights with a quantizer).
         act_quantizers: Targets of the activation quantizers in the unit.
+        input_quantizers: Those of ``act_quantizers`` applied directly to the unit's input value
+            (QDrop drops them with the same mask that mixes the float and quantized inputs).
     """
 
     start: str
@@ -61,6 +63,7 @@ class Block:
     nodes: tuple[str, ...]
     layers: tuple[str, ...]
     act_quantizers: tuple[str, ...]
+    input_quantizers: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -157,9 +160,11 @@ def find_blocks(qm: QuantizedModel, granularity: str = "block") -> list[Block]:
 
 
 def _block(start: fx.Node, piece: list[fx.Node], quantized: set[str], modules: dict[str, nn.Module]) -> Block:
+    quantizers = [n for n in piece if _is_quantizer(n, modules)]
     return Block(start.name, piece[-1].name, tuple(n.name for n in piece),
                  tuple(str(n.target) for n in piece if n.op == "call_module" and n.target in quantized),
-                 tuple(str(n.target) for n in piece if _is_quantizer(n, modules)))
+                 tuple(str(n.target) for n in quantizers),
+                 tuple(str(n.target) for n in quantizers if n.args[0] is start))
 
 
 def _stages(blocks: list[Block], qm: QuantizedModel) -> list[Block]:
@@ -180,7 +185,7 @@ def _stages(blocks: list[Block], qm: QuantizedModel) -> list[Block]:
         if prev is not None and keeps and signature(prev)[0] == channels and len(b.layers) > 1 \
                 and len(prev.layers) > 1:
             merged[-1] = Block(prev.start, b.end, prev.nodes + b.nodes, prev.layers + b.layers,
-                               prev.act_quantizers + b.act_quantizers)
+                               prev.act_quantizers + b.act_quantizers, prev.input_quantizers)
         else:
             merged.append(b)
     return merged
