@@ -85,3 +85,26 @@ def test_reconstruct_variants_reruns_a_stored_run_on_its_own_images(tmp_path, ca
     assert rows[0]["top1"] == rows[1]["top1"] and rows[0]["loss"] == rows[1]["loss"]  # QDrop with p 0 is BRECQ
     assert rows[1]["paired_vs_first"]["diff_points"] == 0
     assert "fp32: top-1" in capsys.readouterr().out and fp32  # the run's own FP32 model was evaluated
+
+
+@pytest.mark.parametrize("name, units", [
+    ("holdout_cnn", ["stem.0", "group.0..dense.0", "se", "down.0", "head.1", "head.3"]),
+    ("holdout_bottleneck", ["stem.0"] + [f"stages.{i}" for i in range(6)] + ["head.3"]),
+])
+def test_holdout_models_load_as_user_code_and_cut_into_units(name, units):
+    """The hold-out CNNs the low-bit claims are checked on: loaded the way `--model FILE.py:build` loads a
+    user's file, prepared, and cut into the reconstruction units docs/benchmarks/ptq.md names."""
+    import torch
+
+    from quantbench.models.sources import resolve_model
+    from quantbench.quant.brecq_blocks import find_blocks
+    from quantbench.quant.prepare import calibrate, prepare
+    from quantbench.quant.spec import parse_scheme
+
+    loaded = resolve_model(f"{BENCH / name}.py:build", num_classes=10, in_channels=3)
+    assert loaded.kind == "python"
+    model = loaded.module.eval()
+    x = torch.randn(8, 3, 32, 32)
+    assert model(x).shape == (8, 10)
+    qm = calibrate(prepare(model, parse_scheme("w4a4", first_last="int8")), x)
+    assert [b.name for b in find_blocks(qm)] == units
