@@ -22,8 +22,9 @@ Method, per unit of :func:`~quantbench.quant.brecq_blocks.find_blocks` in execut
 * each Adam step samples ``batch_size`` cached images; with ``drop_prob = p > 0`` the input is
   ``x_f`` where a uniform draw is below ``p`` and ``x_q`` elsewhere, and each activation
   quantizer passes its input through unquantized in the elements where a fresh draw is below
-  ``p`` (``share_input_mask``: the quantizer on the unit input reuses the input's draw); loss ``||y - unit(x)||^2`` (optionally weighted per element by the Fisher diagonal,
-  below) plus AdaRound's annealed rounding regulariser;
+  ``p`` (``share_input_mask``: the quantizer on the unit input reuses the input's draw); loss
+  ``||y - unit(x)||^2`` (optionally weighted per element by the Fisher diagonal, below) plus
+  AdaRound's annealed rounding regulariser;
 * finally weights go to the chosen grid points, the learned steps into the quantizers.
 
 ``drop_prob = 0`` draws no random numbers for dropping, so QDrop with ``p = 0`` *is* BRECQ (same

@@ -55,7 +55,8 @@ class Block:
         layers: Targets of the quantized conv/linear layers in the unit (weights with a quantizer).
         act_quantizers: Targets of the activation quantizers in the unit.
         input_quantizers: Those of ``act_quantizers`` applied directly to the unit's input value
-            (QDrop drops them with the same mask that mixes the float and quantized inputs).
+            (QDrop's ``share_input_mask`` drops them with the mask that mixes the float and
+            quantized inputs).
     """
 
     start: str
