@@ -83,10 +83,10 @@ class _ActQuant(torch.autograd.Function):
         code.sub_(z)  # q / s
         ds = code - v.mul_(inside)  # d q / d s: round(v) - v inside, qmin - z / qmax - z outside
         out = code.mul_(s)
-        if keep is not None:
-            out.add_(keep * (x - out))
-            inside.add_(keep * (1.0 - inside))  # a kept float element passes its gradient
-            ds.mul_(1.0 - keep)
+        if keep is not None:  # one fused pass each (keep is 0/1): x where kept, else the quantized value
+            out.lerp_(x, keep)
+            torch.maximum(inside, keep, out=inside)  # a kept float element passes its gradient
+            ds.addcmul_(ds, keep, value=-1.0)  # and gives the step none
         ctx.save_for_backward(inside, ds)
         ctx.scale_shape, ctx.s_shape, ctx.grad_scale = scale.shape, s.shape, grad_scale
         return out
@@ -321,7 +321,7 @@ def _reconstruct_block(
             x = xq[idx]
             if drops is not None:  # QDrop: the float network's value, unquantized, in the dropped elements
                 keep = drops.mask(x.shape)
-                x = x + keep * (xf[idx] - x)
+                x = torch.lerp(x, xf[idx], keep)
                 for a in on_input:
                     a.input_keep = keep
             loss = _output_loss(seg(x), target[idx], None if weight is None else weight[idx])
