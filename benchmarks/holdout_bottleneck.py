@@ -43,7 +43,8 @@ class HoldoutBottleneckNet(nn.Module):
             _Bottleneck(4 * w, 2 * w, 8 * w, 2), _Bottleneck(8 * w, 2 * w, 8 * w, 1),
             _Bottleneck(8 * w, 4 * w, 16 * w, 2), _Bottleneck(16 * w, 4 * w, 16 * w, 1),
         )
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.1), nn.Linear(16 * w, num_classes))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.1),
+                                  nn.Linear(16 * w, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stages(self.stem(x)))
