@@ -90,6 +90,7 @@ def test_reconstruct_variants_reruns_a_stored_run_on_its_own_images(tmp_path, ca
 @pytest.mark.parametrize("name, units", [
     ("holdout_cnn", ["stem.0", "group.0..dense.0", "se", "down.0", "head.1", "head.3"]),
     ("holdout_bottleneck", ["stem.0"] + [f"stages.{i}" for i in range(6)] + ["head.3"]),
+    ("holdout_mobile", ["features.0"] + [f"features.{i}.body" for i in range(3, 10)] + ["features.10", "classifier.1"]),
 ])
 def test_holdout_models_load_as_user_code_and_cut_into_units(name, units):
     """The hold-out CNNs the low-bit claims are checked on: loaded the way `--model FILE.py:build` loads a
@@ -107,4 +108,4 @@ def test_holdout_models_load_as_user_code_and_cut_into_units(name, units):
     x = torch.randn(8, 3, 32, 32)
     assert model(x).shape == (8, 10)
     qm = calibrate(prepare(model, parse_scheme("w4a4", first_last="int8")), x)
-    assert [b.name for b in find_blocks(qm)] == units
+    assert [b.name for b in find_blocks(qm, model=model)] == units

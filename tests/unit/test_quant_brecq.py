@@ -96,6 +96,151 @@ def test_blocks_are_found_from_the_graph() -> None:
     assert [b.layers for b in find_blocks(qc, "stage")] == [("0",), ("2",), ("5",)]
 
 
+class _SE(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.reduce, self.expand = nn.Conv2d(c, c // 2, 1), nn.Conv2d(c // 2, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.expand(F.relu(self.reduce(F.adaptive_avg_pool2d(x, 1)))))
+
+
+class _InvRes(nn.Module):
+    """Expand 1x1, depthwise 3x3 (optionally SE), project 1x1; a skip only when the shape is kept."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, se: bool = False) -> None:
+        super().__init__()
+        h = 2 * cin
+        self.body = nn.Sequential(nn.Conv2d(cin, h, 1), nn.ReLU6(), nn.Conv2d(h, h, 3, stride, 1, groups=h), nn.ReLU6(),
+                                  *([_SE(h)] if se else []), nn.Conv2d(h, cout, 1))
+        self.skip = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x) if self.skip else self.body(x)
+
+
+class _Stage(nn.Module):
+    """Two residual blocks (a repeated class that spans several units: must not become one)."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.a, self.b = _InvRes(c, c), _InvRes(c, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.a(x))
+
+
+class TinyMobile(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU6(), _InvRes(4, 6), _InvRes(6, 6),
+                                      _InvRes(6, 8, stride=2, se=True), _Stage(8), _Stage(8))
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
+def test_the_module_tree_joins_chained_blocks_the_graph_splits() -> None:
+    """An inverted residual without a skip is a chain (a cut between its layers); its module is
+    repeated, so ``block`` joins its layers (SE included) into one unit; residual blocks and a
+    repeated stage of them stay one unit per block; ``cut`` and no model keep the graph's units."""
+    model, calib, qm = _prepared(model=TinyMobile())
+    cut_units = find_blocks(qm, "cut", model=model)
+    cut = [b.layers for b in cut_units]
+    assert cut == [b.layers for b in find_blocks(qm)]  # no model: the graph's units
+    assert ("features.2.body.0",) in cut and ("features.2.body.2",) in cut  # the chain, cut per layer
+    joined = find_blocks(qm, model=model)
+    assert [b.layers for b in joined] == [
+        ("features.0",),
+        ("features.2.body.0", "features.2.body.2", "features.2.body.4"),  # no skip: joined
+        ("features.3.body.0", "features.3.body.2", "features.3.body.4"),  # residual: the graph's unit
+        ("features.4.body.0", "features.4.body.2", "features.4.body.4.reduce", "features.4.body.4.expand",
+         "features.4.body.5"),  # no skip, with SE: one unit
+        *[(f"features.{s}.{k}.body.0", f"features.{s}.{k}.body.2", f"features.{s}.{k}.body.4")
+          for s in (5, 6) for k in "ab"],  # a stage of residual blocks: one unit per block
+        ("fc",),
+    ]
+    assert (joined[1].start, joined[1].end) == (cut_units[1].start, cut_units[3].end)  # the three chained units
+    assert joined[1].input_quantizers == cut_units[1].input_quantizers != ()
+    x = calib
+    for block in joined:
+        x = propagate(segment_module(qm.net, block), x)
+    assert torch.allclose(x, qm(calib).detach(), atol=1e-6)  # joined units still compose to the network
+    stats = reconstruct(qm, model, calib, iters=2, drop_prob=0.5)
+    assert [s["block"] for s in stats] == [b.name for b in joined]
+
+
+class _Branches(nn.Module):
+    """Inception-style: four branches (one through max-pooling) concatenated, then a mean head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.b1, self.b3 = nn.Conv2d(8, 4, 1), nn.Sequential(nn.Conv2d(8, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
+        self.bp, self.fc = nn.Conv2d(8, 4, 1), nn.Linear(12, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem(x))
+        y = F.relu(torch.cat([self.b1(x), self.b3(x), self.bp(F.max_pool2d(x, 3, 1, 1))], dim=1))
+        return self.fc(y.mean(dim=(2, 3)))
+
+
+class _LayerScale(nn.Module):
+    """A parameter used directly in forward (a get_attr node), GroupNorm, GELU, ``view(size(0), -1)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.gn, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.Conv2d(8, 8, 3, padding=1)
+        self.gamma = nn.Parameter(torch.full((1, 8, 1, 1), 0.5))
+        self.fc = nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.gn(self.c1(x)))
+        x = F.avg_pool2d(x + self.gamma * F.gelu(self.c2(x)), 2)
+        return self.fc(x.view(x.size(0), -1))
+
+
+class _LongSkip(nn.Module):
+    """Pre-activation blocks, a skip across both, and a sigmoid spatial-attention gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.c1, self.c2 = (nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1),
+                                       nn.Conv2d(8, 8, 3, padding=1))
+        self.att, self.fc = nn.Conv2d(2, 1, 3, padding=1), nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stem(x)
+        a = s + self.c1(F.relu(s))
+        b = a + self.c2(F.relu(a)) + s
+        b = b * torch.sigmoid(self.att(torch.cat([b.mean(1, keepdim=True), b.amax(1, keepdim=True)], 1)))
+        return self.fc(F.adaptive_avg_pool2d(F.relu(b), 1).flatten(1))
+
+
+@pytest.mark.parametrize("model, units", [
+    (_Branches, [("stem",), ("b1", "b3.0", "b3.2", "bp"), ("fc",)]),
+    (_LayerScale, [("c1",), ("c2",), ("fc",)]),
+    (_LongSkip, [("stem",), ("c1", "c2"), ("att",), ("fc",)]),
+])
+def test_unusual_graphs_cut_compose_and_reconstruct(model: type[nn.Module], units: list[tuple[str, ...]]) -> None:
+    """Branches joined by a concat, a parameter read in forward, a skip spanning two blocks, a gate:
+    each cuts where one tensor carries everything, the units compose to the network, and QDrop runs
+    on them, ending every weight on its grid."""
+    net, calib, qm = _prepared(model=model())
+    blocks = find_blocks(qm, model=net)
+    assert [b.layers for b in blocks] == units
+    x = calib
+    for block in blocks:
+        x = propagate(segment_module(qm.net, block), x)
+    assert torch.allclose(x, qm(calib).detach(), atol=1e-6)
+    stats = reconstruct(qm, net, calib, iters=5, batch_size=16, drop_prob=0.5)
+    assert len(stats) == len(units) and all(s["loss_after"] >= 0 for s in stats)
+    for name, fq in qm.weight_quantizers():
+        w = qm.layer(name).weight.detach()
+        assert torch.equal(fq(w), w)
+
+
 def test_units_compose_to_the_network() -> None:
     _, calib, qm = _prepared()
     x = calib

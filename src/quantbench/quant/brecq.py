@@ -184,6 +184,7 @@ def reconstruct(
     warmup: float = 0.2,
     seed: int = 0,
     share_input_mask: bool = False,
+    module_tree: nn.Module | None = None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """BRECQ (``drop_prob=0``) or QDrop (``drop_prob>0``) on every unit of ``qm``, in place.
@@ -199,7 +200,9 @@ def reconstruct(
         iters: Adam steps per unit.
         batch_size: Images per step.
         drop_prob: QDrop's probability of leaving an activation element unquantized (0: BRECQ).
-        granularity: ``"block"`` (residual blocks) or ``"stage"`` (runs of blocks of one width).
+        granularity: ``"block"`` (residual blocks, and chains the module tree names one block),
+            ``"cut"`` (the graph's units only) or ``"stage"`` (runs of blocks of one width); see
+            :func:`~quantbench.quant.brecq_blocks.find_blocks`.
         fisher: Weight the output error by the Fisher diagonal (see the module docstring).
         learn_act: Learn the activation step sizes (LSQ) beside the rounding.
         lr: Adam rate of the rounding variables.
@@ -213,6 +216,8 @@ def reconstruct(
             unquantized, or the quantized network's value, quantized (the reference code's mix,
             whose blocks receive already-quantized inputs). Off by default: independent masks
             measured no worse (docs/benchmarks/ptq.md).
+        module_tree: The model whose module tree names the blocks (default ``float_model``; pass
+            the user's model when ``float_model`` is a rewritten graph, e.g. after equalization).
         progress: A bar per unit on stderr and one line per finished unit (loss before/after, time).
 
     Returns:
@@ -231,7 +236,7 @@ def reconstruct(
     companded = [n for n, fq in qm.weight_quantizers() if fq.spec.companding != "none"]
     if companded:
         raise QuantbenchError(f"block reconstruction needs a uniform weight grid; {', '.join(companded)} companded")
-    blocks = find_blocks(qm, granularity)
+    blocks = find_blocks(qm, granularity, model=float_model if module_tree is None else module_tree)
     ref = float_reference(qm, float_model)
     dev = model_device(qm)
     ref.to(dev)

@@ -11,6 +11,18 @@ in a plain chain every op is a cut, and pieces holding no quantized layer (ReLU,
 flatten) are merged into the unit before them, so a chain gives one unit per layer, which is
 what BRECQ does for layers outside residual blocks (the stem convolution, the classifier).
 
+A block without a skip connection (MobileNetV2's inverted residual that changes width or
+stride: expand, depthwise, project in a chain) has a cut between every two layers, yet BRECQ
+rounds it as one block: a depthwise convolution rounded on its own is what 4-bit MobileNets
+lose most to. The graph cannot tell such a block from a plain chain; the user's module tree
+can. When the float model is given, consecutive units are joined where one of its modules is
+a *repeated block*: a module (not the root, not a plain ``Sequential``/``ModuleList``/
+``ModuleDict``/``Module`` holder) whose class occurs at least twice in the model, whose
+quantized layers are exactly those of two or more consecutive units, and which does not hold
+two or more smaller multi-layer blocks of its own (a stage of residual blocks stays one unit
+per block); the smallest such module wins. A model written without such modules keeps its
+graph units (``granularity="cut"`` always does).
+
 Activation quantizers (``FakeQuant`` nodes that ``prepare`` inserted) are never cuts: a unit
 starts at a float value and contains the quantizer of its own input, so the float network and
 the quantized network cut at the same values, and the quantizers QDrop drops are inside the
@@ -28,6 +40,7 @@ Example:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -41,7 +54,7 @@ from quantbench.quant.prepare import QuantizedModel
 
 __all__ = ["GRANULARITIES", "Block", "find_blocks", "propagate", "segment_module"]
 
-GRANULARITIES = ("block", "stage")
+GRANULARITIES = ("block", "cut", "stage")
 
 
 @dataclass(frozen=True)
@@ -101,14 +114,18 @@ def _cuts(graph: fx.Graph, modules: dict[str, nn.Module]) -> list[int]:
     return cuts
 
 
-def find_blocks(qm: QuantizedModel, granularity: str = "block") -> list[Block]:
+def find_blocks(qm: QuantizedModel, granularity: str = "block", model: nn.Module | None = None) -> list[Block]:
     """Split the prepared network into reconstruction units (residual blocks, or stages).
 
     Args:
         qm: A prepared model (its ``net`` is the traced graph with quantizers).
-        granularity: ``"block"``: one unit per piece between cuts (merged so that each holds a
-            quantized layer); ``"stage"``: consecutive multi-layer blocks joined while they keep
-            the output channels and the later ones have stride 1 (a ResNet stage).
+        granularity: ``"cut"``: one unit per piece between cuts (merged so that each holds a
+            quantized layer); ``"block"``: those units, joined where ``model``'s module tree
+            has a repeated block spanning several (see the module docstring); ``"stage"``:
+            blocks further joined while they keep the output channels and the later ones have
+            stride 1 (a ResNet stage).
+        model: The float model ``prepare`` received (its module names are ``qm``'s layer
+            names); without it ``"block"`` is ``"cut"``.
 
     Returns:
         Units in execution order; together they cover every node between the input and the
@@ -155,6 +172,8 @@ def find_blocks(qm: QuantizedModel, granularity: str = "block") -> list[Block]:
         else:
             groups.append((start, list(piece)))
     blocks = [_block(start, piece, quantized, modules) for start, piece in groups]
+    if granularity != "cut" and model is not None:
+        blocks = _join_by_modules(blocks, model)
     if granularity == "stage":
         blocks = _stages(blocks, qm)
     return blocks
@@ -166,6 +185,48 @@ def _block(start: fx.Node, piece: list[fx.Node], quantized: set[str], modules: d
                  tuple(str(n.target) for n in piece if n.op == "call_module" and n.target in quantized),
                  tuple(str(n.target) for n in quantizers),
                  tuple(str(n.target) for n in quantizers if n.args[0] is start))
+
+
+_HOLDERS = (nn.Module, nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def _join_by_modules(blocks: list[Block], model: nn.Module) -> list[Block]:
+    """Join consecutive units that one repeated block module of ``model`` spans exactly."""
+    unit_of = {layer: i for i, b in enumerate(blocks) for layer in b.layers}
+    named = [(path, m) for path, m in model.named_modules() if path]
+    counts = Counter(type(m) for _, m in named)
+
+    def span(path: str) -> tuple[int, ...]:
+        """The units whose layers lie under ``path`` (empty unless exactly covered)."""
+        inside = [layer for layer in unit_of if layer.startswith(path + ".")]
+        units = sorted({unit_of[layer] for layer in inside})
+        covered = {layer for i in units for layer in blocks[i].layers}
+        return tuple(units) if inside and covered == set(inside) else ()
+
+    spans = {path: span(path) for path, m in named if type(m) not in _HOLDERS and counts[type(m)] >= 2}
+    spans = {path: units for path, units in spans.items() if units}
+
+    def inner_blocks(path: str) -> list[str]:
+        """Multi-layer whole-unit modules strictly inside ``path``, outermost only."""
+        found = sorted(p for p, units in spans.items() if p.startswith(path + ".")
+                       and sum(len(blocks[i].layers) for i in units) >= 2)
+        return [p for p in found if not any(p.startswith(q + ".") for q in found)]
+
+    candidates = {path: units for path, units in spans.items()
+                  if len(units) >= 2 and units == tuple(range(units[0], units[-1] + 1))
+                  and len(inner_blocks(path)) < 2}
+    chosen = [path for path in candidates if not any(q.startswith(path + ".") for q in candidates)]
+    joined: list[Block] = []
+    firsts = {candidates[path][0]: candidates[path][-1] for path in chosen}
+    i = 0
+    while i < len(blocks):
+        last = firsts.get(i, i)
+        run = blocks[i: last + 1]
+        joined.append(run[0] if len(run) == 1 else Block(
+            run[0].start, run[-1].end, sum((b.nodes for b in run), ()), sum((b.layers for b in run), ()),
+            sum((b.act_quantizers for b in run), ()), run[0].input_quantizers))
+        i = last + 1
+    return joined
 
 
 def _stages(blocks: list[Block], qm: QuantizedModel) -> list[Block]:

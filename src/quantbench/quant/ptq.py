@@ -150,6 +150,7 @@ class PTQConfig:
 _TAGS = {"cle": {"equalize": True}, "nocle": {"equalize": False}, "bc": {"bias_correction": True},
          "nobc": {"bias_correction": False}, "pt": {"per_channel": False}, "mulaw": {"companding": "mulaw"},
          "flint8": {"first_last": "int8"}, "flfp32": {"first_last": "fp32"}, "reduced": {"weight_range": "reduced"}}
+METHOD_TAGS = tuple(_TAGS)  # what a method label may carry after its algorithm, ``-flint8``
 
 
 def parse_method(text: str, **defaults: Any) -> PTQConfig:
@@ -288,7 +289,7 @@ def quantize_ptq(model: nn.Module, cfg: PTQConfig, calib_data: Any = None, *,
         calibrate(qm, calib_data, n_images=n, batch_size=cfg.calib_batch_size, progress=progress)
         options = {"iters": cfg.iterations(), "drop_prob": algo.drop_prob, "granularity": algo.reconstruct,
                    **(reconstruct_options or {})}
-        reconstruct(qm, float_model, calib_data, n_images=n, progress=progress, **options)
+        reconstruct(qm, float_model, calib_data, n_images=n, progress=progress, module_tree=model, **options)
     elif any(not fq.spec.dynamic for _, fq in qm.act_quantizers()):
         calibrate(qm, calib_data, n_images=n, batch_size=cfg.calib_batch_size, progress=progress)
     if algo.bias_correction:

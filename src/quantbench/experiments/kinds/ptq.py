@@ -28,6 +28,7 @@ from quantbench.experiments.options import (
     TrainingData,
     WeightRange,
 )
+from quantbench.quant.ptq import ALGOS, METHOD_TAGS
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,9 @@ class QuantizeOptions(WeightRange, AdaRoundOptions):
 class PTQExperiment(AccuracyControl, Timing, QuantizeOptions, Pretraining, Calibration, TrainingData, DataOptions):
     """Quantize after training; evaluate FP32 and the quantized model on the same images."""
 
-    method: str = option("w8a8:mse", "SCHEME[:ALGO]: w8a8:mse, w4a8:adaround, w4a4:minmax, w8 (weights only), "
-                         "dynamic ... (quantbench docs list the algorithms)")
+    method: str = option("w8a8:mse", "SCHEME[:ALGO]: w8a8:mse, w4a8:adaround, w4a4:qdrop-flint8, w8 (weights "
+                         f"only), dynamic ...; ALGO one of: {', '.join(ALGOS.names())}; tags after it: "
+                         f"{', '.join('-' + t for t in METHOD_TAGS)} (flint8: first/last layer 8-bit)")
 
     def check(self) -> None:
         ptq = self.ptq_config(self.method, self.calib_size)  # a bad method fails before any data is read
