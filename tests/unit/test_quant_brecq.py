@@ -169,6 +169,9 @@ def test_the_module_tree_joins_chained_blocks_the_graph_splits() -> None:
     assert torch.allclose(x, qm(calib).detach(), atol=1e-6)  # joined units still compose to the network
     stats = reconstruct(qm, model, calib, iters=2, drop_prob=0.5)
     assert [s["block"] for s in stats] == [b.name for b in joined]
+    stages = find_blocks(qm, "stage", model=model)  # joined blocks of one width and stride 1 join further
+    assert [b.name for b in stages] == ["features.0", "features.2.body..features.3.body",
+                                        "features.4.body..features.6.b.body", "fc"]
 
 
 class _Branches(nn.Module):

@@ -70,6 +70,7 @@ class Block:
         input_quantizers: Those of ``act_quantizers`` applied directly to the unit's input value
             (QDrop's ``share_input_mask`` drops them with the mask that mixes the float and
             quantized inputs).
+        label: The name of a unit joined from several (``first..last``); empty: from the layers.
     """
 
     start: str
@@ -78,10 +79,13 @@ class Block:
     layers: tuple[str, ...]
     act_quantizers: tuple[str, ...]
     input_quantizers: tuple[str, ...] = ()
+    label: str = ""
 
     @property
     def name(self) -> str:
         """A readable name: the common module prefix of its layers (``layer1.0``) or first..last."""
+        if self.label:
+            return self.label
         if not self.layers:
             return self.end
         parts = [name.split(".") for name in self.layers]
@@ -246,8 +250,9 @@ def _stages(blocks: list[Block], qm: QuantizedModel) -> list[Block]:
         prev = merged[-1] if merged else None
         if prev is not None and keeps and signature(prev)[0] == channels and len(b.layers) > 1 \
                 and len(prev.layers) > 1:
+            first = prev.label.partition("..")[0] if prev.label else prev.name  # unique names in progress lines
             merged[-1] = Block(prev.start, b.end, prev.nodes + b.nodes, prev.layers + b.layers,
-                               prev.act_quantizers + b.act_quantizers, prev.input_quantizers)
+                               prev.act_quantizers + b.act_quantizers, prev.input_quantizers, f"{first}..{b.name}")
         else:
             merged.append(b)
     return merged
