@@ -111,8 +111,8 @@ def link_identical(path: str | Path, candidates: Iterable[str | Path]) -> Path |
     equal ``path``'s (compared block by block, stopping at the first difference: two trainings of one
     architecture differ within the first tensor) and its group is at least as large as ``path``'s own
     (so files already sharing bytes are never split off to a smaller group, and calling this on every
-    file of a folder in any order leaves one copy). The swap goes through a temporary link and a rename, so ``path`` is always a
-    whole file; where links are impossible (another file system, no permission) ``path`` stays as it is.
+    file of a folder in any order leaves one copy). The swap goes through a temporary link and a rename,
+    so ``path`` is always a whole file; where links are impossible (another file system, no permission) ``path`` stays as it is.
 
     Example:
         >>> import tempfile, pathlib

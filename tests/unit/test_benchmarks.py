@@ -90,7 +90,8 @@ def test_reconstruct_variants_reruns_a_stored_run_on_its_own_images(tmp_path, ca
 @pytest.mark.parametrize("name, units", [
     ("holdout_cnn", ["stem.0", "group.0..dense.0", "se", "down.0", "head.1", "head.3"]),
     ("holdout_bottleneck", ["stem.0"] + [f"stages.{i}" for i in range(6)] + ["head.3"]),
-    ("holdout_mobile", ["features.0"] + [f"features.{i}.body" for i in range(3, 10)] + ["features.10", "classifier.1"]),
+    ("holdout_mobile",
+     ["features.0"] + [f"features.{i}.body" for i in range(3, 10)] + ["features.10", "classifier.1"]),
 ])
 def test_holdout_models_load_as_user_code_and_cut_into_units(name, units):
     """The hold-out CNNs the low-bit claims are checked on: loaded the way `--model FILE.py:build` loads a

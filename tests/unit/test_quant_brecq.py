@@ -111,8 +111,8 @@ class _InvRes(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int = 1, se: bool = False) -> None:
         super().__init__()
         h = 2 * cin
-        self.body = nn.Sequential(nn.Conv2d(cin, h, 1), nn.ReLU6(), nn.Conv2d(h, h, 3, stride, 1, groups=h), nn.ReLU6(),
-                                  *([_SE(h)] if se else []), nn.Conv2d(h, cout, 1))
+        self.body = nn.Sequential(nn.Conv2d(cin, h, 1), nn.ReLU6(), nn.Conv2d(h, h, 3, stride, 1, groups=h),
+                                  nn.ReLU6(), *([_SE(h)] if se else []), nn.Conv2d(h, cout, 1))
         self.skip = stride == 1 and cin == cout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -180,7 +180,8 @@ class _Branches(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.b1, self.b3 = nn.Conv2d(8, 4, 1), nn.Sequential(nn.Conv2d(8, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
+        self.b1 = nn.Conv2d(8, 4, 1)
+        self.b3 = nn.Sequential(nn.Conv2d(8, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
         self.bp, self.fc = nn.Conv2d(8, 4, 1), nn.Linear(12, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

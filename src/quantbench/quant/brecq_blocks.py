@@ -250,9 +250,10 @@ def _stages(blocks: list[Block], qm: QuantizedModel) -> list[Block]:
         prev = merged[-1] if merged else None
         if prev is not None and keeps and signature(prev)[0] == channels and len(b.layers) > 1 \
                 and len(prev.layers) > 1:
-            first = prev.label.partition("..")[0] if prev.label else prev.name  # unique names in progress lines
+            first = prev.name.partition("..")[0]  # first..last block: each unit named once in progress lines
             merged[-1] = Block(prev.start, b.end, prev.nodes + b.nodes, prev.layers + b.layers,
-                               prev.act_quantizers + b.act_quantizers, prev.input_quantizers, f"{first}..{b.name}")
+                               prev.act_quantizers + b.act_quantizers, prev.input_quantizers,
+                               f"{first}..{b.name}")
         else:
             merged.append(b)
     return merged
