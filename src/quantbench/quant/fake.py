@@ -146,11 +146,41 @@ def lsq_fake_quantize(
     if spec.companding != "none":
         raise QuantbenchError(f"LSQ: companding {spec.companding!r} is not supported; use companding='none'")
     s = broadcast_param(scale, x, spec)
-    s = (s - s * grad_scale).detach() + s * grad_scale  # value s, gradient scaled by g
+    s = scaled_grad(s, grad_scale)
     z = broadcast_param(zero_point, x, spec).to(s.dtype)
+    return lsq_round_clamp(x, s, z, spec.qmin, spec.qmax)
+
+
+def scaled_grad(s: Tensor, g: float) -> Tensor:
+    """``s`` unchanged in value (bit for bit), its gradient multiplied by ``g`` (LSQ's step-size factor).
+
+    Example:
+        >>> s = torch.tensor(0.3, requires_grad=True)
+        >>> scaled_grad(s, 0.5).backward()
+        >>> float(s.grad)
+        0.5
+    """
+    sg = s * g
+    return s.detach() + (sg - sg.detach())
+
+
+def lsq_round_clamp(x: Tensor, s: Tensor, z: Tensor, lo: Tensor | float, hi: Tensor | float) -> Tensor:
+    """``(clamp(round(x / s) + z, lo, hi) - z) * s`` with a straight-through round: LSQ's core.
+
+    With ``s`` and ``z`` already broadcast to ``x`` (and ``s`` carrying the gradient factor, see
+    :func:`lsq_fake_quantize`), autograd's rules give exactly LSQ's gradients: ``x`` gets 1 where the
+    code is inside ``[lo, hi]`` (clamp passes it at the bounds) and 0 outside; ``s`` gets ``round(v) - v``
+    inside and ``lo - z`` / ``hi - z`` outside. One formula for the eager path and for the compiled
+    one (:mod:`quantbench.quant.fused`, which passes the bounds as tensors so it never recompiles for them).
+
+    Example:
+        >>> x = torch.tensor([0.26, 9.0])
+        >>> lsq_round_clamp(x, torch.tensor(0.1), torch.tensor(0.0), 0, 15)
+        tensor([0.3000, 1.5000])
+    """
     v = x / s
     r = v + (torch.round(v) - v).detach()  # round with identity gradient
-    return (torch.clamp(r + z, spec.qmin, spec.qmax) - z) * s
+    return (torch.clamp(r + z, lo, hi) - z) * s
 
 
 def pact_fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor | int, spec: QuantSpec) -> Tensor:
