@@ -94,6 +94,16 @@ def test_a_compiler_failure_falls_back_to_eager_for_the_process(fresh_status, mo
     assert not fused.fused_available()
 
 
+def test_the_fallback_is_said_once_per_reconstruction(fresh_status, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setattr(fused, "status", "failed: InvalidCxxCompiler: No working C++ compiler found")
+    model = Wide().eval()
+    images = torch.rand(8, 3, 32, 32)
+    qm = calibrate(prepare(model, parse_scheme("w4a4")), images)
+    reconstruct(qm, model, images, iters=1, batch_size=8, drop_prob=0.5, progress=True)
+    err = capsys.readouterr().err
+    assert err.count("ran its activation quantizer eagerly (torch.compile failed: InvalidCxxCompiler") == 1
+
+
 class Wide(nn.Module):
     """A residual block on 16x32x32 maps (batch 32: 524,288 elements per activation) and a head."""
 
