@@ -7,12 +7,12 @@ tensor about a dozen times per step (divide, round, clamp, compare, the LSQ step
 QDrop mix), each pass bound by memory bandwidth. Inductor fuses the forward into one loop and the
 backward into another: on a 32x144x32x32 tensor, 2 threads, forward and backward took 11 ms instead
 of 32 ms with dropping and 5 ms instead of 29 ms without (2-core AMD EPYC, avx512_vnni), with
-bit-identical values and input gradients.
+bit-identical values and the same gradient masks.
 
 What gets compiled is the library's one LSQ formula (:func:`~quantbench.quant.fake.lsq_round_clamp`,
 autograd's rules: round with a straight-through gradient, clamp passing gradient inside its bounds)
-and QDrop's mix; they give exactly the gradients ``_ActQuant`` writes out by hand (a unit test
-compares the two). Compiling costs a few seconds per
+and QDrop's mix; they give the gradients ``_ActQuant`` writes out by hand up to float rounding
+(``g * s * (1/s)`` for ``g``; the step's sum in another order; a unit test compares the two). Compiling costs a few seconds per
 process and shape family, so only tensors of at least :data:`MIN_ELEMENTS` elements take this path
 and tiny models never pay it. Where compiling fails (no C++ compiler, an unsupported platform) the
 reason is kept in :data:`status` and every call returns None, so the caller stays on the eager
