@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 from common import drop_text, missing_reference, reference_parser, write_json
+from reconstruct_variants import parse_variant
 
 ROWS = (
     "w4a8:minmax", "w4a8:mse", "w4a8:adaround", "w4a8:brecq", "w4a8:qdrop",
@@ -61,7 +62,8 @@ PUBLISHED = """Published post-training records (theirs, ImageNet top-1 %, not th
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = reference_parser(__doc__)
     p.add_argument("--models", default="resnet20,resnet56", help="comma list of: resnet20, resnet56")
-    p.add_argument("--rows", default=",".join(ROWS), help="comma list of method labels (any quantize --method)")
+    p.add_argument("--rows", default=",".join(ROWS), help="comma list of method labels (any quantize --method), each optionally "
+                   "followed by @key=value,... keywords of block reconstruction (as in reconstruct_variants.py)")
     p.add_argument("--iters", default="default",
                    help="reconstruction steps per layer/block, a comma list sweeps; 'default': each algorithm's own")
     p.add_argument("--n-calib", type=int, default=500, help="calibration images (the rest: evaluation)")
@@ -101,6 +103,22 @@ def resnet56_from_resnet20(weights: Path, gamma: float, seed: int = 0) -> torch.
     return r56.eval()
 
 
+def split_rows(text: str) -> list[str]:
+    """The ``--rows`` list: commas separate rows, except before a further ``key=value`` of a row's options.
+
+    Example:
+        >>> split_rows("w4a4:mse-flint8,w4a4:qdrop-flint8@fisher=true,seed=1")
+        ['w4a4:mse-flint8', 'w4a4:qdrop-flint8@fisher=true,seed=1']
+    """
+    rows: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if rows and "@" in rows[-1] and "=" in part and ":" not in part:
+            rows[-1] += "," + part
+        elif part:
+            rows.append(part)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
@@ -108,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing_reference("ptq_lowbit", args.weights, args.data):
         return 1
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    rows = split_rows(args.rows)
     try:
         iters = [None if i.strip() == "default" else int(i) for i in args.iters.split(",") if i.strip()]
     except ValueError:
@@ -126,7 +144,19 @@ def main(argv: list[str] | None = None) -> int:
     from quantbench.quant.ptq import parse_method, quantize_ptq
 
     torch.set_num_threads(args.threads)
-    methods = [parse_method(r, calib_size=args.n_calib) for r in rows]  # refuses a bad label before any work
+    try:  # a row is a method label, optionally with @key=value reconstruction keywords
+        variants = [parse_variant(r) for r in rows]
+        if any(recal for _, _, recal in variants):
+            raise ValueError("+recal is reconstruct_variants.py's; rows here take method[@key=value,...]")
+    except ValueError as e:
+        print(f"ptq_lowbit: {e}", file=sys.stderr)
+        return 2
+    methods = [(parse_method(label, calib_size=args.n_calib), kw) for label, kw, _ in variants]  # refuses bad labels
+    for cfg, kw in methods:
+        if kw and cfg.algorithm().reconstruct == "none":
+            print(f"ptq_lowbit: {cfg.label()}: reconstruction keywords for a method without block reconstruction",
+                  file=sys.stderr)
+            return 2
     spec = f"imagefolder:{args.data}"
     ds = open_dataset(spec, normalize=args.normalize)
     frac = args.n_calib / len(ds)
@@ -144,18 +174,19 @@ def main(argv: list[str] | None = None) -> int:
             model = resnet56_from_resnet20(args.weights, args.r56_gamma)
         fp32 = fp32s[name] = evaluate(model, test, batch_size=args.batch)
         print(f"{name}: fp32 top-1 {fp32.top1:.2f}%", flush=True)
-        for cfg in methods:
+        for cfg, kw in methods:
             reconstructs = cfg.algo.split("-")[0] in RECONSTRUCTING
             counts = iters if reconstructs else [None]
             for n_iter in counts:
                 cfg_n = parse_method(cfg.label(), calib_size=len(calib[0]), adaround_iters=n_iter)
                 t = time.perf_counter()
-                qm = quantize_ptq(model, cfg_n, calib, progress=args.progress)
+                qm = quantize_ptq(model, cfg_n, calib, progress=args.progress, reconstruct_options=kw or None)
                 quant_s = time.perf_counter() - t
                 res = evaluate(qm, test, batch_size=args.batch)
                 d = paired_difference(fp32.correct, res.correct)
-                shown = cfg_n.label() + (f" @{cfg_n.iterations()}" if reconstructs else "")
-                results.append({"model": name, "row": cfg.label(), "shown": shown,
+                opts = "".join(f",{k}={v}" for k, v in kw.items()).replace(",", "@", 1)
+                shown = cfg_n.label() + opts + (f" @{cfg_n.iterations()}" if reconstructs else "")
+                results.append({"model": name, "row": cfg.label() + opts, "shown": shown, "options": kw,
                                 "iters": cfg_n.iterations() if reconstructs else None, "cfg": cfg_n, "result": res,
                                 "diff": d, "quant_s": quant_s, "load": [round(v, 2) for v in os.getloadavg()]})
                 print(f"  {name} {shown:<30} top-1 {res.top1:6.2f}%  drop {-d.diff_points:+.2f}  "
@@ -200,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "ptq_lowbit", "models": models, "weights": str(args.weights), "data": spec,
             "seed": args.seed, "n_calib": len(calib[0]), "n_test": len(test[0]), "threads": args.threads,
             "r56_gamma": args.r56_gamma, "fp32": {k: v.as_dict() for k, v in fp32s.items()},
-            "rows": [{"model": r["model"], "label": r["cfg"].label(), "iters": r["iters"],
+            "rows": [{"model": r["model"], "label": r["cfg"].label(), "options": r["options"], "iters": r["iters"],
                       "ptq_config": asdict(r["cfg"]), **r["result"].as_dict(), "drop_points": -r["diff"].diff_points,
                       "paired_vs_fp32": r["diff"].as_dict(), "quantize_s": r["quant_s"], "load_average": r["load"]}
                      for r in results],

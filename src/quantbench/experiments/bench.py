@@ -32,12 +32,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import multiprocessing
 import os
 import sys
 import tempfile
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -335,13 +333,13 @@ def bench_job(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_isolated(job: dict[str, Any]) -> dict[str, Any]:
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-        try:
-            return pool.submit(bench_job, job).result()
-        except Exception as exc:  # noqa: BLE001 - a crashed worker (e.g. killed for memory)
-            return {"engine": job["engine"], "variant": job["variant"],
-                    "error": f"worker process failed: {type(exc).__name__}: {exc}"}
+    from quantbench.fresh_process import run_in_fresh_process
+
+    try:
+        return run_in_fresh_process(bench_job, job)
+    except Exception as exc:  # noqa: BLE001 - a crashed worker (e.g. killed for memory)
+        return {"engine": job["engine"], "variant": job["variant"],
+                "error": f"worker process failed: {type(exc).__name__}: {exc}"}
 
 
 # ----------------------------------------------------------------------------- the benchmark

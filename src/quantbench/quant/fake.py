@@ -108,12 +108,16 @@ def fake_quantize(x: Tensor, scale: Tensor | float, zero_point: Tensor | int, sp
     if spec.companding != "none":
         smax = s * spec.qmax
         xq = companded_fake_quant(xd, smax, spec)
-        inside = (xd <= smax) & (xd >= (-smax if spec.signed else torch.zeros_like(smax)))
+        if x.requires_grad:
+            inside = (xd <= smax) & (xd >= (-smax if spec.signed else torch.zeros_like(smax)))
     else:
         z = broadcast_param(zero_point, x, spec)
-        t = torch.round(xd / s) + z
-        inside = (t >= spec.qmin) & (t <= spec.qmax)
-        xq = (torch.clamp(t, spec.qmin, spec.qmax) - z) * s
+        t = torch.round(xd / s).add_(z)  # the same operations in the same order as written out below
+        if x.requires_grad:
+            inside = (t >= spec.qmin) & (t <= spec.qmax)
+            xq = (torch.clamp(t, spec.qmin, spec.qmax) - z) * s
+        else:  # evaluation: the mask is not needed and the temporaries are reused (about half the passes)
+            xq = t.clamp_(spec.qmin, spec.qmax).sub_(z).mul_(s)
     if x.is_floating_point():
         xq = xq.to(x.dtype)
     if not x.requires_grad:
