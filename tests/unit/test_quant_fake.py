@@ -129,6 +129,20 @@ def test_no_graph_without_requires_grad():
     assert not out.requires_grad and out.dtype == torch.float32
 
 
+@pytest.mark.parametrize("spec", [QuantSpec(bits=8, signed=False, symmetric=False),
+                                  QuantSpec(bits=4, per_channel=True, axis=1), QuantSpec(bits=3, companding="mulaw")])
+def test_evaluation_path_gives_the_training_paths_values_bit_for_bit(spec):
+    # without a gradient the quantizer skips the mask and works in place: the same operations in the same order
+    x = torch.randn(4, 6, 5, 5) * 3  # float32: the quantizer's float32 view of x is x itself
+    scale = torch.rand(6) * 0.2 + 0.05 if spec.per_channel else torch.tensor(0.07)
+    zp = torch.zeros(6, dtype=torch.int32) if spec.per_channel else (torch.tensor(9) if not spec.signed else 0)
+    kept = x.clone()
+    evaluated = fake_quantize(x, scale, zp, spec)
+    trained = fake_quantize(x.clone().requires_grad_(), scale, zp, spec)
+    assert torch.equal(x, kept)  # the input is never written
+    assert evaluated.dtype == trained.dtype == torch.float32 and torch.equal(evaluated, trained.detach())
+
+
 def _lsq_case(spec: QuantSpec):
     x = torch.tensor([-9.0, -1.26, -0.4, 0.0, 0.33, 0.74, 1.5, 7.7], dtype=torch.float64)
     weights = torch.linspace(0.5, 2.0, x.numel(), dtype=torch.float64)  # a non-trivial upstream grad
