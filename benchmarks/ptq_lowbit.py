@@ -144,19 +144,19 @@ def main(argv: list[str] | None = None) -> int:
     from quantbench.quant.ptq import parse_method, quantize_ptq
 
     torch.set_num_threads(args.threads)
-    try:  # a row is a method label, optionally with @key=value reconstruction keywords
+    from quantbench.errors import QuantbenchError
+
+    try:  # a row is a method label, optionally with @key=value reconstruction keywords; refused before any work
         variants = [parse_variant(r) for r in rows]
         if any(recal for _, _, recal in variants):
             raise ValueError("+recal is reconstruct_variants.py's; rows here take method[@key=value,...]")
-    except ValueError as e:
+        methods = [(parse_method(label, calib_size=args.n_calib), kw) for label, kw, _ in variants]
+        for cfg, kw in methods:
+            if kw and cfg.algorithm().reconstruct == "none":
+                raise ValueError(f"{cfg.label()}: reconstruction keywords for a method without block reconstruction")
+    except (ValueError, QuantbenchError) as e:
         print(f"ptq_lowbit: {e}", file=sys.stderr)
         return 2
-    methods = [(parse_method(label, calib_size=args.n_calib), kw) for label, kw, _ in variants]  # refuses bad labels
-    for cfg, kw in methods:
-        if kw and cfg.algorithm().reconstruct == "none":
-            print(f"ptq_lowbit: {cfg.label()}: reconstruction keywords for a method without block reconstruction",
-                  file=sys.stderr)
-            return 2
     spec = f"imagefolder:{args.data}"
     ds = open_dataset(spec, normalize=args.normalize)
     frac = args.n_calib / len(ds)

@@ -110,3 +110,17 @@ def test_holdout_models_load_as_user_code_and_cut_into_units(name, units):
     assert model(x).shape == (8, 10)
     qm = calibrate(prepare(model, parse_scheme("w4a4", first_last="int8")), x)
     assert [b.name for b in find_blocks(qm, model=model)] == units
+
+
+def test_ptq_lowbit_rows_take_reconstruction_keywords_and_refuse_bad_ones(tmp_path, capsys):
+    lowbit = _load("ptq_lowbit")
+    assert lowbit.split_rows("w4a4:mse-flint8, w4a4:qdrop-flint8@fisher=true,seed=1,w2a4:qdrop") == [
+        "w4a4:mse-flint8", "w4a4:qdrop-flint8@fisher=true,seed=1", "w2a4:qdrop"]
+    weights = tmp_path / "w.th"
+    weights.write_bytes(b"x")
+    base = ["--weights", str(weights), "--data", str(tmp_path), "--models", "resnet20"]
+    for bad, needle in [("w4a4:mse@seed=1", "without block reconstruction"), ("w4a4:qdrop@speed=2", "key=value"),
+                        ("w4a4:qdrop+recal", "+recal is reconstruct_variants.py's"), ("w4a4:bogus", "unknown")]:
+        assert lowbit.main([*base, "--rows", bad]) == 2, bad
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1, err
