@@ -3,16 +3,19 @@
 Why: ``bench`` and ``recommend`` time each engine in a process of its own, so that no engine's idle
 thread pool, allocator or JIT state from an earlier job skews the next one (an OpenVINO FP32 median
 doubled beside ONNX Runtime's spinning threads in one process). ``spawn`` gives such a process but
-pays Python's start-up and torch's import for every job: 2.6-3.1 s on a 2-core AMD EPYC, more than
-timing a small model takes. A fork server that has imported torch once (and nothing else: no
-engine, no thread pool: torch's and numpy's pools start on first use) forks each worker from that
-state in about 50 ms (same machine). The worker still holds nothing of the caller's.
+pays Python's start-up and torch's import for every job: 2.6-3.1 s on a 2-core AMD EPYC (measured
+while a benchmark shared the machine), more than timing a small model takes. A fork server that has
+imported torch once (and no engine; torch's and numpy's thread pools start on first use) forks each
+worker from that state in about 50 ms (same machine, same sharing). The worker holds nothing of the
+caller's.
 
 A fork server keeps the working directory and environment of the moment it started, while a
 spawned worker takes the caller's current ones; the call therefore carries the caller's working
 directory and environment at submit time and the worker adopts them before running, so relative
-paths and settings mean what they would under ``spawn``. Where fork servers do not exist (Windows)
-the worker is spawned.
+paths and settings mean what they would under ``spawn``. One difference stays: a setting a native
+library reads once when it loads (OpenMP's ``OMP_*``, loaded with torch in the server) keeps its value
+from when the server started, so callers pass thread counts explicitly, not through the environment.
+Where fork servers do not exist (Windows) the worker is spawned.
 
 Example:
     >>> from quantbench.fresh_process import run_in_fresh_process

@@ -13,8 +13,8 @@ user would deploy. Derived numbers, all computed from measured medians in the sa
   it is the reference everybody has).
 
 Isolation: by default each (engine, variant) runs in a fresh process (forked from a fork server
-that imported torch once: :mod:`quantbench.fresh_process`), one after the other. That gives an honest peak RSS per engine (a process high-water mark cannot be
-attributed otherwise) and keeps one engine's idle thread pool from stealing cycles from the
+that imported torch once: :mod:`quantbench.fresh_process`), one after the other. That gives an
+honest peak RSS per engine (a process high-water mark cannot be attributed otherwise) and keeps one engine's idle thread pool from stealing cycles from the
 next. ``isolate=False`` runs in this process (any ``nn.Module``; peak RSS not recorded).
 
 INT8 deploys OUR calibrated scales: ``quantized`` (a saved ``.qbm`` model from

@@ -378,8 +378,8 @@ def _channels_last(seg: nn.Module, xq: Tensor, xf: Tensor, target: Tensor,
     Why: with the quantizer's element-wise passes compiled (:mod:`quantbench.quant.fused`), the
     convolutions dominate a step, and oneDNN's depthwise and 1x1 kernels run 1.4-1.6x faster on
     channels-last inputs (MobileNet hold-out's widest unit, compiled quantizer: 91-97 -> 66 ms per step
-    in NCHW vs channels-last, 2-core AMD EPYC). A unit that cannot take such an input (``x.view(n, -1)`` on a feature map) keeps its layout:
-    one two-image trial forward decides. The caches of later units are not touched.
+    in NCHW vs channels-last, 2-core AMD EPYC). A unit that cannot take such an input
+    (``x.view(n, -1)`` on a feature map) keeps its layout: one two-image trial forward decides. The caches of later units are not touched.
     """
     if xq.dim() != 4:
         return xq, xf, target, weight

@@ -112,7 +112,7 @@ def fake_quantize(x: Tensor, scale: Tensor | float, zero_point: Tensor | int, sp
             inside = (xd <= smax) & (xd >= (-smax if spec.signed else torch.zeros_like(smax)))
     else:
         z = broadcast_param(zero_point, x, spec)
-        t = torch.round(xd / s).add_(z)  # the same operations in the same order as written out below
+        t = torch.round(xd / s).add_(z)  # in place on the fresh quotient: x itself is never written
         if x.requires_grad:
             inside = (t >= spec.qmin) & (t <= spec.qmax)
             xq = (torch.clamp(t, spec.qmin, spec.qmax) - z) * s

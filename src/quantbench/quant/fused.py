@@ -12,8 +12,8 @@ bit-identical values and the same gradient masks.
 What gets compiled is the library's one LSQ formula (:func:`~quantbench.quant.fake.lsq_round_clamp`,
 autograd's rules: round with a straight-through gradient, clamp passing gradient inside its bounds)
 and QDrop's mix; they give the gradients ``_ActQuant`` writes out by hand up to float rounding
-(``g * s * (1/s)`` for ``g``; the step's sum in another order; a unit test compares the two). Compiling costs a few seconds per
-process and shape family, so only tensors of at least :data:`MIN_ELEMENTS` elements take this path
+(``g * s * (1/s)`` for ``g``; the step's sum in another order; a unit test compares the two).
+Compiling costs a few seconds per process and shape family, so only tensors of at least :data:`MIN_ELEMENTS` elements take this path
 and tiny models never pay it. Where compiling fails (no C++ compiler, an unsupported platform) the
 reason is kept in :data:`status` and every call returns None, so the caller stays on the eager
 quantizer; ``QUANTBENCH_COMPILE=0`` turns the path off.
