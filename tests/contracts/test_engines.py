@@ -79,7 +79,13 @@ def setup_reduced() -> Setup:
     return _setup("reduced")
 
 
-def _setup(weight_range: str) -> Setup:
+@pytest.fixture(scope="module")
+def setup_asym() -> Setup:
+    """The same network with 4-bit weights on an asymmetric grid (``w4a8:mse-asym``)."""
+    return _setup("full", scheme="w4a8", asymmetric_weights=True)
+
+
+def _setup(weight_range: str, scheme: str = "w8a8", asymmetric_weights: bool = False) -> Setup:
     torch.manual_seed(0)
     x, y = open_dataset(f"synthetic:n={N_EVAL + 300},shape=3x16x16,classes=10,seed=0").tensors()
     model = TinyResNet()
@@ -92,7 +98,8 @@ def _setup(weight_range: str) -> Setup:
         loss.backward()
         opt.step()
     model.eval()
-    qm = quantize_ptq(model, PTQConfig("w8a8", "mse", calib_size=128, weight_range=weight_range), x[:128])
+    cfg = PTQConfig(scheme, "mse", calib_size=128, weight_range=weight_range, asymmetric_weights=asymmetric_weights)
+    qm = quantize_ptq(model, cfg, x[:128])
     xe, ye = x[300:], y[300:]
     with torch.no_grad():
         fp32, sim = model(xe).numpy(), qm(xe).numpy()
@@ -156,6 +163,26 @@ def test_engine_parity_reduced_weight_range(setup_reduced: Setup, engine: str, v
     assert abs(top1 - setup.sim_top1) <= 0.2 + 1e-9, (top1, setup.sim_top1)
     if engine == "onnxruntime":  # codes that cannot saturate are stored as s8, the fast kernels' format
         assert sess.info["weight_type"] == "int8"
+
+
+@pytest.mark.parametrize(("engine", "variant"), INT8_CASES)
+def test_engine_parity_asymmetric_low_bit_weights(setup_asym: Setup, engine: str, variant: str, tmp_path) -> None:
+    """4-bit weights with a zero point per channel deploy exactly as simulated, on integer kernels: the
+    engines take the codes re-centred (code - zero point, int8, zero point 0), the same values."""
+    setup = setup_asym
+    fqs = [fq for _, fq in setup.dep.quantized.weight_quantizers()]
+    assert fqs and all(not fq.spec.symmetric and fq.spec.bits == 4 for fq in fqs)
+    assert any(bool((fq.qparams()[1] != 0).any()) for fq in fqs)  # real zero points, not a symmetric grid
+    sess = _session(setup, engine, variant, tmp_path)
+    out = sess.run(setup.x)
+    assert _cosine(out, setup.sim) >= 0.99
+    assert (out.argmax(1) == setup.sim.argmax(1)).mean() >= 0.99
+    top1 = evaluate_session(sess, (setup.x, setup.y), batch_size=256).top1
+    assert abs(top1 - setup.sim_top1) <= 0.2 + 1e-9, (top1, setup.sim_top1)
+    if engine == "onnxruntime":  # codes within +-15: s8, the fast kernels' format, on every CPU
+        assert sess.info["weight_type"] == "int8"
+    if engine == "torch-int8":  # the convolutions on the integer kernels, not left in float for the zero points
+        assert sess.info["int8_layers"] == 3  # as with symmetric 8-bit weights (the head stays float there too)
 
 
 @pytest.mark.parametrize(("engine", "variant"), CASES)

@@ -67,6 +67,7 @@ from quantbench.engines.qdq_rewrites import (
 )
 from quantbench.errors import QuantbenchError
 from quantbench.quant.prepare import QuantizedModel
+from quantbench.quant.spec import deployed_code_range
 
 __all__ = ["FORMAT", "METADATA_PREFIX", "check_exportable", "export_net", "export_qdq_onnx", "ort_weight_type", "qdq_metadata", "weight_codes"]
 
@@ -90,7 +91,8 @@ def ort_weight_type(qm: QuantizedModel | None = None, flags: set[str] | None = N
 
     if not int8_saturates(real_cpu_flags() if flags is None else flags)[0]:
         return "int8"
-    if qm is not None and all(fq.spec.qmin >= -64 and fq.spec.qmax <= 63 for _, fq in qm.weight_quantizers()):
+    if qm is not None and all(-64 <= deployed_code_range(fq.spec)[0] and deployed_code_range(fq.spec)[1] <= 63
+                              for _, fq in qm.weight_quantizers()):
         return "int8"
     return "uint8"
 
@@ -198,7 +200,9 @@ def export_qdq_onnx(
                     if weight_type == "int8" else
                     "uint8 initializers of our integer codes + 128 -> DequantizeLinear with zero point 128 (the "
                     "same values; u8 x u8 kernels, which do not saturate on x86 CPUs without VNNI), ")
-        + "per output channel (axis 0) when per_channel",
+        + "per output channel (axis 0) when per_channel"
+        + ("; asymmetric low-bit weights stored re-centred (code - zero point, the same values)"
+           if any(deployed_code_range(w) != (w.qmin, w.qmax) for w in weights) else ""),
         "bias": "int32 with scale s_in*s_w and zero point 0 where the layer input is quantized (as ONNX "
         "Runtime's QLinearConv/QGemm fusion requires; the simulation keeps it float: error <= s_in*s_w/2), "
         "float32 elsewhere",

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from quantbench.errors import QuantbenchError
-from quantbench.quant.fake import FakeQuant, quantize
+from quantbench.quant.fake import FakeQuant, deployed_codes
 from quantbench.quant.prepare import QConv2d, QLinear, QuantizedModel
-from quantbench.quant.spec import QuantSpec
+from quantbench.quant.spec import QuantSpec, deployed_code_range
 
 __all__ = ["check_exportable", "export_net", "weight_codes"]
 
@@ -174,8 +174,10 @@ def weight_codes(layer: nn.Module, name: str, fmt: str = "QDQ export") -> tuple[
         raise QuantbenchError(f"{fmt}: the weight quantizer of {name} is not calibrated")
     scale, zp = fq.qparams()
     w = layer.weight.detach().to(torch.float32)
-    codes = quantize(w, scale, zp, spec)  # our codes, exactly as the simulation rounds them
-    dtype = torch.int8 if spec.signed else torch.uint8
+    # Our codes, exactly as the simulation rounds them; an asymmetric low-bit grid re-centred to
+    # int8 with zero point 0 (the same values), which every integer kernel takes.
+    codes, zp = deployed_codes(w, scale, zp, spec)
+    dtype = torch.int8 if spec.signed or deployed_code_range(spec)[0] < 0 else torch.uint8
     axis = (spec.axis % w.dim()) if scale.dim() == 1 else None
     return codes.to(dtype), scale.to(torch.float32).clone(), zp.to(dtype).clone(), axis
 

@@ -177,7 +177,7 @@ class _Lowering:
 
     # ---- weights
     def qweight(self, layer: nn.Module) -> torch.Tensor | None:
-        from quantbench.quant.fake import quantize
+        from quantbench.quant.fake import deployed_codes
 
         fq = getattr(layer, "weight_fq", None)
         if not isinstance(fq, self.FakeQuant):
@@ -186,9 +186,10 @@ class _Lowering:
         if not spec.signed or spec.bits > 8 or spec.companding != "none" or spec.dynamic:
             return None
         s, z = fq.qparams()
+        codes, z = deployed_codes(layer.weight.detach().float(), s, z, spec)  # asymmetric low-bit: re-centred
         if bool((z != 0).any()):
             return None
-        codes = quantize(layer.weight.detach().float(), s, z, spec).to(torch.int8)
+        codes = codes.to(torch.int8)
         if s.dim() == 1:
             return torch._make_per_channel_quantized_tensor(
                 codes, s.double(), z.long(), spec.axis % codes.dim()

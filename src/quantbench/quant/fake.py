@@ -18,7 +18,7 @@ Gradients: :func:`fake_quantize` uses the straight-through estimator (gradient 1
 
 Example:
     >>> import torch
-    >>> from quantbench.quant.spec import QuantSpec
+    >>> from quantbench.quant.spec import QuantSpec, deployed_code_range
     >>> spec = QuantSpec(bits=8)
     >>> fake_quantize(torch.tensor([0.1234]), torch.tensor(0.01), torch.tensor(0), spec)
     tensor([0.1200])
@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from quantbench.errors import QuantbenchError
 from quantbench.quant.companding import companded_dequantize, companded_fake_quant, companded_quantize
-from quantbench.quant.spec import QuantSpec
+from quantbench.quant.spec import QuantSpec, deployed_code_range
 
 if TYPE_CHECKING:  # observers.py imports this module at run time
     from quantbench.quant.observers import Observer
@@ -82,6 +82,29 @@ def quantize(x: Tensor, scale: Tensor | float, zero_point: Tensor | int, spec: Q
     z = broadcast_param(zero_point, x, spec)
     q = torch.round(x.to(torch.float32) / s) + z
     return torch.clamp(q, spec.qmin, spec.qmax).to(torch.int32)
+
+
+def deployed_codes(
+    x: Tensor, scale: Tensor | float, zero_point: Tensor | int, spec: QuantSpec
+) -> tuple[Tensor, Tensor]:
+    """The integer codes and zero point an engine stores for ``x``: :func:`quantize`'s codes, except
+    that an asymmetric grid whose span fits int8 is stored re-centred, ``q - zero_point`` with zero
+    point 0 - the same values ``(q - z) * scale``, in the form integer kernels take (see
+    :func:`~quantbench.quant.spec.deployed_code_range`). One place for every exporter and engine.
+
+    Returns:
+        ``(codes int32, zero point int32 of scale's shape)``.
+
+    Example:
+        >>> spec = QuantSpec(bits=4, symmetric=False)
+        >>> deployed_codes(torch.tensor([0.0, 1.5]), torch.tensor(0.1), torch.tensor(-8), spec)
+        (tensor([ 0, 15], dtype=torch.int32), tensor(0, dtype=torch.int32))
+    """
+    q = quantize(x, scale, zero_point, spec)
+    z = torch.as_tensor(zero_point).to(torch.int32)
+    if deployed_code_range(spec) != (spec.qmin, spec.qmax):
+        return q - broadcast_param(z, q, spec).to(torch.int32), torch.zeros_like(z)
+    return q, z
 
 
 def dequantize(q: Tensor, scale: Tensor | float, zero_point: Tensor | int, spec: QuantSpec) -> Tensor:

@@ -82,6 +82,7 @@ class PTQConfig:
     equalize: bool | None = None  # None: the algorithm decides
     bias_correction: bool | None = None
     weight_range: str = "full"  # "reduced": 7-bit codes for 8-bit weights (see QuantPlan.weight_range)
+    asymmetric_weights: bool = False  # weights below 8 bits on an asymmetric grid (parse_scheme)
 
     def algorithm(self) -> Algorithm:
         algo = ALGOS.get(self.algo)
@@ -118,6 +119,7 @@ class PTQConfig:
             companding=self.companding,
             mu=self.mu,
             first_last=self.first_last,
+            asymmetric_weights=self.asymmetric_weights,
         )
         if self.weight_range != "full" and plan.can_saturate:  # where it changes nothing, it is not stored
             plan = plan.replace(weight_range=self.weight_range)
@@ -144,12 +146,15 @@ class PTQConfig:
             tags.append(f"fl{self.first_last}")
         if self.weight_range != "full" and self.plan().weight_range != "full":  # plan(): only where it applies
             tags.append(self.weight_range)
+        if self.asymmetric_weights and self.plan().has_asymmetric_weights:  # likewise: w8a8 has no low-bit weights
+            tags.append("asym")
         return f"{self.scheme}:{'-'.join([self.algo, *tags])}"
 
 
 _TAGS = {"cle": {"equalize": True}, "nocle": {"equalize": False}, "bc": {"bias_correction": True},
          "nobc": {"bias_correction": False}, "pt": {"per_channel": False}, "mulaw": {"companding": "mulaw"},
-         "flint8": {"first_last": "int8"}, "flfp32": {"first_last": "fp32"}, "reduced": {"weight_range": "reduced"}}
+         "flint8": {"first_last": "int8"}, "flfp32": {"first_last": "fp32"}, "reduced": {"weight_range": "reduced"},
+         "asym": {"asymmetric_weights": True}}
 METHOD_TAGS = tuple(_TAGS)  # what a method label may carry after its algorithm, ``-flint8``
 
 
@@ -158,7 +163,7 @@ def parse_method(text: str, **defaults: Any) -> PTQConfig:
 
     The algorithm defaults to ``mse``; tags are the label's option tags (``pt`` per-tensor, ``mulaw``,
     ``flint8``/``flfp32`` first/last layer policy, ``cle``/``bc`` and their ``no`` forms, ``reduced``
-    7-bit codes for 8-bit weights).
+    7-bit codes for 8-bit weights, ``asym`` asymmetric grids for weights below 8 bits).
     ``defaults`` are PTQConfig fields set before the tags apply (e.g. ``calib_size``).
 
     Example:
@@ -183,7 +188,10 @@ def parse_method(text: str, **defaults: Any) -> PTQConfig:
             raise QuantbenchError(f"method {text!r}: unknown option tag {tag!r}; expected: {', '.join(_TAGS)}")
         fields.update(_TAGS[tag])
     cfg = PTQConfig(scheme=scheme, algo=algo, **fields)
-    cfg.plan()  # validates the scheme now
+    plan = cfg.plan()  # validates the scheme now
+    if cfg.asymmetric_weights and not plan.has_asymmetric_weights:
+        raise QuantbenchError(f"method {text!r}: 'asym' applies to weights below 8 bits; {scheme} has none "
+                              "(8-bit weights stay symmetric, the grid integer kernels take)")
     return cfg
 
 

@@ -8,7 +8,9 @@ Conventions (they follow ONNX ``QuantizeLinear`` so that export is a copy, not a
 
 * ``q = clamp(round(x / scale) + zero_point, qmin, qmax)``, ``x' = (q - zero_point) * scale``,
   rounding half to even (``torch.round``).
-* Weights: signed, symmetric (zero point 0), per output channel along ``axis=0`` by default.
+* Weights: signed, symmetric (zero point 0), per output channel along ``axis=0`` by default;
+  below 8 bits optionally asymmetric (``parse_scheme(asymmetric_weights=True)``), deployed as
+  re-centred int8 codes with zero point 0 (:func:`deployed_code_range`).
 * Activations: unsigned, asymmetric (``uint8`` for 8 bits) - the u8-activation/s8-weight QDQ
   format that ONNX Runtime has fast integer kernels for (DESIGN.md section 4).
 * ``narrow_range`` drops the most negative code of a signed type (``-127..127`` for 8 bits).
@@ -284,11 +286,24 @@ class QuantPlan:
         edge = [self._edge_layer()] if self.first_last != "same" else []
         return any(_saturating(s) for s in (self.default, *self.overrides.values(), *edge))
 
+    @property
+    def has_asymmetric_weights(self) -> bool:
+        """True when some layer's weights use an asymmetric grid (``parse_scheme(asymmetric_weights=True)``
+        below 8 bits, or a spec written so)."""
+        edge = [self._edge_layer()] if self.first_last != "same" else []
+        return any(s.weight is not None and not s.weight.symmetric
+                   for s in (self.default, *self.overrides.values(), *edge))
+
     def _edge_layer(self) -> LayerSpec:
         """The first/last layers' spec under a ``first_last`` policy other than ``"same"``."""
         if self.first_last == "fp32":
             return FP32_LAYER
-        return LayerSpec(_with_bits(self.default.weight, 8), _with_bits(self.default.act, 8))
+        weight = _with_bits(self.default.weight, 8)
+        if weight is not None and not weight.symmetric and self.default.weight.bits < 8:
+            # An asymmetric low-bit grid deploys as re-centred int8 codes; at 8 bits those would
+            # not fit int8, so the 8-bit edge layers take the symmetric grid integer kernels use.
+            weight = weight.replace(symmetric=True)
+        return LayerSpec(weight, _with_bits(self.default.act, 8))
 
     def replace(self, **changes: Any) -> QuantPlan:
         """A copy with ``changes`` applied (e.g. ``overrides=...`` from a mixed-precision search)."""
@@ -351,6 +366,27 @@ def reduce_weight_range(spec: LayerSpec) -> LayerSpec:
     return LayerSpec(spec.weight.replace(bits=7), spec.act)
 
 
+def deployed_code_range(spec: QuantSpec) -> tuple[int, int]:
+    """The integer codes an engine stores for a tensor of ``spec``, as ``(lowest, highest)``.
+
+    Why: integer kernels take weights with zero point 0 (per-channel zero points are refused or
+    slow on ONNX Runtime, PyTorch and LiteRT). An asymmetric grid ``s * (q - z)`` whose code span
+    ``qmax - qmin`` fits int8 is the same set of values as int8 codes ``q - z`` with zero point 0,
+    so it is stored that way (:func:`~quantbench.quant.fake.deployed_codes`); its codes then lie
+    within ``+-(qmax - qmin)``. Other specs keep their own ``[qmin, qmax]``.
+
+    Example:
+        >>> deployed_code_range(QuantSpec(bits=4, symmetric=False))
+        (-15, 15)
+        >>> deployed_code_range(QuantSpec(bits=8))
+        (-128, 127)
+    """
+    span = spec.qmax - spec.qmin
+    if not spec.symmetric and spec.companding == "none" and span <= 127:
+        return -span, span
+    return spec.qmin, spec.qmax
+
+
 def _layer_diff(default: LayerSpec, spec: LayerSpec) -> dict[str, Any]:
     """An override as its difference from the default: a key is absent when that tensor's spec
     equals the default's, ``None`` when it is FP32, else only the changed fields (or all of
@@ -405,6 +441,7 @@ def parse_scheme(
     companding: str = "none",
     mu: float = 255.0,
     first_last: str = "same",
+    asymmetric_weights: bool = False,
 ) -> QuantPlan:
     """Turn a scheme name into a :class:`QuantPlan`.
 
@@ -428,6 +465,12 @@ def parse_scheme(
         companding: ``"none"`` or ``"mulaw"`` for the weights.
         mu: The mu-law parameter.
         first_last: Policy for the first and last layers (see :class:`QuantPlan`).
+        asymmetric_weights: Weights below 8 bits on an asymmetric grid (a zero point per
+            channel): all ``2^b`` levels span each channel's own ``[min, max]`` instead of
+            ``[-amax, amax]``, which matters at 2-4 bits (round to nearest, shared ResNet-20 W4A8:
+            +3.38 -> +1.33 points, docs/benchmarks/ptq.md). Free at deployment: the codes are
+            stored re-centred, int8 with zero point 0 (:func:`deployed_code_range`). 8-bit and
+            wider weights stay symmetric. Not with ``companding`` (mu-law is centred on 0).
 
     Returns:
         The plan, with ``scheme`` set to the normalised name.
@@ -443,10 +486,14 @@ def parse_scheme(
         raise QuantbenchError(f"quant scheme {name!r} unknown; expected one of: {SCHEME_FORMS}")
     key = name.strip().lower()
 
+    if asymmetric_weights and companding != "none":
+        raise QuantbenchError(f"quant scheme {name!r}: asymmetric weights cannot be {companding}-companded "
+                              "(mu-law levels are centred on 0); drop one of them")
+
     def weight(bits: int) -> QuantSpec:
         return QuantSpec(
-            bits=bits, signed=True, symmetric=True, per_channel=per_channel, axis=0,
-            observer=weight_observer, companding=companding, mu=mu,
+            bits=bits, signed=True, symmetric=not (asymmetric_weights and bits < 8), per_channel=per_channel,
+            axis=0, observer=weight_observer, companding=companding, mu=mu,
         )  # fmt: skip
 
     def act(bits: int, dynamic: bool = False) -> QuantSpec:
