@@ -36,12 +36,27 @@ def test_plan_low_bit_weights_asymmetric_eight_bit_edges_symmetric() -> None:
 
 
 def test_method_tag_round_trip_and_refusals() -> None:
-    cfg = parse_method("w4a8:adaround-asym-flint8")
-    assert cfg.asymmetric_weights and cfg.label() == "w4a8:adaround-flint8-asym"
+    cfg = parse_method("w4a8:adaround-flint8-asym")
+    assert cfg.asymmetric_weights and cfg.label() == "w4a8:adaround-asym-flint8"
     assert parse_method(cfg.label()) == cfg
     assert parse_method("w4a8:adaround").label() == "w4a8:adaround"
+    assert parse_method("w4a8:adaround").plan().default.weight.symmetric
     with pytest.raises(QuantbenchError, match=r"'asym' applies to weights below 8 bits; w8a8 has none"):
         parse_method("w8a8:mse-asym")
+    with pytest.raises(QuantbenchError, match=r"'noasym' applies to weights below 8 bits; w8a8 has none"):
+        parse_method("w8a8:qdrop-noasym")
+
+
+@pytest.mark.parametrize("algo", ["brecq", "qdrop"])
+def test_block_reconstruction_uses_the_published_asymmetric_grid_unless_told_not_to(algo: str) -> None:
+    cfg = parse_method(f"w4a4:{algo}-flint8")
+    assert not cfg.plan().default.weight.symmetric and cfg.label() == f"w4a4:{algo}-flint8"
+    assert cfg.resolved().asymmetric_weights is True  # what a stored result says it used
+    sym = parse_method(f"w4a4:{algo}-flint8-noasym")
+    assert sym.plan().default.weight.symmetric and sym.label() == f"w4a4:{algo}-noasym-flint8"
+    assert parse_method(sym.label()) == sym
+    assert parse_method(f"w4a4:{algo}-asym").label() == f"w4a4:{algo}"  # the default: no tag
+    assert parse_method(f"w8a8:{algo}").plan().default.weight.symmetric  # 8-bit weights: nothing to change
     with pytest.raises(QuantbenchError, match="cannot be mulaw-companded"):
         parse_method("w4a8:mse-asym-mulaw")
 

@@ -37,6 +37,7 @@ class Algorithm:
     reconstruct: str = "none"  # "block": BRECQ/QDrop block reconstruction (quantbench.quant.brecq)
     drop_prob: float = 0.0  # QDrop's probability of skipping an activation quantizer element
     iters: int = 1000  # default optimisation steps per layer (AdaRound) or per block (BRECQ/QDrop)
+    asymmetric_weights: bool = False  # weights below 8 bits on a per-channel asymmetric grid (parse_scheme)
 
 
 ALGOS: Registry[Algorithm] = Registry("PTQ algorithm")
@@ -57,11 +58,14 @@ for _name, _algo in {
     ),
     "bc-mse": Algorithm("mse", "mse", bias_correction=True, description="MSE ranges + bias correction"),
     # 3,000 steps per block: what W4A4 needed on the shared ResNet-20 (1,000: +2.04 points, 3,000: +0.60;
-    # docs/benchmarks/ptq.md); AdaRound's 1,000 per layer holds W4A8 within noise.
-    "brecq": Algorithm("mse", "mse", reconstruct="block", iters=3000, description=(
+    # docs/benchmarks/ptq.md); AdaRound's 1,000 per layer holds W4A8 within noise. Asymmetric low-bit
+    # weights, as the published BRECQ/QDrop recipes quantize them: shared ResNet-20 W2A4 QDrop +4.1..+4.7
+    # points symmetric, +1.87 asymmetric (docs/benchmarks/ptq.md); ``-noasym`` gives the symmetric grid.
+    "brecq": Algorithm("mse", "mse", reconstruct="block", iters=3000, asymmetric_weights=True, description=(
         "BRECQ: block-wise weight rounding with the block output loss + learned activation steps")),
-    "qdrop": Algorithm("mse", "mse", reconstruct="block", drop_prob=0.5, iters=3000, description=(
-        "QDrop: BRECQ with activation quantization dropped per element (p 0.5) while reconstructing")),
+    "qdrop": Algorithm("mse", "mse", reconstruct="block", drop_prob=0.5, iters=3000, asymmetric_weights=True,
+                       description=("QDrop: BRECQ with activation quantization dropped per element (p 0.5) "
+                                    "while reconstructing")),
 }.items():
     ALGOS.register(_name, description=_algo.description)(_algo)
 
@@ -82,13 +86,14 @@ class PTQConfig:
     equalize: bool | None = None  # None: the algorithm decides
     bias_correction: bool | None = None
     weight_range: str = "full"  # "reduced": 7-bit codes for 8-bit weights (see QuantPlan.weight_range)
-    asymmetric_weights: bool = False  # weights below 8 bits on an asymmetric grid (parse_scheme)
+    asymmetric_weights: bool | None = None  # None: the algorithm decides (brecq/qdrop asymmetric, others not)
 
     def algorithm(self) -> Algorithm:
         algo = ALGOS.get(self.algo)
         changes = {
             k: v
-            for k, v in (("equalize", self.equalize), ("bias_correction", self.bias_correction))
+            for k, v in (("equalize", self.equalize), ("bias_correction", self.bias_correction),
+                         ("asymmetric_weights", self.asymmetric_weights))
             if v is not None
         }
         return dataclasses.replace(algo, **changes)
@@ -102,9 +107,12 @@ class PTQConfig:
         """This config with the step count spelled out where the algorithm uses one: what a result
         and a model file store, so they say how many steps made them even when the default did."""
         algo = self.algorithm()
+        out = self
         if self.adaround_iters is None and (algo.adaround or algo.reconstruct != "none"):
-            return dataclasses.replace(self, adaround_iters=algo.iters)
-        return self
+            out = dataclasses.replace(out, adaround_iters=algo.iters)
+        if self.asymmetric_weights is None and self.plan().has_asymmetric_weights:
+            out = dataclasses.replace(out, asymmetric_weights=True)
+        return out
 
     def plan(self) -> QuantPlan:
         if self.weight_range not in WEIGHT_RANGES:
@@ -119,7 +127,7 @@ class PTQConfig:
             companding=self.companding,
             mu=self.mu,
             first_last=self.first_last,
-            asymmetric_weights=self.asymmetric_weights,
+            asymmetric_weights=algo.asymmetric_weights,
         )
         if self.weight_range != "full" and plan.can_saturate:  # where it changes nothing, it is not stored
             plan = plan.replace(weight_range=self.weight_range)
@@ -135,7 +143,7 @@ class PTQConfig:
             return self.scheme
         tags = []
         base, used = ALGOS.get(self.algo), self.algorithm()
-        for flag, tag in (("equalize", "cle"), ("bias_correction", "bc")):
+        for flag, tag in (("equalize", "cle"), ("bias_correction", "bc"), ("asymmetric_weights", "asym")):
             if getattr(used, flag) != getattr(base, flag):  # an override: the label must say so
                 tags.append(tag if getattr(used, flag) else f"no{tag}")
         if not self.per_channel:
@@ -146,15 +154,13 @@ class PTQConfig:
             tags.append(f"fl{self.first_last}")
         if self.weight_range != "full" and self.plan().weight_range != "full":  # plan(): only where it applies
             tags.append(self.weight_range)
-        if self.asymmetric_weights and self.plan().has_asymmetric_weights:  # likewise: w8a8 has no low-bit weights
-            tags.append("asym")
         return f"{self.scheme}:{'-'.join([self.algo, *tags])}"
 
 
 _TAGS = {"cle": {"equalize": True}, "nocle": {"equalize": False}, "bc": {"bias_correction": True},
          "nobc": {"bias_correction": False}, "pt": {"per_channel": False}, "mulaw": {"companding": "mulaw"},
          "flint8": {"first_last": "int8"}, "flfp32": {"first_last": "fp32"}, "reduced": {"weight_range": "reduced"},
-         "asym": {"asymmetric_weights": True}}
+         "asym": {"asymmetric_weights": True}, "noasym": {"asymmetric_weights": False}}
 METHOD_TAGS = tuple(_TAGS)  # what a method label may carry after its algorithm, ``-flint8``
 
 
@@ -163,7 +169,8 @@ def parse_method(text: str, **defaults: Any) -> PTQConfig:
 
     The algorithm defaults to ``mse``; tags are the label's option tags (``pt`` per-tensor, ``mulaw``,
     ``flint8``/``flfp32`` first/last layer policy, ``cle``/``bc`` and their ``no`` forms, ``reduced``
-    7-bit codes for 8-bit weights, ``asym`` asymmetric grids for weights below 8 bits).
+    7-bit codes for 8-bit weights, ``asym``/``noasym`` asymmetric grids for weights below 8 bits or not;
+    ``brecq`` and ``qdrop`` use them by default, as their published recipes do).
     ``defaults`` are PTQConfig fields set before the tags apply (e.g. ``calib_size``).
 
     Example:
@@ -189,8 +196,10 @@ def parse_method(text: str, **defaults: Any) -> PTQConfig:
         fields.update(_TAGS[tag])
     cfg = PTQConfig(scheme=scheme, algo=algo, **fields)
     plan = cfg.plan()  # validates the scheme now
-    if cfg.asymmetric_weights and not plan.has_asymmetric_weights:
-        raise QuantbenchError(f"method {text!r}: 'asym' applies to weights below 8 bits; {scheme} has none "
+    if cfg.asymmetric_weights is not None and not (
+            plan.has_asymmetric_weights or dataclasses.replace(cfg, asymmetric_weights=True).plan().has_asymmetric_weights):
+        tag = "asym" if cfg.asymmetric_weights else "noasym"
+        raise QuantbenchError(f"method {text!r}: '{tag}' applies to weights below 8 bits; {scheme} has none "
                               "(8-bit weights stay symmetric, the grid integer kernels take)")
     return cfg
 

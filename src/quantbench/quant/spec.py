@@ -468,7 +468,7 @@ def parse_scheme(
         asymmetric_weights: Weights below 8 bits on an asymmetric grid (a zero point per
             channel): all ``2^b`` levels span each channel's own ``[min, max]`` instead of
             ``[-amax, amax]``, which matters at 2-4 bits (round to nearest, shared ResNet-20 W4A8:
-            +3.38 -> +1.33 points, docs/benchmarks/ptq.md). Free at deployment: the codes are
+            +4.80 -> +0.89 points, docs/benchmarks/ptq.md). Free at deployment: the codes are
             stored re-centred, int8 with zero point 0 (:func:`deployed_code_range`). 8-bit and
             wider weights stay symmetric. Not with ``companding`` (mu-law is centred on 0).
 
