@@ -149,18 +149,24 @@ def test_engine_parity(setup: Setup, engine: str, variant: str, tmp_path) -> Non
 INT8_CASES = [(e, v) for e, v in CASES if v == "int8"]
 
 
-@pytest.mark.parametrize(("engine", "variant"), INT8_CASES)
-def test_engine_parity_reduced_weight_range(setup_reduced: Setup, engine: str, variant: str, tmp_path) -> None:
-    """7-bit weight codes deploy exactly as simulated on every engine (the grid x86 CPUs without VNNI get)."""
-    setup = setup_reduced
-    codes = [fq.spec for _, fq in setup.dep.quantized.weight_quantizers()]
-    assert codes and all(s.bits == 7 and s.qmin == -64 and s.qmax == 63 for s in codes)
+def _deploys_as_simulated(setup: Setup, engine: str, variant: str, tmp_path) -> Session:
+    """The int8 parity rule (logits, predictions, top-1 against the simulated model); the session, for more checks."""
     sess = _session(setup, engine, variant, tmp_path)
     out = sess.run(setup.x)
     assert _cosine(out, setup.sim) >= 0.99
     assert (out.argmax(1) == setup.sim.argmax(1)).mean() >= 0.99
     top1 = evaluate_session(sess, (setup.x, setup.y), batch_size=256).top1
     assert abs(top1 - setup.sim_top1) <= 0.2 + 1e-9, (top1, setup.sim_top1)
+    return sess
+
+
+@pytest.mark.parametrize(("engine", "variant"), INT8_CASES)
+def test_engine_parity_reduced_weight_range(setup_reduced: Setup, engine: str, variant: str, tmp_path) -> None:
+    """7-bit weight codes deploy exactly as simulated on every engine (the grid x86 CPUs without VNNI get)."""
+    setup = setup_reduced
+    codes = [fq.spec for _, fq in setup.dep.quantized.weight_quantizers()]
+    assert codes and all(s.bits == 7 and s.qmin == -64 and s.qmax == 63 for s in codes)
+    sess = _deploys_as_simulated(setup, engine, variant, tmp_path)
     if engine == "onnxruntime":  # codes that cannot saturate are stored as s8, the fast kernels' format
         assert sess.info["weight_type"] == "int8"
 
@@ -173,12 +179,7 @@ def test_engine_parity_asymmetric_low_bit_weights(setup_asym: Setup, engine: str
     fqs = [fq for _, fq in setup.dep.quantized.weight_quantizers()]
     assert fqs and all(not fq.spec.symmetric and fq.spec.bits == 4 for fq in fqs)
     assert any(bool((fq.qparams()[1] != 0).any()) for fq in fqs)  # real zero points, not a symmetric grid
-    sess = _session(setup, engine, variant, tmp_path)
-    out = sess.run(setup.x)
-    assert _cosine(out, setup.sim) >= 0.99
-    assert (out.argmax(1) == setup.sim.argmax(1)).mean() >= 0.99
-    top1 = evaluate_session(sess, (setup.x, setup.y), batch_size=256).top1
-    assert abs(top1 - setup.sim_top1) <= 0.2 + 1e-9, (top1, setup.sim_top1)
+    sess = _deploys_as_simulated(setup, engine, variant, tmp_path)
     if engine == "onnxruntime":  # codes within +-15: s8, the fast kernels' format, on every CPU
         assert sess.info["weight_type"] == "int8"
     if engine == "torch-int8":  # the convolutions on the integer kernels, not left in float for the zero points
