@@ -10,11 +10,13 @@ TORCH  := torch==2.13.0
 
 venv: $(STAMP)
 
+# --no-compile: pip byte-compiles every installed module (~20,000 files, 45 of 75 s of this build on a
+# 2-core machine); Python compiles the few hundred a run imports on first use and caches them.
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[all,nncf,litert,dev]"
+	$(PY) -m pip install -q --no-compile $(TORCH)
+	$(PY) -m pip install -q --no-compile -e ".[all,nncf,litert,dev]"
 	touch $(STAMP)
 
 run: $(STAMP)
