@@ -57,6 +57,10 @@ def test_block_reconstruction_uses_the_published_asymmetric_grid_unless_told_not
     assert parse_method(sym.label()) == sym
     assert parse_method(f"w4a4:{algo}-asym").label() == f"w4a4:{algo}"  # the default: no tag
     assert parse_method(f"w8a8:{algo}").plan().default.weight.symmetric  # 8-bit weights: nothing to change
+    # mu-law levels are centred on 0: the default gives way (reconstruction then refuses companding itself)
+    assert parse_method(f"w4a4:{algo}-mulaw").plan().default.weight.symmetric
+    with pytest.raises(QuantbenchError, match="cannot be mulaw-companded"):
+        parse_method(f"w4a4:{algo}-asym-mulaw")
     with pytest.raises(QuantbenchError, match="cannot be mulaw-companded"):
         parse_method("w4a8:mse-asym-mulaw")
 

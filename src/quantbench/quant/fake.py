@@ -18,7 +18,7 @@ Gradients: :func:`fake_quantize` uses the straight-through estimator (gradient 1
 
 Example:
     >>> import torch
-    >>> from quantbench.quant.spec import QuantSpec, deployed_code_range
+    >>> from quantbench.quant.spec import QuantSpec
     >>> spec = QuantSpec(bits=8)
     >>> fake_quantize(torch.tensor([0.1234]), torch.tensor(0.01), torch.tensor(0), spec)
     tensor([0.1200])

@@ -127,7 +127,8 @@ class PTQConfig:
             companding=self.companding,
             mu=self.mu,
             first_last=self.first_last,
-            asymmetric_weights=algo.asymmetric_weights,
+            # the algorithm's default applies where it can (uniform levels); asked for with mu-law, it is refused
+            asymmetric_weights=algo.asymmetric_weights and (self.companding == "none" or bool(self.asymmetric_weights)),
         )
         if self.weight_range != "full" and plan.can_saturate:  # where it changes nothing, it is not stored
             plan = plan.replace(weight_range=self.weight_range)
