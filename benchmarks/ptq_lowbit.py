@@ -7,7 +7,9 @@ method row quantizes the model with ``quantize_ptq`` (the registered algorithms,
 against FP32 on the same images with its paired (Newcombe) 95% CI and exact McNemar p, and the wall
 time of quantizing. ``-flint8`` rows keep the first and last layer at 8 bits; rows without it are
 all-low-bit. BRECQ/QDrop rows put low-bit weights on an asymmetric grid (their published recipe;
-``-noasym`` rows: symmetric), the other methods on a symmetric one (``-asym`` rows: asymmetric). ``--iters`` takes a comma list: each reconstruction row runs at each count (the
+``-noasym`` rows: symmetric), the other methods on a symmetric one (``-asym`` rows: asymmetric). Inputs of
+residual adds and pooling take 8 bits below 8-bit activations (``-jsame`` rows: the activations' bits, the
+placement before 2026-12-04). ``--iters`` takes a comma list: each reconstruction row runs at each count (the
 iterations-vs-drop measurement behind the default); ``default`` (the default) is each algorithm's own
 count, what ``quantize`` uses (AdaRound 1,000 steps per layer, BRECQ/QDrop 3,000 per block). The published ImageNet records the issue quotes
 are printed beside the table, labelled as theirs: other data, other models, not comparable numbers.
@@ -41,10 +43,11 @@ import torch
 from common import drop_text, missing_reference, reference_parser, write_json
 from reconstruct_variants import parse_variant
 
-ROWS = (  # brecq/qdrop use asymmetric low-bit weights by default (-noasym: symmetric); others symmetric (-asym)
+ROWS = (  # brecq/qdrop: asymmetric low-bit weights by default (-noasym: symmetric), others symmetric (-asym); -jsame:
+    # 4-bit inputs of the residual adds (8-bit by default)
     "w4a8:minmax", "w4a8:mse", "w4a8:mse-asym", "w4a8:adaround", "w4a8:brecq", "w4a8:qdrop",
     "w4a4:mse-flint8", "w4a4:adaround-flint8", "w4a4:adaround-asym-flint8", "w4a4:brecq-flint8",
-    "w4a4:qdrop-flint8", "w4a4:qdrop-noasym-flint8", "w4a4:qdrop",
+    "w4a4:qdrop-flint8", "w4a4:qdrop-noasym-flint8", "w4a4:qdrop-flint8-jsame", "w4a4:qdrop",
     "w2a4:mse-flint8", "w2a4:adaround-flint8", "w2a4:brecq-flint8", "w2a4:qdrop-flint8", "w2a4:qdrop-noasym-flint8",
     "w2a4:qdrop",
 )
@@ -198,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(calib[0])} calibration / {len(test[0])} evaluation images (seed {args.seed}); "
           "drop = FP32 - quantized, points (positive: a loss); @N = reconstruction steps per layer (AdaRound) "
           "or per block (BRECQ, QDrop); -flint8: first/last layer 8-bit, otherwise all layers low-bit; low-bit "
-          "weights asymmetric for BRECQ/QDrop and -asym rows, symmetric for the others and -noasym rows")
+          "weights asymmetric for BRECQ/QDrop and -asym rows, symmetric for the others and -noasym rows; inputs "
+          "of residual adds and pooling 8-bit (-jsame rows: the activations' bits)")
     head = (f"{'model':<9} {'method':<30} {'top-1 % [95% CI]':<22} {'drop [paired 95% CI]':<24} {'McNemar p':>9}"
             f" {'quantize s':>10}  load avg")
     print(head)

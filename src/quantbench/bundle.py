@@ -219,7 +219,7 @@ def method_of(meta: dict[str, Any], fallback: str) -> str:
     extra = meta.get("extra") or {}
     try:
         if "ptq" in extra:
-            return PTQConfig(**extra["ptq"]).label()
+            return PTQConfig.from_stored(extra["ptq"]).label()
         if "qat" in extra:
             q = extra["qat"]
             return f"{q.get('scheme')}:qat"

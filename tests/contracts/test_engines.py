@@ -85,6 +85,12 @@ def setup_asym() -> Setup:
     return _setup("full", scheme="w4a8", asymmetric_weights=True)
 
 
+@pytest.fixture(scope="module")
+def setup_low_act() -> Setup:
+    """The same network at ``w4a4``: 4-bit layer inputs, 8-bit inputs of the residual add and the pool."""
+    return _setup("full", scheme="w4a4")
+
+
 def _setup(weight_range: str, scheme: str = "w8a8", asymmetric_weights: bool = False) -> Setup:
     torch.manual_seed(0)
     x, y = open_dataset(f"synthetic:n={N_EVAL + 300},shape=3x16x16,classes=10,seed=0").tensors()
@@ -184,6 +190,20 @@ def test_engine_parity_asymmetric_low_bit_weights(setup_asym: Setup, engine: str
         assert sess.info["weight_type"] == "int8"
     if engine == "torch-int8":  # the convolutions on the integer kernels, not left in float for the zero points
         assert sess.info["int8_layers"] == 3  # as with symmetric 8-bit weights (the head stays float there too)
+
+
+@pytest.mark.parametrize(("engine", "variant"), INT8_CASES)
+def test_engine_parity_low_bit_activations_with_eight_bit_joins(setup_low_act: Setup, engine: str, variant: str,
+                                                                tmp_path) -> None:
+    """W4A4 deploys as simulated: one value quantized twice (4 bits for the convolution that reads it, 8 for the
+    residual add), both as QuantizeLinear/DequantizeLinear pairs (or the engine's own kernels) of the same scales."""
+    setup = setup_low_act
+    qm = setup.dep.quantized
+    by_value: dict[str, list[int]] = {}
+    for name, fq in qm.act_quantizers():
+        by_value.setdefault(qm.act_sites[name]["value"], []).append(fq.spec.bits)
+    assert sorted(by_value["relu"]) == [4, 8]  # the block input: conv2 reads 4 bits, the add 8
+    _deploys_as_simulated(setup, engine, variant, tmp_path)
 
 
 @pytest.mark.parametrize(("engine", "variant"), CASES)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from quantbench.cli import main
 from quantbench.store import ResultStore
@@ -63,6 +64,8 @@ def test_a_saved_qbm_debugs_like_quantizing_here_and_a_foreign_one_is_refused(de
     qdir = tmp_path / "q"
     assert main(["quantize", *BASE, "--method", "w2a4:mse", "--no-store", "--out", str(qdir)]) == 0
     capsys.readouterr()
+    made = yaml.safe_load((qdir / "config.yaml").read_text())  # a kept folder says what made it, stored or not
+    assert made["kind"] == "ptq" and made["method"] == "w2a4:mse" and made["no_store"] is True
     assert main([*_debug(tmp), "--quantized", str(qdir), "--no-store", "--out", str(tmp / "qbm"), "--json"]) == 0
     got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert got["quantized_from"].endswith(".qbm") and got["method"] == "w2a4:mse"

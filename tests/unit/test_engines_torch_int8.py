@@ -72,12 +72,25 @@ def test_lowering_uses_integer_kernels_where_the_graph_allows_and_matches_the_si
 
 
 def test_fewer_activation_bits_stay_exact_through_float_layers():
-    qm = _qm("w4a4")
+    qm = _qm("w4a4", joins="same")  # every quantized activation 4-bit
     gm, counts = lower_to_torch_int8(qm)
     assert counts["int8_layers"] == 0  # a 4-bit output cannot come out of an 8-bit kernel
     x = torch.rand(8, *SHAPE)
     with torch.no_grad():
         np.testing.assert_allclose(gm(x).numpy(), qm(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_eight_bit_joins_of_low_bit_activations_take_the_integer_kernels():
+    """At w4a4 the residual add's inputs are 8-bit (QuantPlan.joins): c2, whose output only the add reads,
+    runs on an int8 kernel; the layers with 4-bit outputs and the add (its sum feeds c3 at 4 bits) stay float."""
+    qm = _qm("w4a4")
+    gm, counts = lower_to_torch_int8(qm)
+    assert counts == {"int8_layers": 1, "float_layers": 4, "int8_adds": 0}
+    x = torch.rand(16, *SHAPE)
+    with torch.no_grad():
+        sim, got = qm(x).numpy(), gm(x).numpy()
+    assert _cos(got, sim) >= 0.999
+    np.testing.assert_allclose(got, sim, atol=0.05 * float(np.abs(sim).max()))
 
 
 def test_refuses_what_it_cannot_run():

@@ -309,13 +309,14 @@ def test_qdrop_unit_input_is_float_unquantized_or_quantized_never_a_mix() -> Non
     model, calib, qm = _prepared("w4a4")
     block = find_blocks(qm)[1]
     assert block.layers == ("c1", "c2")
-    # one quantizer on the block input, shared by c1 and the residual add (same spec)
-    assert len(block.input_quantizers) == 1 and set(block.input_quantizers) <= set(block.act_quantizers)
+    # two quantizers on the block input: c1 reads it at 4 bits, the residual add at 8 (QuantPlan.joins)
+    assert len(block.input_quantizers) == 2 and set(block.input_quantizers) <= set(block.act_quantizers)
+    assert sorted(qm.net.get_submodule(n).spec.bits for n in block.input_quantizers) == [4, 8]
     seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def record(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
-        if isinstance(module, LearnedActQuant) and module.dropping and module.fq[0] is qm.net.get_submodule(
-                block.input_quantizers[0]):
+        if isinstance(module, LearnedActQuant) and module.dropping and any(
+                module.fq[0] is qm.net.get_submodule(n) for n in block.input_quantizers):
             assert module.input_keep is not None  # the unit's mask, not a fresh draw
             q = lsq_fake_quantize(args[0], module.scale.abs(), module.z, module.fq[0].spec, 1.0)
             seen.append((args[0].detach(), out.detach(), module.input_keep.clone(), q.detach()))
@@ -325,7 +326,7 @@ def test_qdrop_unit_input_is_float_unquantized_or_quantized_never_a_mix() -> Non
         reconstruct(qm, model, calib, iters=3, batch_size=16, drop_prob=0.5, share_input_mask=True)
     finally:
         handle.remove()
-    assert len(seen) == 3
+    assert len(seen) == 3 * 2  # each step, each input quantizer
     for x, out, keep, q in seen:
         assert 0.3 < float(keep.mean()) < 0.7
         assert torch.equal(out[keep == 1], x[keep == 1])  # float elements pass unquantized

@@ -139,6 +139,8 @@ def run_experiment(cfg: Any, *, progress: bool = True, log: Callable[[str], None
         with tempfile.TemporaryDirectory(prefix=f"quantbench-{kind.name}-") as tmp:
             folder = Path(cfg.out) if getattr(cfg, "out", None) else Path(tmp)
             folder.mkdir(parents=True, exist_ok=True)
+            if getattr(cfg, "out", None):  # a folder the user keeps: its files say what made them, as a stored run's do
+                _write_config(folder, config)
             ctx = Context(folder, lambda rows: ctx.rows.extend(rows), log, progress, model, quantized, data)
             record = kind.handler(cfg, ctx)
             return RunOutcome(None, folder, record, ctx.rows)

@@ -5,7 +5,8 @@ The rule, applied on the torch.fx graph after BN folding:
 * every conv/linear gets a weight quantizer (its :class:`LayerSpec` ``weight``) and a
   quantizer on its input value (``act``);
 * ops that integer engines run on quantized tensors - residual ``add``, ``mul``, ``cat``,
-  average pooling - get quantizers on their inputs (the plan's default ``act`` spec);
+  average pooling - get quantizers on their inputs (the plan's ``join_act``: the default
+  ``act`` spec, at least 8 bits unless ``QuantPlan.joins`` is ``"same"``);
 * ops that commute with quantization (ReLU, max-pool, flatten, reshape, slicing, zero
   padding) need none, so a conv followed by ReLU is quantized *after* the ReLU, exactly
   like a fused conv+ReLU kernel; the final logits stay float.
@@ -200,11 +201,11 @@ def prepare(model: nn.Module, plan: QuantPlan, *, learnable: bool = False) -> Qu
             _replace(gm, node.target, new)
         if spec.act is not None:
             consumers.append((node, spec.act, node.target))
-    default_act = plan.default.act
-    if default_act is not None and not default_act.dynamic:
+    join_act = plan.join_act  # at least 8 bits unless the plan says "same" (QuantPlan.joins)
+    if join_act is not None and not join_act.dynamic:
         for node in gm.graph.nodes:
             if _is_join(node, modules):
-                consumers.append((node, default_act, node.name))
+                consumers.append((node, join_act, node.name))
 
     act_sites: dict[str, dict[str, Any]] = {}
     shared: dict[tuple[str, QuantSpec], fx.Node] = {}
@@ -215,8 +216,11 @@ def prepare(model: nn.Module, plan: QuantPlan, *, learnable: bool = False) -> Qu
             key = (value.name, spec)
             if key not in shared:
                 count = per_value.get(value.name, 0)
-                per_value[value.name] = count + 1
                 name = f"aq_{value.name}" + (f"_{count}" if count else "")
+                while name in act_sites:  # value ``relu``'s second quantizer must not take ``relu_1``'s name
+                    count += 1
+                    name = f"aq_{value.name}_{count}"
+                per_value[value.name] = count + 1
                 gm.add_submodule(name, FakeQuant(spec, role="act", learnable=learnable))
                 with gm.graph.inserting_after(value):
                     fq_node = gm.graph.call_module(name, (value,))

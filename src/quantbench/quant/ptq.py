@@ -87,6 +87,18 @@ class PTQConfig:
     bias_correction: bool | None = None
     weight_range: str = "full"  # "reduced": 7-bit codes for 8-bit weights (see QuantPlan.weight_range)
     asymmetric_weights: bool | None = None  # None: the algorithm decides (brecq/qdrop asymmetric, others not)
+    joins: str = "int8"  # inputs of residual adds/concats/pooling at >= 8 bits; "same": the activations' bits
+
+    @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> PTQConfig:
+        """The config a result or ``.qbm`` header stored (``asdict``); keys added since read as what
+        files from before them were made with (``joins="same"``).
+
+        Example:
+            >>> PTQConfig.from_stored({"scheme": "w4a4", "algo": "mse"}).label()
+            'w4a4:mse-jsame'
+        """
+        return cls(**{"joins": "same", **data})
 
     def algorithm(self) -> Algorithm:
         algo = ALGOS.get(self.algo)
@@ -129,6 +141,7 @@ class PTQConfig:
             first_last=self.first_last,
             # the algorithm's default applies where it can (uniform levels); asked for with mu-law, it is refused
             asymmetric_weights=algo.asymmetric_weights and (self.companding == "none" or bool(self.asymmetric_weights)),
+            joins=self.joins,
         )
         if self.weight_range != "full" and plan.can_saturate:  # where it changes nothing, it is not stored
             plan = plan.replace(weight_range=self.weight_range)
@@ -155,13 +168,15 @@ class PTQConfig:
             tags.append(f"fl{self.first_last}")
         if self.weight_range != "full" and self.plan().weight_range != "full":  # plan(): only where it applies
             tags.append(self.weight_range)
+        if self.joins == "same" and self.plan().has_low_bit_joins:
+            tags.append("jsame")
         return f"{self.scheme}:{'-'.join([self.algo, *tags])}"
 
 
 _TAGS = {"cle": {"equalize": True}, "nocle": {"equalize": False}, "bc": {"bias_correction": True},
          "nobc": {"bias_correction": False}, "pt": {"per_channel": False}, "mulaw": {"companding": "mulaw"},
          "flint8": {"first_last": "int8"}, "flfp32": {"first_last": "fp32"}, "reduced": {"weight_range": "reduced"},
-         "asym": {"asymmetric_weights": True}, "noasym": {"asymmetric_weights": False}}
+         "asym": {"asymmetric_weights": True}, "noasym": {"asymmetric_weights": False}, "jsame": {"joins": "same"}}
 METHOD_TAGS = tuple(_TAGS)  # what a method label may carry after its algorithm, ``-flint8``
 
 
@@ -171,7 +186,9 @@ def parse_method(text: str, **defaults: Any) -> PTQConfig:
     The algorithm defaults to ``mse``; tags are the label's option tags (``pt`` per-tensor, ``mulaw``,
     ``flint8``/``flfp32`` first/last layer policy, ``cle``/``bc`` and their ``no`` forms, ``reduced``
     7-bit codes for 8-bit weights, ``asym``/``noasym`` asymmetric grids for weights below 8 bits or not;
-    ``brecq`` and ``qdrop`` use them by default, as their published recipes do).
+    ``brecq`` and ``qdrop`` use them by default, as their published recipes do; ``jsame`` quantizes the
+    inputs of residual adds, concatenations and pooling at the activations' bits below 8 bits, where
+    they otherwise take 8, see :class:`~quantbench.quant.spec.QuantPlan` ``joins``).
     ``defaults`` are PTQConfig fields set before the tags apply (e.g. ``calib_size``).
 
     Example:
@@ -202,6 +219,9 @@ def parse_method(text: str, **defaults: Any) -> PTQConfig:
         tag = "asym" if cfg.asymmetric_weights else "noasym"
         raise QuantbenchError(f"method {text!r}: '{tag}' applies to weights below 8 bits; {scheme} has none "
                               "(8-bit weights stay symmetric, the grid integer kernels take)")
+    if cfg.joins == "same" and not plan.has_low_bit_joins:
+        raise QuantbenchError(f"method {text!r}: 'jsame' applies to static activations below 8 bits; {scheme} has "
+                              "none (joins of 8-bit activations are 8-bit already)")
     return cfg
 
 

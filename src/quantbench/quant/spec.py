@@ -36,6 +36,7 @@ from quantbench.errors import QuantbenchError
 COMPANDINGS = ("none", "mulaw")
 FIRST_LAST = ("same", "int8", "fp32")
 WEIGHT_RANGES = ("full", "reduced")
+JOINS = ("same", "int8")
 MIN_BITS, MAX_BITS = 2, 16
 SCHEME_FORMS = "wXaY (X, Y in 2..16, e.g. w8a8, w4a8, w4a4, w2a8), wX (weights only), dynamic, fp32"
 
@@ -237,6 +238,17 @@ class QuantPlan:
             ``2 x 255 x |w| <= 32767``; ONNX Runtime's ``reduce_range`` and NNCF's overflow fix
             make the same choice. Applied last in :meth:`for_layer`, so overrides and the
             first/last policy get it too, and the simulation uses the grid the engines deploy.
+        joins: Precision of the inputs of join operations (residual ``add``, ``mul``, ``cat``,
+            average pooling), which :func:`~quantbench.quant.prepare.prepare` quantizes with the
+            default activation spec: ``"same"`` (its bits) or ``"int8"`` (at least 8 bits). Why:
+            low-bit activations are what a convolution or GEMM kernel reads; the element-wise
+            join runs in the kernel's requantizing epilogue, at 8 bits or wider, which is also
+            where the published low-bit records (BRECQ, QDrop, MQBench's academic setting) leave
+            it. A join input quantized at 4 bits costs the shared ResNet-20 about 5 points of
+            W4A4 accuracy on its own (docs/benchmarks/ptq.md). Changes nothing where activations
+            have 8 bits or more (such plans hold ``"same"``, their one spelling). :func:`parse_scheme`
+            builds ``"int8"``; plans stored without the key (files from before it) read as
+            ``"same"``, the placement they were built with.
     """
 
     default: LayerSpec = FP32_LAYER
@@ -244,6 +256,7 @@ class QuantPlan:
     first_last: str = "same"
     scheme: str = "custom"
     weight_range: str = "full"
+    joins: str = "same"
 
     def __post_init__(self) -> None:
         if not isinstance(self.default, LayerSpec):
@@ -255,6 +268,10 @@ class QuantPlan:
         if self.weight_range not in WEIGHT_RANGES:
             raise QuantbenchError(f"quant plan: weight_range {self.weight_range!r} unknown; expected one of: "
                                   f"{', '.join(WEIGHT_RANGES)}")
+        if self.joins not in JOINS:
+            raise QuantbenchError(f"quant plan: joins {self.joins!r} unknown; expected one of: {', '.join(JOINS)}")
+        if not self.has_low_bit_joins:  # one spelling of a plan the option does not change (8-bit activations)
+            object.__setattr__(self, "joins", "same")
         overrides = dict(self.overrides)  # a private copy: the plan stays what it was built as
         for name, spec in overrides.items():
             if not isinstance(name, str) or not isinstance(spec, LayerSpec):
@@ -294,6 +311,25 @@ class QuantPlan:
         return any(s.weight is not None and not s.weight.symmetric
                    for s in (self.default, *self.overrides.values(), *edge))
 
+    @property
+    def join_act(self) -> QuantSpec | None:
+        """The spec of the inputs of join operations (see ``joins``); ``None`` when activations stay float.
+
+        Example:
+            >>> parse_scheme("w4a4").join_act.bits, parse_scheme("w4a4", joins="same").join_act.bits
+            (8, 4)
+        """
+        act = self.default.act
+        if act is None or self.joins == "same" or act.bits >= 8:
+            return act
+        return act.replace(bits=8)
+
+    @property
+    def has_low_bit_joins(self) -> bool:
+        """True when ``joins`` changes something: static activations below 8 bits."""
+        act = self.default.act
+        return act is not None and not act.dynamic and act.bits < 8
+
     def _edge_layer(self) -> LayerSpec:
         """The first/last layers' spec under a ``first_last`` policy other than ``"same"``."""
         if self.first_last == "fp32":
@@ -319,12 +355,14 @@ class QuantPlan:
         }
         if self.weight_range != "full":  # plans (and files) from before the option read as "full"
             out["weight_range"] = self.weight_range
+        if self.joins != "same":  # plans (and files) from before the option read as "same"
+            out["joins"] = self.joins
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantPlan:
         """Inverse of :meth:`as_dict`; unknown keys are errors naming them."""
-        keys = ("scheme", "first_last", "default", "overrides", "weight_range")
+        keys = ("scheme", "first_last", "default", "overrides", "weight_range", "joins")
         if not isinstance(data, dict):
             raise QuantbenchError(f"quant plan: expected a mapping, got {data!r}")
         unknown = [k for k in data if k not in keys]
@@ -342,6 +380,7 @@ class QuantPlan:
             first_last=data.get("first_last", "same"),
             scheme=data.get("scheme", "custom"),
             weight_range=data.get("weight_range", "full"),
+            joins=data.get("joins", "same"),
         )
 
 
@@ -442,6 +481,7 @@ def parse_scheme(
     mu: float = 255.0,
     first_last: str = "same",
     asymmetric_weights: bool = False,
+    joins: str = "int8",
 ) -> QuantPlan:
     """Turn a scheme name into a :class:`QuantPlan`.
 
@@ -471,6 +511,8 @@ def parse_scheme(
             +4.80 -> +0.89 points, docs/benchmarks/ptq.md). Free at deployment: the codes are
             stored re-centred, int8 with zero point 0 (:func:`deployed_code_range`). 8-bit and
             wider weights stay symmetric. Not with ``companding`` (mu-law is centred on 0).
+        joins: Precision of the inputs of residual adds, concatenations and pooling: ``"int8"``
+            (at least 8 bits, the default) or ``"same"`` (the activations' bits); see :class:`QuantPlan`.
 
     Returns:
         The plan, with ``scheme`` set to the normalised name.
@@ -512,4 +554,4 @@ def parse_scheme(
         layer = LayerSpec(weight(_bits(name, "weight", m[1])), None)
     else:
         raise QuantbenchError(f"quant scheme {name!r} unknown; expected one of: {SCHEME_FORMS}")
-    return QuantPlan(default=layer, first_last=first_last, scheme=key)
+    return QuantPlan(default=layer, first_last=first_last, scheme=key, joins=joins)

@@ -61,7 +61,7 @@ def _quantized(cfg: DebugExperiment, ctx: Context, p: Any) -> tuple[Any, Any, st
         path = _find_qbm(cfg.quantized)
         saved = (read_quantized_meta(path).get("extra") or {}).get("ptq")
         try:
-            made_with = PTQConfig(**saved) if isinstance(saved, dict) else None
+            made_with = PTQConfig.from_stored(saved) if isinstance(saved, dict) else None
             label = made_with.label() if made_with else path.stem.removeprefix("model_")
         except Exception:  # noqa: BLE001 - an older or foreign header: no equalization assumed
             made_with, label = None, path.stem.removeprefix("model_")
