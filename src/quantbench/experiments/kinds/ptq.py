@@ -79,7 +79,8 @@ class PTQExperiment(AccuracyControl, Timing, QuantizeOptions, Pretraining, Calib
     method: str = option("w8a8:mse", "SCHEME[:ALGO]: w8a8:mse, w4a8:adaround, w4a4:qdrop-flint8, w8 (weights "
                          f"only), dynamic ...; ALGO one of: {', '.join(ALGOS.names())}; tags after it: "
                          f"{', '.join('-' + t for t in METHOD_TAGS)} (flint8: first/last layer 8-bit; "
-                         "asym: weights below 8 bits on an asymmetric grid)")
+                         "asym: weights below 8 bits on an asymmetric grid; jsame: inputs of residual adds, "
+                         "concatenations and pooling at the activations' bits below 8, where they otherwise take 8)")
 
     def check(self) -> None:
         ptq = self.ptq_config(self.method, self.calib_size)  # a bad method fails before any data is read
