@@ -15,6 +15,8 @@ An engine or variant this machine cannot run is skipped with the engine's own re
 
 from __future__ import annotations
 
+import copy
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,7 +93,9 @@ def setup_low_act() -> Setup:
     return _setup("full", scheme="w4a4")
 
 
-def _setup(weight_range: str, scheme: str = "w8a8", asymmetric_weights: bool = False) -> Setup:
+@functools.cache
+def _trained() -> tuple[TinyResNet, torch.Tensor, torch.Tensor]:
+    """The tiny network after a few training steps, and the images: trained once for every setup below."""
     torch.manual_seed(0)
     x, y = open_dataset(f"synthetic:n={N_EVAL + 300},shape=3x16x16,classes=10,seed=0").tensors()
     model = TinyResNet()
@@ -103,7 +107,12 @@ def _setup(weight_range: str, scheme: str = "w8a8", asymmetric_weights: bool = F
         opt.zero_grad()
         loss.backward()
         opt.step()
-    model.eval()
+    return model.eval(), x, y
+
+
+def _setup(weight_range: str, scheme: str = "w8a8", asymmetric_weights: bool = False) -> Setup:
+    trained, x, y = _trained()
+    model = copy.deepcopy(trained)
     cfg = PTQConfig(scheme, "mse", calib_size=128, weight_range=weight_range, asymmetric_weights=asymmetric_weights)
     qm = quantize_ptq(model, cfg, x[:128])
     xe, ye = x[300:], y[300:]
