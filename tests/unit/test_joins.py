@@ -47,9 +47,9 @@ def _net() -> nn.Module:
 def _site_bits(qm) -> dict[str, set[int]]:
     """Consumer label -> the bits of the quantizers on its inputs."""
     out: dict[str, set[int]] = {}
-    for name, site in qm.act_sites.items():
-        for consumer in site["consumers"]:
-            out.setdefault(consumer, set()).add(dict(qm.act_quantizers())[name].spec.bits)
+    for name, fq in qm.act_quantizers():
+        for consumer in qm.act_sites[name]["consumers"]:
+            out.setdefault(consumer, set()).add(fq.spec.bits)
     return out
 
 

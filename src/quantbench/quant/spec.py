@@ -244,8 +244,8 @@ class QuantPlan:
             low-bit activations are what a convolution or GEMM kernel reads; the element-wise
             join runs in the kernel's requantizing epilogue, at 8 bits or wider, which is also
             where the published low-bit records (BRECQ, QDrop, MQBench's academic setting) leave
-            it. A join input quantized at 4 bits costs the shared ResNet-20 about 5 points of
-            W4A4 accuracy on its own (docs/benchmarks/ptq.md). Changes nothing where activations
+            it. 4-bit join inputs cost the shared ResNet-20 about 5 points of W4A4 accuracy at
+            round to nearest (docs/benchmarks/ptq.md). Changes nothing where activations
             have 8 bits or more (such plans hold ``"same"``, their one spelling). :func:`parse_scheme`
             builds ``"int8"``; plans stored without the key (files from before it) read as
             ``"same"``, the placement they were built with.
@@ -320,9 +320,7 @@ class QuantPlan:
             (8, 4)
         """
         act = self.default.act
-        if act is None or self.joins == "same" or act.bits >= 8:
-            return act
-        return act.replace(bits=8)
+        return act if self.joins == "same" else act.replace(bits=8)  # "int8" only stays on low-bit static plans
 
     @property
     def has_low_bit_joins(self) -> bool:
