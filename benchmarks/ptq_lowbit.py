@@ -8,8 +8,9 @@ against FP32 on the same images with its paired (Newcombe) 95% CI and exact McNe
 time of quantizing. ``-flint8`` rows keep the first and last layer at 8 bits; rows without it are
 all-low-bit. BRECQ/QDrop rows put low-bit weights on an asymmetric grid (their published recipe;
 ``-noasym`` rows: symmetric), the other methods on a symmetric one (``-asym`` rows: asymmetric). Inputs of
-residual adds and pooling take 8 bits below 8-bit activations (``-jsame`` rows: the activations' bits, the
-placement before 2026-12-04). ``--iters`` takes a comma list: each reconstruction row runs at each count (the
+residual adds and pooling take 8 bits or the activations' bits below 8-bit activations, whichever matches the
+float model better on the calibration images (``-jint8`` / ``-jsame`` rows: fixed; 8 bits was the fixed default
+of session 11, the activations' bits the placement before 2026-12-04). ``--iters`` takes a comma list: each reconstruction row runs at each count (the
 iterations-vs-drop measurement behind the default); ``default`` (the default) is each algorithm's own
 count, what ``quantize`` uses (AdaRound 1,000 steps per layer, BRECQ/QDrop 3,000 per block). The published ImageNet records the issue quotes
 are printed beside the table, labelled as theirs: other data, other models, not comparable numbers.
@@ -44,10 +45,11 @@ from common import drop_text, missing_reference, reference_parser, write_json
 from reconstruct_variants import parse_variant
 
 ROWS = (  # brecq/qdrop: asymmetric low-bit weights by default (-noasym: symmetric), others symmetric (-asym); -jsame:
-    # 4-bit inputs of the residual adds (8-bit by default)
+    # 4-bit inputs of the residual adds, -jint8: 8-bit (by default: the one closer to FP32 on the calibration images)
     "w4a8:minmax", "w4a8:mse", "w4a8:mse-asym", "w4a8:adaround", "w4a8:brecq", "w4a8:qdrop",
     "w4a4:mse-flint8", "w4a4:adaround-flint8", "w4a4:adaround-asym-flint8", "w4a4:brecq-flint8",
-    "w4a4:qdrop-flint8", "w4a4:qdrop-noasym-flint8", "w4a4:qdrop-flint8-jsame", "w4a4:qdrop",
+    "w4a4:qdrop-flint8", "w4a4:qdrop-noasym-flint8", "w4a4:qdrop-flint8-jsame", "w4a4:qdrop-flint8-jint8",
+    "w4a4:qdrop",
     "w2a4:mse-flint8", "w2a4:adaround-flint8", "w2a4:brecq-flint8", "w2a4:qdrop-flint8", "w2a4:qdrop-noasym-flint8",
     "w2a4:qdrop",
 )
@@ -194,15 +196,17 @@ def main(argv: list[str] | None = None) -> int:
                 shown = cfg_n.label() + opts + (f" @{cfg_n.iterations()}" if reconstructs else "")
                 results.append({"model": name, "row": cfg.label() + opts, "shown": shown, "options": kw,
                                 "iters": cfg_n.iterations() if reconstructs else None, "cfg": cfg_n, "result": res,
+                                "choices": dict(qm.notes),
                                 "diff": d, "quant_s": quant_s, "load": [round(v, 2) for v in os.getloadavg()]})
                 print(f"  {name} {shown:<30} top-1 {res.top1:6.2f}%  drop {-d.diff_points:+.2f}  "
-                      f"(quantize {quant_s:6.1f} s)", flush=True)
+                      f"(quantize {quant_s:6.1f} s)" + "".join(f"; {k}: {v}" for k, v in qm.notes.items()), flush=True)
 
     print(f"\n{len(calib[0])} calibration / {len(test[0])} evaluation images (seed {args.seed}); "
           "drop = FP32 - quantized, points (positive: a loss); @N = reconstruction steps per layer (AdaRound) "
           "or per block (BRECQ, QDrop); -flint8: first/last layer 8-bit, otherwise all layers low-bit; low-bit "
           "weights asymmetric for BRECQ/QDrop and -asym rows, symmetric for the others and -noasym rows; inputs "
-          "of residual adds and pooling 8-bit (-jsame rows: the activations' bits)")
+          "of residual adds and pooling 8-bit or at the activations' bits, chosen on the calibration images "
+          "(-jint8 / -jsame rows: fixed)")
     head = (f"{'model':<9} {'method':<30} {'top-1 % [95% CI]':<22} {'drop [paired 95% CI]':<24} {'McNemar p':>9}"
             f" {'quantize s':>10}  load avg")
     print(head)
@@ -241,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             "r56_gamma": args.r56_gamma, "fp32": {k: v.as_dict() for k, v in fp32s.items()},
             "rows": [{"model": r["model"], "label": r["cfg"].label(), "options": r["options"], "iters": r["iters"],
                       "ptq_config": asdict(r["cfg"]), **r["result"].as_dict(), "drop_points": -r["diff"].diff_points,
-                      "paired_vs_fp32": r["diff"].as_dict(), "quantize_s": r["quant_s"], "load_average": r["load"]}
+                      "paired_vs_fp32": r["diff"].as_dict(), "quantize_s": r["quant_s"], "load_average": r["load"],
+                      "choices": r["choices"]}
                      for r in results],
             "targets": verdicts, "total_s": total, "load_average_start": load_start, "load_average_end": load,
             "environment": environment(),

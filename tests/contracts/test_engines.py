@@ -89,8 +89,8 @@ def setup_asym() -> Setup:
 
 @pytest.fixture(scope="module")
 def setup_low_act() -> Setup:
-    """The same network at ``w4a4``: 4-bit layer inputs, 8-bit inputs of the residual add and the pool."""
-    return _setup("full", scheme="w4a4")
+    """The same network at ``w4a4-jint8``: 4-bit layer inputs, 8-bit inputs of the residual add and the pool."""
+    return _setup("full", scheme="w4a4", joins="int8")
 
 
 @functools.cache
@@ -110,10 +110,11 @@ def _trained() -> tuple[TinyResNet, torch.Tensor, torch.Tensor]:
     return model.eval(), x, y
 
 
-def _setup(weight_range: str, scheme: str = "w8a8", asymmetric_weights: bool = False) -> Setup:
+def _setup(weight_range: str, scheme: str = "w8a8", asymmetric_weights: bool = False, joins: str = "auto") -> Setup:
     trained, x, y = _trained()
     model = copy.deepcopy(trained)
-    cfg = PTQConfig(scheme, "mse", calib_size=128, weight_range=weight_range, asymmetric_weights=asymmetric_weights)
+    cfg = PTQConfig(scheme, "mse", calib_size=128, weight_range=weight_range, asymmetric_weights=asymmetric_weights,
+                    joins=joins)
     qm = quantize_ptq(model, cfg, x[:128])
     xe, ye = x[300:], y[300:]
     with torch.no_grad():

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from quantbench.errors import QuantbenchError
-from quantbench.quant.prepare import prepare
+from quantbench.quant.prepare import calibrate, prepare
 from quantbench.quant.ptq import PTQConfig, parse_method, quantize_ptq
 from quantbench.quant.save import load_quantized, save_quantized
 from quantbench.quant.spec import QuantPlan, parse_scheme
@@ -90,8 +90,13 @@ def test_method_tag_round_trip_and_refusals() -> None:
         parse_method("w8a8:mse-jsame")
     with pytest.raises(QuantbenchError, match="'jsame' applies"):
         parse_method("w4:mse-jsame")
-    with pytest.raises(QuantbenchError, match="unknown option tag 'jint8'"):
-        parse_method("w4a4:mse-jint8")
+    eight = parse_method("w4a4:qdrop-jint8")
+    assert eight.joins == "int8" and eight.label() == "w4a4:qdrop-jint8" and parse_method(eight.label()) == eight
+    assert parse_method("w4a4:mse").joins == "auto"  # no tag: chosen on the model (quantize_ptq)
+    with pytest.raises(QuantbenchError, match=r"^method 'w4a8:mse-jint8': 'jint8' applies to static activations"):
+        parse_method("w4a8:mse-jint8")
+    with pytest.raises(QuantbenchError, match=r"^PTQ config: joins 'wide' unknown; expected one of: auto, same, int8$"):
+        PTQConfig(scheme="w4a4", joins="wide").plan()
 
 
 def test_stored_plans_and_configs_from_before_the_option_read_as_they_were_made() -> None:
@@ -101,22 +106,67 @@ def test_stored_plans_and_configs_from_before_the_option_read_as_they_were_made(
     assert "joins" not in old and QuantPlan.from_dict(old).joins == "same"
     assert "joins" not in parse_scheme("w8a8").as_dict()  # 8-bit plans are stored as they always were
     assert PTQConfig.from_stored({"scheme": "w4a4", "algo": "mse"}).label() == "w4a4:mse-jsame"
-    assert PTQConfig.from_stored({"scheme": "w4a4", "algo": "mse", "joins": "int8"}).label() == "w4a4:mse"
+    assert PTQConfig.from_stored({"scheme": "w4a4", "algo": "mse", "joins": "int8"}).label() == "w4a4:mse-jint8"
+    assert PTQConfig.from_stored({"scheme": "w4a4", "algo": "mse", "joins": "auto"}).label() == "w4a4:mse"
     assert PTQConfig.from_stored({"scheme": "w8a8", "algo": "mse"}).label() == "w8a8:mse"
 
 
 def test_saved_model_rebuilds_its_join_placement(tmp_path) -> None:
     model, x = _net(), torch.randn(64, 3, 8, 8)
-    for method in ("w4a4:mse", "w4a4:mse-jsame"):
+    for method in ("w4a4:mse-jint8", "w4a4:mse-jsame"):
         qm = quantize_ptq(model, parse_method(method, calib_size=64), x)
         path = tmp_path / f"{method.replace(':', '_')}.qbm"
         save_quantized(qm, path)
         back = load_quantized(path, _net())
         assert back.plan.joins == qm.plan.joins
         torch.testing.assert_close(back(x), qm(x), rtol=0, atol=0)
-    eight = quantize_ptq(model, parse_method("w4a4:mse", calib_size=64), x)
+    eight = quantize_ptq(model, parse_method("w4a4:mse-jint8", calib_size=64), x)
     four = quantize_ptq(model, parse_method("w4a4:mse-jsame", calib_size=64), x)
     with torch.no_grad():
         ref = model(x)
         err8, err4 = ((eight(x) - ref) ** 2).mean(), ((four(x) - ref) ** 2).mean()
     assert err8 < err4  # the 4-bit joins are a real extra error, the 8-bit ones a smaller one
+
+
+def test_auto_keeps_the_placement_closer_to_the_float_model_and_says_why() -> None:
+    """``auto`` (no tag) prepares both placements and keeps the one with the lower calibration KL: the same
+    model, bit for bit, as asking for that placement by its tag; the note names both KLs."""
+    from quantbench.quant.joins import TIE, calibration_kl
+
+    model, x = _net(), torch.randn(64, 3, 8, 8)
+    with torch.no_grad():
+        ref = model(x)
+    explicit = {j: quantize_ptq(model, parse_method(f"w4a4:minmax-j{j}", calib_size=64), x) for j in ("int8", "same")}
+    kl = {j: calibration_kl(qm, ref, x) for j, qm in explicit.items()}
+    assert kl["int8"] != kl["same"]  # the choice is a real one on this net
+    want = "same" if kl["same"] < (1 - TIE) * kl["int8"] else "int8"
+    auto = quantize_ptq(model, parse_method("w4a4:minmax", calib_size=64), x)
+    assert auto.plan.joins == want
+    torch.testing.assert_close(auto(x), explicit[want](x), rtol=0, atol=0)
+    note = auto.notes["joins"]
+    assert note.startswith(f"{want} (auto: calibration KL {kl[want]:.3g}") and f"{max(kl.values()):.3g}" in note
+    assert "joins" not in explicit["int8"].notes  # asked for by tag: nothing chosen, nothing to say
+    w8 = quantize_ptq(model, parse_method("w8a8:minmax", calib_size=64), x)
+    assert w8.notes == {} and w8.plan.joins == "same"  # 8-bit activations: no choice, no extra calibration
+
+
+def test_auto_chooses_the_four_bit_joins_where_they_match_better() -> None:
+    """Both outcomes are reachable: of a few random nets (sharpened heads, so the KL is not ~0), most match
+    the float model better with 8-bit join inputs, some with 4-bit ones, and ``auto`` follows the KL."""
+    from quantbench.quant.joins import TIE, calibration_kl, choose_joins
+
+    x = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(100))
+    chosen = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        model = _Joins().eval()
+        with torch.no_grad():
+            model.fc.weight.mul_(20)
+            ref = model(x)
+        qm, note = choose_joins(model, parse_scheme("w4a4"), x, n_images=64)
+        other = calibrate(prepare(model, parse_scheme("w4a4", joins="int8" if qm.plan.joins == "same" else "same")), x)
+        kl = {qm.plan.joins: calibration_kl(qm, ref, x), other.plan.joins: calibration_kl(other, ref, x)}
+        assert (kl["same"] < (1 - TIE) * kl["int8"]) == (qm.plan.joins == "same"), kl
+        assert note.split(" ")[0] == qm.plan.joins
+        chosen.append(qm.plan.joins)
+    assert set(chosen) == {"int8", "same"}, chosen

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -54,13 +55,15 @@ def run_ptq(model: nn.Module, cfg: PTQConfig, calib: Any, eval_data: Any, base: 
             fp32_eval: EvalResult, out_dir: Path, *, model_name: str | None = None,
             model_kwargs: dict[str, Any] | None = None, input_shape: tuple[int, int, int] | None = None,
             topk: int = 5, eval_batch_size: int = 256, sensitivity_images: int | None = 0,
-            progress: bool = False, plan: Any = None, label: str | None = None) -> PTQOutcome:
+            progress: bool = False, plan: Any = None, label: str | None = None,
+            log: Callable[[str], None] | None = None) -> PTQOutcome:
     """Quantize ``model`` per ``cfg``, save it packed, evaluate it on ``eval_data`` beside FP32.
 
     Args:
         fp32_eval: The FP32 model's evaluation on exactly ``eval_data`` (for the paired drop).
         sensitivity_images: Images for the per-layer sensitivity table (0 skips it, None = all).
         plan: A per-layer plan (mixed precision) instead of ``cfg.scheme``; ``label`` names it.
+        log: Where the choices quantizing made on this model are said (``joins: ...``); also recorded.
     """
     t0 = time.perf_counter()
     qm = quantize_ptq(model, cfg, calib, plan=plan, progress=progress)
@@ -71,8 +74,12 @@ def run_ptq(model: nn.Module, cfg: PTQConfig, calib: Any, eval_data: Any, base: 
                            eval_batch_size=eval_batch_size, sensitivity_images=sensitivity_images, progress=progress,
                            extra=ptq_extra(cfg, calib))
     key = RowKey(base.model, base.data, out.record["method"], "torch")
-    out.rows.append(key.row("ptq_time_s", ptq_s, "s", calib_images=n_calib))
+    choices = dict(getattr(qm, "notes", {}))  # what quantizing chose on this model (join placement)
+    for what, why in choices.items():
+        (log or (lambda _m: None))(f"{label or cfg.label()}: {what}: {why}")
+    out.rows.append(key.row("ptq_time_s", ptq_s, "s", calib_images=n_calib, **choices))
     out.record["ptq"] = asdict(cfg.resolved())
+    out.record["choices"] = choices
     out.record["quant"]["ptq_time_s"] = ptq_s
     return out
 

@@ -98,6 +98,8 @@ class QuantizedModel(nn.Module):
         plan: The :class:`QuantPlan` it was prepared with.
         layers: One :class:`LayerInfo` per conv/linear, in execution order.
         act_sites: Activation quantizer name -> ``{"value": producing node, "consumers": [...]}``.
+        notes: Choices made while quantizing, as the sentences a run records (e.g. ``"joins"``: which
+            join placement :func:`~quantbench.quant.ptq.quantize_ptq` chose, and why).
     """
 
     def __init__(
@@ -112,6 +114,7 @@ class QuantizedModel(nn.Module):
         self.plan = plan
         self.layers = layers
         self.act_sites = act_sites
+        self.notes: dict[str, str] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

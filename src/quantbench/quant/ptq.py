@@ -20,7 +20,7 @@ from torch import nn
 
 from quantbench.errors import QuantbenchError
 from quantbench.quant.prepare import QuantizedModel, calibrate, prepare
-from quantbench.quant.spec import WEIGHT_RANGES, QuantPlan, parse_scheme
+from quantbench.quant.spec import JOINS, WEIGHT_RANGES, QuantPlan, parse_scheme
 from quantbench.registry import Registry
 
 
@@ -87,7 +87,10 @@ class PTQConfig:
     bias_correction: bool | None = None
     weight_range: str = "full"  # "reduced": 7-bit codes for 8-bit weights (see QuantPlan.weight_range)
     asymmetric_weights: bool | None = None  # None: the algorithm decides (brecq/qdrop asymmetric, others not)
-    joins: str = "int8"  # inputs of residual adds/concats/pooling at >= 8 bits; "same": the activations' bits
+    # inputs of residual adds/concats/pooling below 8-bit activations: "int8" (>= 8 bits), "same" (the
+    # activations' bits) or "auto": whichever matches the float model better on the calibration images
+    # (quantbench.quant.joins; the plan then holds the choice)
+    joins: str = "auto"
 
     @classmethod
     def from_stored(cls, data: dict[str, Any]) -> PTQConfig:
@@ -130,6 +133,8 @@ class PTQConfig:
         if self.weight_range not in WEIGHT_RANGES:
             raise QuantbenchError(f"PTQ config: weight_range {self.weight_range!r} unknown; expected one of: "
                                   f"{', '.join(WEIGHT_RANGES)}")
+        if self.joins not in JOINS_CHOICES:
+            raise QuantbenchError(f"PTQ config: joins {self.joins!r} unknown; expected one of: {', '.join(JOINS_CHOICES)}")
         algo = self.algorithm()
         plan = parse_scheme(
             self.scheme,
@@ -141,7 +146,7 @@ class PTQConfig:
             first_last=self.first_last,
             # the algorithm's default applies where it can (uniform levels); asked for with mu-law, it is refused
             asymmetric_weights=algo.asymmetric_weights and (self.companding == "none" or bool(self.asymmetric_weights)),
-            joins=self.joins,
+            joins="int8" if self.joins == "auto" else self.joins,  # auto: quantize_ptq chooses on the model
         )
         if self.weight_range != "full" and plan.can_saturate:  # where it changes nothing, it is not stored
             plan = plan.replace(weight_range=self.weight_range)
@@ -168,15 +173,16 @@ class PTQConfig:
             tags.append(f"fl{self.first_last}")
         if self.weight_range != "full" and self.plan().weight_range != "full":  # plan(): only where it applies
             tags.append(self.weight_range)
-        if self.joins == "same" and self.plan().has_low_bit_joins:
-            tags.append("jsame")
+        if self.joins != "auto" and self.plan().has_low_bit_joins:
+            tags.append(f"j{self.joins}")
         return f"{self.scheme}:{'-'.join([self.algo, *tags])}"
 
 
 _TAGS = {"cle": {"equalize": True}, "nocle": {"equalize": False}, "bc": {"bias_correction": True},
          "nobc": {"bias_correction": False}, "pt": {"per_channel": False}, "mulaw": {"companding": "mulaw"},
          "flint8": {"first_last": "int8"}, "flfp32": {"first_last": "fp32"}, "reduced": {"weight_range": "reduced"},
-         "asym": {"asymmetric_weights": True}, "noasym": {"asymmetric_weights": False}, "jsame": {"joins": "same"}}
+         "asym": {"asymmetric_weights": True}, "noasym": {"asymmetric_weights": False}, "jsame": {"joins": "same"},
+         "jint8": {"joins": "int8"}}
 METHOD_TAGS = tuple(_TAGS)  # what a method label may carry after its algorithm, ``-flint8``
 
 
@@ -188,7 +194,8 @@ def parse_method(text: str, **defaults: Any) -> PTQConfig:
     7-bit codes for 8-bit weights, ``asym``/``noasym`` asymmetric grids for weights below 8 bits or not;
     ``brecq`` and ``qdrop`` use them by default, as their published recipes do; ``jsame`` quantizes the
     inputs of residual adds, concatenations and pooling at the activations' bits below 8 bits, where
-    they otherwise take 8, see :class:`~quantbench.quant.spec.QuantPlan` ``joins``).
+    ``jint8`` at 8 bits; without either, :func:`quantize_ptq` measures both on the model and keeps the one
+    that matches the float model better, see :mod:`quantbench.quant.joins`).
     ``defaults`` are PTQConfig fields set before the tags apply (e.g. ``calib_size``).
 
     Example:
@@ -219,13 +226,14 @@ def parse_method(text: str, **defaults: Any) -> PTQConfig:
         tag = "asym" if cfg.asymmetric_weights else "noasym"
         raise QuantbenchError(f"method {text!r}: '{tag}' applies to weights below 8 bits; {scheme} has none "
                               "(8-bit weights stay symmetric, the grid integer kernels take)")
-    if cfg.joins == "same" and not plan.has_low_bit_joins:
-        raise QuantbenchError(f"method {text!r}: 'jsame' applies to static activations below 8 bits; {scheme} has "
+    if cfg.joins != "auto" and not plan.has_low_bit_joins:
+        raise QuantbenchError(f"method {text!r}: 'j{cfg.joins}' applies to static activations below 8 bits; {scheme} has "
                               "none (joins of 8-bit activations are 8-bit already)")
     return cfg
 
 
 WEIGHT_RANGE_CHOICES = ("auto", *WEIGHT_RANGES)
+JOINS_CHOICES = ("auto", *JOINS)
 
 
 def resolve_weight_range(cfg: PTQConfig, choice: str = "auto") -> tuple[PTQConfig, str]:
@@ -305,34 +313,52 @@ def quantize_ptq(model: nn.Module, cfg: PTQConfig, calib_data: Any = None, *,
         from quantbench.quant.fold import fold_batchnorm
 
         float_model = equalize_folded(fold_batchnorm(model))
-    qm = prepare(float_model, plan)
     reconstructs = algo.reconstruct != "none"
+    n = cfg.calib_size
+    joins_note = None
+    if cfg.joins == "auto" and plan.has_low_bit_joins:
+        if calib_data is None:
+            raise QuantbenchError(f"PTQ {cfg.label()}: calibration data is required")
+        from quantbench.quant.joins import choose_joins
+
+        # both placements calibrated; the one closer to the float model goes on (already calibrated)
+        qm, joins_note = choose_joins(float_model, plan, calib_data, n_images=n, batch_size=cfg.calib_batch_size,
+                                      progress=progress)
+    else:
+        qm = prepare(float_model, plan if cfg.joins == "auto" else plan.replace(joins=cfg.joins))
+    calibrated = joins_note is not None
     needs_data = (any(not fq.spec.dynamic for _, fq in qm.act_quantizers()) or algo.adaround
                   or algo.bias_correction or reconstructs)
     if needs_data and calib_data is None:
         raise QuantbenchError(f"PTQ {cfg.label()}: calibration data is required")
-    n = cfg.calib_size
+
+    def calibrate_once() -> None:
+        if not calibrated:
+            calibrate(qm, calib_data, n_images=n, batch_size=cfg.calib_batch_size, progress=progress)
+
     if algo.adaround:
         from quantbench.quant.adaround import adaround
 
         # AdaRound reconstructs each layer from the quantized network's inputs, so activation
         # ranges are calibrated first and refreshed once the weights have changed.
-        calibrate(qm, calib_data, n_images=n, batch_size=cfg.calib_batch_size, progress=progress)
+        calibrate_once()
         adaround(qm, float_model, calib_data, n_images=n, iters=cfg.iterations(), progress=progress)
     if reconstructs:
         from quantbench.quant.brecq import reconstruct
 
         # Block reconstruction starts from calibrated activation steps and learns them, so there is
         # no re-calibration afterwards (it would discard the learned steps).
-        calibrate(qm, calib_data, n_images=n, batch_size=cfg.calib_batch_size, progress=progress)
+        calibrate_once()
         options = {"iters": cfg.iterations(), "drop_prob": algo.drop_prob, "granularity": algo.reconstruct,
                    **(reconstruct_options or {})}
         reconstruct(qm, float_model, calib_data, n_images=n, progress=progress, module_tree=model, **options)
     elif any(not fq.spec.dynamic for _, fq in qm.act_quantizers()):
-        calibrate(qm, calib_data, n_images=n, batch_size=cfg.calib_batch_size, progress=progress)
+        calibrate_once()
     if algo.bias_correction:
         from quantbench.quant.bias_correction import bias_correction
 
         bias_correction(qm, float_model, calib_data, n_images=n, progress=progress)
     qm.set_mode("quant")
+    if joins_note is not None:
+        qm.notes["joins"] = joins_note
     return qm.eval()

@@ -67,7 +67,8 @@ def quantize_mixed(p: Any, uniform: Any, fp32: Any, ctx: Context, *, budget: dic
                           extra=ptq_extra(mixed_cfg, p.calib), **budget, **info)
     label = f"mixed-a{act_bits}:{uniform.label().split(':', 1)[1]}"
     mixed = run_ptq(p.model, mixed_cfg, p.calib, p.test, p.key, fp32, ctx.out_dir, plan=search.plan, label=label,
-                    **info, topk=p.topk, eval_batch_size=eval_batch_size, progress=ctx.progress)
+                    **info, topk=p.topk, eval_batch_size=eval_batch_size, progress=ctx.progress,
+                    log=ctx.log)
     mkey = dataclasses.replace(p.key, method=label)
     predicted = evaluate(mixed.model, p.calib, topk=(1,)).top1  # no evaluation image seen
     ctx.commit(mixed.rows + mixed_rows(mkey, search) + [
@@ -83,7 +84,7 @@ def mixed_model(cfg: MixedExperiment, ctx: Context) -> dict[str, Any]:
     p = prepare(cfg, ctx, train=True, calib=True)
     _, fp32, _ = pretrained_baseline(p, cfg, ctx)
     info = p.rebuild_info()
-    kw = {**info, "topk": p.topk, "eval_batch_size": cfg.eval_batch_size, "progress": ctx.progress}
+    kw = {**info, "topk": p.topk, "eval_batch_size": cfg.eval_batch_size, "progress": ctx.progress, "log": ctx.log}
     uniform = cfg.uniform(len(p.calib))
     uni = run_ptq(p.model, uniform, p.calib, p.test, p.key, fp32, ctx.out_dir, **kw)
     ctx.commit(uni.rows)

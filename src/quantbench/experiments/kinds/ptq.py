@@ -79,8 +79,9 @@ class PTQExperiment(AccuracyControl, Timing, QuantizeOptions, Pretraining, Calib
     method: str = option("w8a8:mse", "SCHEME[:ALGO]: w8a8:mse, w4a8:adaround, w4a4:qdrop-flint8, w8 (weights "
                          f"only), dynamic ...; ALGO one of: {', '.join(ALGOS.names())}; tags after it: "
                          f"{', '.join('-' + t for t in METHOD_TAGS)} (flint8: first/last layer 8-bit; "
-                         "asym: weights below 8 bits on an asymmetric grid; jsame: inputs of residual adds, "
-                         "concatenations and pooling at the activations' bits below 8, where they otherwise take 8)")
+                         "asym: weights below 8 bits on an asymmetric grid; jint8/jsame: inputs of residual adds, "
+                         "concatenations and pooling at 8 bits / at the activations' bits below 8; without "
+                         "either, the one that matches the float model better on the calibration images)")
 
     def check(self) -> None:
         ptq = self.ptq_config(self.method, self.calib_size)  # a bad method fails before any data is read
@@ -124,7 +125,7 @@ def quantize_model(cfg: PTQExperiment, ctx: Context) -> dict[str, Any]:
     else:
         out = run_ptq(p.model, ptq, calib, p.test, p.key, fp32, ctx.out_dir, **p.rebuild_info(), topk=p.topk,
                       eval_batch_size=cfg.eval_batch_size, sensitivity_images=cfg.sensitivity_images,
-                      progress=ctx.progress)
+                      progress=ctx.progress, log=ctx.log)
     ctx.commit(out.rows + variant_rows(p, cfg, out.record["method"], out.model, train_eval, ctx.log))
     size = (ctx.out_dir / "model_fp32.pt").stat().st_size
     from quantbench.measure.params import count_parameters

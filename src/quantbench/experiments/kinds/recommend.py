@@ -103,7 +103,8 @@ def _candidates(p: Any, cfg: RecommendExperiment, fp32: Any, fp32_val: Any, ctx:
 
     size = (ctx.out_dir / "model_fp32.pt").stat().st_size
     cands = [Candidate("fp32", size, test_n=fp32.n_images)]
-    kw = {**p.rebuild_info(), "topk": p.topk, "eval_batch_size": cfg.eval_batch_size, "progress": ctx.progress}
+    kw = {**p.rebuild_info(), "topk": p.topk, "eval_batch_size": cfg.eval_batch_size, "progress": ctx.progress,
+          "log": ctx.log}
     n_calib = len(p.calib)
     steps = len(cfg.methods) + (cfg.control_method != "none") + (cfg.budget_kb is not None)
     for i, method in enumerate(cfg.methods, 1):

@@ -75,7 +75,7 @@ def run_default(cfg: RunExperiment, ctx: Context) -> dict[str, Any]:
         ctx.log(f"quantize: {ptq.label()}" + (f" (calibration on {ptq.calib_size} images)" if calib else "")
                 + (f"; {note}" if note else ""))
         out = run_ptq(p.model, ptq, calib, p.test, p.key, fp32, ctx.out_dir, **kw,
-                      sensitivity_images=cfg.sensitivity_images)
+                      sensitivity_images=cfg.sensitivity_images, log=ctx.log)
         ctx.commit(out.rows + variant_rows(p, cfg, out.record["method"], out.model, train_eval, ctx.log))
         variants.append({"method": out.record["method"], **out.record["quant"], "drop": out.record["drop"]})
     fp32_epoch_s = hist.wall_s / len(hist.epochs) if hist is not None and hist.epochs else None
