@@ -56,7 +56,7 @@ def quantize_variant(model: Any, label: str, kwargs: dict[str, Any], recal: bool
     from quantbench.quant.prepare import calibrate
     from quantbench.quant.ptq import parse_method, quantize_ptq
 
-    cfg = parse_method(label)
+    cfg = parse_method(label, calib_size=len(calib))  # every calibration image of the run, as `quantize` does
     qm = quantize_ptq(model, cfg, calib, reconstruct_options=kwargs)
     if recal:
         calibrate(qm, calib, n_images=cfg.calib_size, batch_size=cfg.calib_batch_size)
@@ -118,10 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         base = base or res
         rows.append({"variant": text, "top1": res.top1, "loss": res.loss, "drop_points": -d.diff_points,
                      "paired_vs_fp32": d.as_dict(), "paired_vs_first": vs.as_dict() if vs else None,
-                     "quantize_s": seconds})
+                     "quantize_s": seconds, "choices": dict(getattr(qm, "notes", {}))})
         first = f"{vs.diff_points:+.2f} [{vs.ci_low:+.2f}, {vs.ci_high:+.2f}]" if vs else "(base)"
         print(f"{text:<44} top-1 {res.top1:6.2f}  loss {res.loss:.4f}  drop {drop_text(d):<24} "
-              f"vs first {first:<22} {seconds:6.0f} s", flush=True)
+              f"vs first {first:<22} {seconds:6.0f} s" + "".join(f"; {k}: {v}" for k, v in qm.notes.items()),
+              flush=True)
     if args.out is not None:
         write_json(args.out, {"benchmark": "reconstruct_variants", "run_dir": str(args.run_dir),
                               "split": prepared.split, "fp32": fp32.as_dict(), "rows": rows,

@@ -148,6 +148,8 @@ def test_auto_keeps_the_placement_closer_to_the_float_model_and_says_why() -> No
     assert "joins" not in explicit["int8"].notes  # asked for by tag: nothing chosen, nothing to say
     w8 = quantize_ptq(model, parse_method("w8a8:minmax", calib_size=64), x)
     assert w8.notes == {} and w8.plan.joins == "same"  # 8-bit activations: no choice, no extra calibration
+    chain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(36, 5)).eval()
+    assert quantize_ptq(chain, parse_method("w4a4:minmax", calib_size=64), x).notes == {}  # no join: nothing to say
 
 
 def test_auto_chooses_the_four_bit_joins_where_they_match_better() -> None:

@@ -386,6 +386,8 @@ def test_progress_lines_per_block(capsys: pytest.CaptureFixture[str]) -> None:
     reconstruct(qm, model, calib, iters=2, progress=True)
     err = capsys.readouterr().err
     assert "reconstruct 2/3 c1..c2 (2 layers): output loss" in err
+    lines = [line for line in err.splitlines() if "output loss" in line]
+    assert len(lines) == 3 and all(" left)" in line for line in lines[:2]) and lines[2].endswith(" s)")  # ETA
     reconstruct(qm, model, calib, iters=2)
     assert capsys.readouterr().err == ""
 

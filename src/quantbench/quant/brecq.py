@@ -268,6 +268,7 @@ def reconstruct(
     stats: list[dict[str, Any]] = []
     was_training = qm.training
     qm.eval()
+    started = time.perf_counter()
     try:
         with bypass_uncalibrated(qm):
             xq = xf = images
@@ -285,8 +286,10 @@ def reconstruct(
                 seconds = time.perf_counter() - t0
                 stats.append({"block": block.name, "layers": list(block.layers), "loss_before": before,
                               "loss_after": after, "seconds": seconds})
+                left = (time.perf_counter() - started) / (k + 1) * (len(blocks) - k - 1)  # at this pace
                 note(f"reconstruct {k + 1}/{len(blocks)} {block.name} ({len(block.layers)} layers): output loss "
-                     f"{before:.4g} -> {after:.4g} ({seconds:.1f} s)", enabled=progress)
+                     f"{before:.4g} -> {after:.4g} ({seconds:.1f} s" + (f"; about {_duration(left)} left)" if left else ")"),
+                     enabled=progress)
                 if k + 1 < len(blocks):
                     xq, xf = propagate(segment_module(qm.net, block), xq), propagate(seg_f, xf)
     finally:
@@ -295,6 +298,18 @@ def reconstruct(
         note(f"block reconstruction ran its activation quantizer eagerly (torch.compile {fused.status}); "
              "with a working C++ compiler it runs several times faster on wide activations", enabled=progress)
     return stats
+
+
+def _duration(seconds: float) -> str:
+    """``"40 s"``, ``"12 min"``, ``"1.5 h"``: a remaining time as a user reads it.
+
+    Example:
+        >>> _duration(40.2), _duration(725), _duration(5400)
+        ('40 s', '12 min', '1.5 h')
+    """
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def _output_loss(out: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:

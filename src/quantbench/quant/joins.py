@@ -73,19 +73,25 @@ def choose_joins(float_model: nn.Module, plan: QuantPlan, calib: Any, *, n_image
     Returns:
         ``(qm, note)``: the calibrated model in quantized mode (``qm.plan.joins`` is the choice) and the
         sentence a run records, e.g. ``"int8 (auto: calibration KL 0.084 at 8 bits, 0.121 with join
-        inputs at the activations' bits)"``.
+        inputs at the activations' bits)"``; ``""`` where there was nothing to choose (8-bit activations,
+        or a model without joins: a chain of convolutions, ReLUs and max pools).
     """
     if not plan.has_low_bit_joins:
         qm = calibrate(prepare(float_model, plan), calib, n_images=n_images, batch_size=batch_size,
                        progress=progress)
-        return qm, f"{plan.joins} (activations of 8 bits or more: nothing to choose)"
+        return qm, ""
+    first = prepare(float_model, plan.replace(joins="int8"))
+    layer_names = {info.name for info in first.layers}
+    if all(set(site["consumers"]) <= layer_names for site in first.act_sites.values()):
+        # no add, concatenation, product or average pool: both placements are this one model
+        return calibrate(first, calib, n_images=n_images, batch_size=batch_size, progress=progress), ""
     images = collect_images(calib, n_images).to(model_device(float_model))
     with torch.no_grad():
         reference = torch.cat([float_model(images[i: i + 128]) for i in range(0, len(images), 128)])
     tried: dict[str, tuple[QuantizedModel, float]] = {}
     for joins in ("int8", "same"):
-        qm = calibrate(prepare(float_model, plan.replace(joins=joins)), images, batch_size=batch_size,
-                       progress=progress)
+        qm = calibrate(first if joins == "int8" else prepare(float_model, plan.replace(joins=joins)), images,
+                       batch_size=batch_size, progress=progress)
         qm.set_mode("quant")
         tried[joins] = (qm, calibration_kl(qm, reference, images))
     best = "same" if tried["same"][1] < (1.0 - TIE) * tried["int8"][1] else "int8"

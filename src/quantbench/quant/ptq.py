@@ -315,7 +315,7 @@ def quantize_ptq(model: nn.Module, cfg: PTQConfig, calib_data: Any = None, *,
         float_model = equalize_folded(fold_batchnorm(model))
     reconstructs = algo.reconstruct != "none"
     n = cfg.calib_size
-    joins_note = None
+    joins_note, calibrated = "", False
     if cfg.joins == "auto" and plan.has_low_bit_joins:
         if calib_data is None:
             raise QuantbenchError(f"PTQ {cfg.label()}: calibration data is required")
@@ -324,9 +324,9 @@ def quantize_ptq(model: nn.Module, cfg: PTQConfig, calib_data: Any = None, *,
         # both placements calibrated; the one closer to the float model goes on (already calibrated)
         qm, joins_note = choose_joins(float_model, plan, calib_data, n_images=n, batch_size=cfg.calib_batch_size,
                                       progress=progress)
+        calibrated = True
     else:
         qm = prepare(float_model, plan if cfg.joins == "auto" else plan.replace(joins=cfg.joins))
-    calibrated = joins_note is not None
     needs_data = (any(not fq.spec.dynamic for _, fq in qm.act_quantizers()) or algo.adaround
                   or algo.bias_correction or reconstructs)
     if needs_data and calib_data is None:
@@ -359,6 +359,6 @@ def quantize_ptq(model: nn.Module, cfg: PTQConfig, calib_data: Any = None, *,
 
         bias_correction(qm, float_model, calib_data, n_images=n, progress=progress)
     qm.set_mode("quant")
-    if joins_note is not None:
+    if joins_note:
         qm.notes["joins"] = joins_note
     return qm.eval()
