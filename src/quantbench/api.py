@@ -103,6 +103,9 @@ def quantize(model: nn.Module, method: Any = "w8a8", calib_data: Any = None, *, 
              train_data: Any = None, **options: Any) -> QuantizedModel:
     """Quantize ``model``; returns the simulated quantized model (it runs like any ``nn.Module``).
 
+    Its ``notes`` say what quantizing chose on this model and why: below 8-bit activations, e.g. ``"joins"``,
+    whether the inputs of residual adds, concatenations and pooling took 8 bits or the activations' bits.
+
     Args:
         model: A float ``nn.Module`` (not modified).
         method: ``"SCHEME[:ALGO]"`` (``"w8a8"``, ``"w4a8:adaround"``, ``"dynamic"``), or a config object:
