@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         base = base or res
         rows.append({"variant": text, "top1": res.top1, "loss": res.loss, "drop_points": -d.diff_points,
                      "paired_vs_fp32": d.as_dict(), "paired_vs_first": vs.as_dict() if vs else None,
-                     "quantize_s": seconds, "choices": dict(getattr(qm, "notes", {}))})
+                     "quantize_s": seconds, "choices": dict(qm.notes)})
         first = f"{vs.diff_points:+.2f} [{vs.ci_low:+.2f}, {vs.ci_high:+.2f}]" if vs else "(base)"
         print(f"{text:<44} top-1 {res.top1:6.2f}  loss {res.loss:.4f}  drop {drop_text(d):<24} "
               f"vs first {first:<22} {seconds:6.0f} s" + "".join(f"; {k}: {v}" for k, v in qm.notes.items()),

@@ -172,3 +172,23 @@ def test_auto_chooses_the_four_bit_joins_where_they_match_better() -> None:
         assert note.split(" ")[0] == qm.plan.joins
         chosen.append(qm.plan.joins)
     assert set(chosen) == {"int8", "same"}, chosen
+    qm, note = choose_joins(model, parse_scheme("w8a8"), x, n_images=64)  # 8-bit activations: nothing to choose
+    assert note == "" and qm.plan == parse_scheme("w8a8") and all(fq.calibrated for _, fq in qm.act_quantizers())
+
+
+def test_a_run_logs_and_stores_the_choice(tmp_path) -> None:
+    """The experiment layer (every verb, sweep cell) says the choice once and keeps it with the run."""
+    from quantbench.experiments.layer import config_for, run_experiment
+    from quantbench.store import ResultStore
+
+    said: list[str] = []
+    cfg = config_for("ptq", {"model": "resnet20", "data": "synthetic:n=96,shape=3x32x32,classes=10,seed=0",
+                             "normalize": "none", "method": "w4a4:minmax", "calib_size": 32,
+                             "store": str(tmp_path / "q.db"), "out": str(tmp_path / "run")})
+    rec = run_experiment(cfg, progress=False, log=said.append).record
+    note = rec["choices"]["joins"]
+    assert note.split(" ")[0] in ("int8", "same") and "calibration KL" in note
+    assert [m for m in said if "joins:" in m] == [f"w4a4:minmax: joins: {note}"]
+    with ResultStore(tmp_path / "q.db") as store:
+        (row,) = store.query(metric="ptq_time_s")
+    assert row["extra"]["joins"] == note and row["method"] == "w4a4:minmax"  # the label stays what was asked

@@ -12,9 +12,9 @@ Example:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -74,9 +74,9 @@ def run_ptq(model: nn.Module, cfg: PTQConfig, calib: Any, eval_data: Any, base: 
                            eval_batch_size=eval_batch_size, sensitivity_images=sensitivity_images, progress=progress,
                            extra=ptq_extra(cfg, calib))
     key = RowKey(base.model, base.data, out.record["method"], "torch")
-    choices = dict(getattr(qm, "notes", {}))  # what quantizing chose on this model (join placement)
-    for what, why in choices.items():
-        (log or (lambda _m: None))(f"{label or cfg.label()}: {what}: {why}")
+    choices = dict(qm.notes)  # what quantizing chose on this model (join placement)
+    for what, why in choices.items() if log else ():
+        log(f"{label or cfg.label()}: {what}: {why}")
     out.rows.append(key.row("ptq_time_s", ptq_s, "s", calib_images=n_calib, **choices))
     out.record["ptq"] = asdict(cfg.resolved())
     out.record["choices"] = choices

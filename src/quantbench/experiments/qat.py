@@ -191,7 +191,7 @@ def run_qat(model: nn.Module, cfg: QATConfig, calib: Any, train_data: Any, eval_
     qat_out = record_quantized(qm, label, eval_data, base, fp32_eval, out_dir,
                                extra=qat_extra(cfg), **kw)
     for out in (ptq_out, qat_out):  # what quantizing the start chose on this model (join placement); QAT keeps it
-        out.record["choices"] = dict(getattr(start, "notes", {}))
+        out.record["choices"] = dict(start.notes)
     key = RowKey(base.model, base.data, label, "torch")
     rows = ptq_out.rows + qat_out.rows + history_rows(key, history)
     ft_record = None

@@ -316,9 +316,7 @@ def quantize_ptq(model: nn.Module, cfg: PTQConfig, calib_data: Any = None, *,
     reconstructs = algo.reconstruct != "none"
     n = cfg.calib_size
     joins_note, calibrated = "", False
-    if cfg.joins == "auto" and plan.has_low_bit_joins:
-        if calib_data is None:
-            raise QuantbenchError(f"PTQ {cfg.label()}: calibration data is required")
+    if cfg.joins == "auto" and plan.has_low_bit_joins and calib_data is not None:  # without data: refused below
         from quantbench.quant.joins import choose_joins
 
         # both placements calibrated; the one closer to the float model goes on (already calibrated)
