@@ -46,3 +46,30 @@ def test_without_a_cxx_compiler_the_engine_is_unavailable_with_the_reason(monkey
     assert not row["available"] and "needs a C++ compiler" in row["reason"]
     with pytest.raises(QuantbenchError, match="engine 'torch-compile' is not available: .*C\\+\\+ compiler"):
         load_session("torch-compile", Deployable(_model(), None, (3, 8, 8)), "fp32")
+
+
+def test_compiled_sessions_never_time_eager_code_past_the_recompile_limit(tmp_path, monkeypatch):
+    """Dynamo silently ran eager past its limit (seen on an H200): sequential sessions start from an empty
+    cache, and a limit still reached by live sessions is a one-line refusal, never an eager timing."""
+    ok, reason = ENGINES.get("torch-compile").available()
+    if not ok:
+        pytest.skip(reason)
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from quantbench.engines import torch_compile_engine
+
+    monkeypatch.setattr(torch_compile_engine, "RECOMPILE_LIMIT", 2)
+    deployable = Deployable(_model(), None, (3, 8, 8))
+    with torch._dynamo.config.patch(recompile_limit=2):
+        for batch in (2, 3, 4):  # one session at a time, three shapes: each one compiles a graph
+            graphs = counters["stats"]["unique_graphs"]
+            sess = load_session("torch-compile", deployable, "fp32", threads=1, workdir=tmp_path)
+            sess.runner(batch)
+            assert counters["stats"]["unique_graphs"] == graphs + 1
+            del sess
+        live = [load_session("torch-compile", deployable, "fp32", threads=1, workdir=tmp_path) for _ in range(3)]
+        live[0].runner(2)
+        live[1].runner(3)
+        with pytest.raises(QuantbenchError, match="torch-compile: batch 4 needs graph 3 .*recompile limit.*refused"):
+            live[2].runner(4)
