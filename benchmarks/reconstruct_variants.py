@@ -30,7 +30,7 @@ from common import drop_text, write_json
 
 KEYS = {"drop_prob": float, "act_lr": float, "lr": float, "seed": int, "learn_act": lambda v: v == "true",
         "fisher": lambda v: v == "true", "iters": int, "granularity": str,
-        "share_input_mask": lambda v: v == "true"}
+        "share_input_mask": lambda v: v == "true", "pd_weight": float, "pd_temperature": float}
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any], bool]:

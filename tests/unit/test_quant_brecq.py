@@ -411,9 +411,27 @@ def test_fused_act_quantizer_matches_lsq() -> None:
     assert torch.allclose(gx3, gx4) and torch.allclose(gs3, gs4)  # kept: gradient passes, step learns from none
 
 
+def test_prediction_difference_term_steers_the_rounding_and_leaves_the_float_model_alone() -> None:
+    """PD-Quant's term runs the unit's output through the float rest of the network: it changes what
+    is learned, weight 0 is the plain path bit for bit, and the float model the user passed is untouched."""
+    states = {}
+    for pd_weight in (0.0, 50.0, None):
+        model, calib, qm = _prepared("w3a4")
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        kwargs = {} if pd_weight is None else {"pd_weight": pd_weight}
+        reconstruct(qm, model, calib, iters=40, batch_size=16, drop_prob=0.5, **kwargs)
+        assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+        assert all(p.requires_grad for p in model.parameters())
+        states[pd_weight] = [v.clone() for v in qm.state_dict().values()]
+    assert all(torch.equal(a, b) for a, b in zip(states[0.0], states[None], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(states[0.0], states[50.0], strict=True))
+
+
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"drop_prob": 1.0}, "drop probability"), ({"drop_prob": -0.1}, "drop probability"),
     ({"iters": 0}, "iters"), ({"granularity": "net"}, "granularity"), ({"lr": 0.0}, "lr"),
+    ({"pd_weight": -1.0}, "pd_weight must be >= 0"), ({"pd_temperature": 0.0}, "pd_temperature > 0"),
+    ({"pd_weight": 1.0, "share_input_mask": True}, "cannot be combined"),
 ])
 def test_refusals_are_one_line(kwargs: dict, match: str) -> None:
     model, calib, qm = _prepared("w4a4")
