@@ -366,6 +366,20 @@ def test_qdrop_with_p0_is_brecq_and_the_algorithms_are_registered() -> None:
         quantize_ptq(model, PTQConfig("w4a4", "mse"), calib, reconstruct_options={"seed": 1})
 
 
+def test_pdquant_is_qdrop_with_the_prediction_term() -> None:
+    model, calib = TinyRes().eval(), _images()
+    pd, qdrop = (PTQConfig("w3a4", name, calib_size=64, adaround_iters=30) for name in ("pdquant", "qdrop"))
+    assert ALGOS.get("pdquant").pd_weight == 5.0 and ALGOS.get("qdrop").pd_weight == 0.0
+    assert parse_method("w4a4:pdquant-flint8").label() == "w4a4:pdquant-flint8"
+    a = quantize_ptq(model, pd, calib)
+    b = quantize_ptq(model, qdrop, calib, reconstruct_options={"pd_weight": 5.0})
+    c = quantize_ptq(model, qdrop, calib)
+    sa, sb, sc = (list(m.state_dict().values()) for m in (a, b, c))
+    assert all(torch.equal(x, y) for x, y in zip(sa, sb, strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(sa, sc, strict=True))
+    assert PTQConfig("w4a4", "pdquant").iterations() == 3000 and PTQConfig("w4a4", "pdquant").plan().has_asymmetric_weights
+
+
 def test_each_algorithm_has_its_own_step_default_and_results_store_the_count_used() -> None:
     assert PTQConfig("w4a4", "qdrop").iterations() == PTQConfig("w4a4", "brecq").iterations() == 3000
     assert PTQConfig("w4a8", "adaround").iterations() == 1000
