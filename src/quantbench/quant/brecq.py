@@ -30,8 +30,9 @@ Method, per unit of :func:`~quantbench.quant.brecq_blocks.find_blocks` in execut
 PD-Quant's prediction-difference term (``pd_weight > 0``; Liu et al., CVPR 2023): the same step also runs
 the unit on the undropped quantized input and on through the float rest of the network, and adds
 ``pd_weight x KL(float predictions || those)`` at ``pd_temperature`` to the loss, so the rounding is
-chosen for what reaches the predictions, not only for the block output. It costs about 1.8x the time
-(first hold-out CNN W4A4: lower evaluation cross-entropy on two seeds, docs/benchmarks/ptq.md).
+chosen for what reaches the predictions, not only for the block output. It costs 1.8-2.5x the time
+(first hold-out CNN W4A4: lower evaluation cross-entropy on two seeds; shared ResNet-20 W4A4 -0.00 against
+QDrop's +0.42 points, in 20 instead of 8 minutes; docs/benchmarks/ptq.md).
 
 ``drop_prob = 0`` draws no random numbers for dropping, so QDrop with ``p = 0`` *is* BRECQ (same
 seed, same result). Fisher weighting (BRECQ's ``fisher_diag``): each element of the output error
