@@ -285,6 +285,7 @@ def reconstruct(
     logits = propagate(ref, images) if fisher or pd_weight > 0 else None
     if pd_weight > 0:
         ref.requires_grad_(False)  # the float rest of the network carries gradients, it learns nothing
+        float_log_p = F.log_softmax(logits / pd_temperature, 1)  # the KL's target, once for every step
     drops = DropPool(drop_prob, generator, dev) if drop_prob > 0 else None
     stats: list[dict[str, Any]] = []
     was_training = qm.training
@@ -301,7 +302,7 @@ def reconstruct(
                 pd = None
                 if pd_weight > 0:
                     tail = nn.Sequential(*[segment_module(qm.net, b, float_path) for b in blocks[k + 1:]])
-                    pd = (tail, logits, pd_weight, pd_temperature)
+                    pd = (tail, float_log_p, pd_weight, pd_temperature)
                 with bar(total=iters, desc=f"reconstruct {k + 1}/{len(blocks)} {block.name}", unit="iter",
                          enabled=progress) as shown:
                     before, after = _reconstruct_block(
@@ -391,12 +392,11 @@ def _reconstruct_block(
             if pd is None:
                 loss = _output_loss(seg(x), target[idx], None if weight is None else weight[idx])
             else:  # PD-Quant: the same step also runs the undropped input on to the predictions, in float
-                tail, logits, pd_weight, temp = pd
+                tail, float_log_p, pd_weight, temp = pd
                 out, out_q = seg(torch.cat([x, xq[idx]])).split(len(idx))
                 loss = _output_loss(out, target[idx], None if weight is None else weight[idx])
-                loss = loss + pd_weight * F.kl_div(F.log_softmax(tail(out_q) / temp, 1),
-                                                   F.log_softmax(logits[idx] / temp, 1), log_target=True,
-                                                   reduction="batchmean")
+                loss = loss + pd_weight * F.kl_div(F.log_softmax(tail(out_q) / temp, 1), float_log_p[idx],
+                                                   log_target=True, reduction="batchmean")
             b = annealed_beta(t, iters, warmup, beta)
             if b is not None:
                 loss = loss + reg_weight * sum(r.regularizer(b) for r in roundings)

@@ -312,8 +312,9 @@ def quantize_ptq(model: nn.Module, cfg: PTQConfig, calib_data: Any = None, *,
     """
     algo = cfg.algorithm()
     if reconstruct_options and algo.reconstruct == "none":
+        with_it = ", ".join(n for n in ALGOS.names() if ALGOS.get(n).reconstruct != "none")
         raise QuantbenchError(f"PTQ {cfg.label()}: reconstruction options given to a method without block "
-                              "reconstruction (brecq, qdrop, pdquant)")
+                              f"reconstruction ({with_it})")
     plan = cfg.plan() if plan is None else with_observers(plan, algo.weight_observer, algo.act_observer)
     float_model = model.eval()
     if algo.equalize:
