@@ -39,6 +39,7 @@ class Algorithm:
     pd_weight: float = 0.0  # PD-Quant's prediction-difference term in the reconstruction loss (0: none)
     iters: int = 1000  # default optimisation steps per layer (AdaRound) or per block (BRECQ/QDrop)
     asymmetric_weights: bool = False  # weights below 8 bits on a per-channel asymmetric grid (parse_scheme)
+    bias_tuning: bool = False  # finally learn every bias against the float predictions (quant/bias_tuning.py)
 
 
 ALGOS: Registry[Algorithm] = Registry("PTQ algorithm")
@@ -95,6 +96,7 @@ class PTQConfig:
     bias_correction: bool | None = None
     weight_range: str = "full"  # "reduced": 7-bit codes for 8-bit weights (see QuantPlan.weight_range)
     asymmetric_weights: bool | None = None  # None: the algorithm decides (brecq/qdrop/pdquant asymmetric, others not)
+    bias_tuning: bool | None = None  # None: the algorithm decides
     # inputs of residual adds/concats/pooling below 8-bit activations: "int8" (>= 8 bits), "same" (the
     # activations' bits) or "auto": whichever matches the float model better on the calibration images
     # (quantbench.quant.joins; the plan then holds the choice)
@@ -116,7 +118,7 @@ class PTQConfig:
         changes = {
             k: v
             for k, v in (("equalize", self.equalize), ("bias_correction", self.bias_correction),
-                         ("asymmetric_weights", self.asymmetric_weights))
+                         ("asymmetric_weights", self.asymmetric_weights), ("bias_tuning", self.bias_tuning))
             if v is not None
         }
         return dataclasses.replace(algo, **changes)
@@ -170,7 +172,8 @@ class PTQConfig:
             return self.scheme
         tags = []
         base, used = ALGOS.get(self.algo), self.algorithm()
-        for flag, tag in (("equalize", "cle"), ("bias_correction", "bc"), ("asymmetric_weights", "asym")):
+        for flag, tag in (("equalize", "cle"), ("bias_correction", "bc"), ("asymmetric_weights", "asym"),
+                          ("bias_tuning", "bt")):
             if getattr(used, flag) != getattr(base, flag):  # an override: the label must say so
                 tags.append(tag if getattr(used, flag) else f"no{tag}")
         if not self.per_channel:
@@ -190,7 +193,7 @@ _TAGS = {"cle": {"equalize": True}, "nocle": {"equalize": False}, "bc": {"bias_c
          "nobc": {"bias_correction": False}, "pt": {"per_channel": False}, "mulaw": {"companding": "mulaw"},
          "flint8": {"first_last": "int8"}, "flfp32": {"first_last": "fp32"}, "reduced": {"weight_range": "reduced"},
          "asym": {"asymmetric_weights": True}, "noasym": {"asymmetric_weights": False}, "jsame": {"joins": "same"},
-         "jint8": {"joins": "int8"}}
+         "jint8": {"joins": "int8"}, "bt": {"bias_tuning": True}, "nobt": {"bias_tuning": False}}
 METHOD_TAGS = tuple(_TAGS)  # what a method label may carry after its algorithm, ``-flint8``
 
 
@@ -203,7 +206,8 @@ def parse_method(text: str, **defaults: Any) -> PTQConfig:
     ``brecq``, ``qdrop`` and ``pdquant`` use them by default, as their published recipes do; ``jsame`` quantizes the
     inputs of residual adds, concatenations and pooling at the activations' bits below 8 bits, where
     ``jint8`` at 8 bits; without either, :func:`quantize_ptq` measures both on the model and keeps the one
-    that matches the float model better, see :mod:`quantbench.quant.joins`).
+    that matches the float model better, see :mod:`quantbench.quant.joins`; ``bt`` finally tunes every
+    bias against the float predictions, see :mod:`quantbench.quant.bias_tuning`).
     ``defaults`` are PTQConfig fields set before the tags apply (e.g. ``calib_size``).
 
     Example:
@@ -335,7 +339,7 @@ def quantize_ptq(model: nn.Module, cfg: PTQConfig, calib_data: Any = None, *,
     else:
         qm = prepare(float_model, plan if cfg.joins == "auto" else plan.replace(joins=cfg.joins))
     needs_data = (any(not fq.spec.dynamic for _, fq in qm.act_quantizers()) or algo.adaround
-                  or algo.bias_correction or reconstructs)
+                  or algo.bias_correction or algo.bias_tuning or reconstructs)
     if needs_data and calib_data is None:
         raise QuantbenchError(f"PTQ {cfg.label()}: calibration data is required")
 
@@ -365,6 +369,15 @@ def quantize_ptq(model: nn.Module, cfg: PTQConfig, calib_data: Any = None, *,
         from quantbench.quant.bias_correction import bias_correction
 
         bias_correction(qm, float_model, calib_data, n_images=n, progress=progress)
+    if algo.bias_tuning:
+        from quantbench.quant.bias_tuning import tune_biases
+
+        # last: every other step has chosen its weights and steps; the biases absorb what they pass on
+        calibrate_once()
+        qm.set_mode("quant")
+        tuned = tune_biases(qm, float_model, calib_data, n_images=n, progress=progress)
+        qm.notes["bias tuning"] = (f"calibration KL {tuned['kl_before']:.4g} -> {tuned['kl_after']:.4g}"
+                                   + ("" if tuned["kept"] else " (not lower: biases unchanged)"))
     qm.set_mode("quant")
     if joins_note:
         qm.notes["joins"] = joins_note
