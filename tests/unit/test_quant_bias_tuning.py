@@ -88,6 +88,16 @@ def test_the_bt_tag_runs_it_last_in_quantize_and_labels_round_trip() -> None:
     assert diff and all(k.endswith(".bias") for k in diff), diff
 
 
+def test_after_reconstruction_it_keeps_the_learned_activation_steps() -> None:
+    model, calib = Tiny().eval(), _images()
+    cfg = parse_method("w4a8:qdrop", calib_size=96, adaround_iters=20)  # 8-bit activations: no join choice
+    plain = quantize_ptq(model, cfg, calib)
+    tuned = quantize_ptq(model, parse_method("w4a8:qdrop-bt", calib_size=96, adaround_iters=20), calib)
+    a, b = plain.state_dict(), tuned.state_dict()
+    diff = {k for k in a if not torch.equal(a[k], b[k])}
+    assert diff and all(k.endswith(".bias") for k in diff), diff  # not re-calibrated: the steps QDrop learned stay
+
+
 def test_refusals_are_one_line_errors() -> None:
     model, calib = Tiny().eval(), _images()
     qm = _calibrated(model, calib)

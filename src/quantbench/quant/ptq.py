@@ -344,8 +344,10 @@ def quantize_ptq(model: nn.Module, cfg: PTQConfig, calib_data: Any = None, *,
         raise QuantbenchError(f"PTQ {cfg.label()}: calibration data is required")
 
     def calibrate_once() -> None:
+        nonlocal calibrated  # once: a second call (bias tuning after reconstruction) must keep learned steps
         if not calibrated:
             calibrate(qm, calib_data, n_images=n, batch_size=cfg.calib_batch_size, progress=progress)
+            calibrated = True
 
     if algo.adaround:
         from quantbench.quant.adaround import adaround
