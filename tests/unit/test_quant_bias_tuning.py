@@ -101,7 +101,7 @@ def test_after_reconstruction_it_keeps_the_learned_activation_steps() -> None:
 def test_refusals_are_one_line_errors() -> None:
     model, calib = Tiny().eval(), _images()
     qm = _calibrated(model, calib)
-    for kwargs in ({"iters": 0}, {"lr": 0.0}, {"batch_size": 0}, {"temperature": 0.0}):
+    for kwargs in ({"iters": 0}, {"lr": 0.0}, {"batch_size": 0}):
         with pytest.raises(QuantbenchError, match="bias tuning: need") as e:
             tune_biases(qm, model, calib, **kwargs)
         assert "\n" not in str(e.value)

@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from quantbench.errors import QuantbenchError
 from quantbench.progress import bar, note
@@ -55,17 +55,13 @@ from quantbench.quant.bias_correction import (
     model_device,
 )
 from quantbench.quant.brecq_blocks import propagate
+from quantbench.quant.joins import calibration_kl
 from quantbench.quant.prepare import QuantizedModel
 
 __all__ = ["tune_biases", "BIAS_TUNING_ITERS"]
 
 BIAS_TUNING_ITERS = 500  # first hold-out CNN W4A4: 500 steps took the loss from 1.427 to 1.36-1.37 nats
 CHECKPOINTS = 5  # the calibration KL is measured this many times (evenly spaced); the best biases are kept
-
-
-def _kl(out: Tensor, target_log_p: Tensor, temperature: float) -> Tensor:
-    """``KL(target || softmax(out / T))`` per image (class dimension 1), averaged over images."""
-    return F.kl_div(F.log_softmax(out / temperature, 1), target_log_p, log_target=True, reduction="batchmean")
 
 
 def tune_biases(
@@ -77,7 +73,6 @@ def tune_biases(
     iters: int = BIAS_TUNING_ITERS,
     lr: float = 1e-3,
     batch_size: int = 32,
-    temperature: float = 1.0,
     seed: int = 0,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -94,7 +89,6 @@ def tune_biases(
         iters: Adam steps.
         lr: Adam rate of the biases (in the units of the layers' outputs).
         batch_size: Images per step.
-        temperature: Softmax temperature of the KL (1: the predictions themselves).
         seed: Seeds the batch sampling (results are reproducible).
         progress: A bar on stderr and one line with the KL before and after.
 
@@ -112,9 +106,8 @@ def tune_biases(
         >>> tune_biases(qm, model, calib, iters=500)["kl_after"]  # doctest: +SKIP
         0.061
     """
-    if iters < 1 or batch_size < 1 or not lr > 0 or not temperature > 0:
-        raise QuantbenchError(f"bias tuning: need iters >= 1, batch_size >= 1, lr > 0, temperature > 0; got {iters}, "
-                              f"{batch_size}, {lr}, {temperature}")
+    if iters < 1 or batch_size < 1 or not lr > 0:
+        raise QuantbenchError(f"bias tuning: need iters >= 1, batch_size >= 1, lr > 0; got {iters}, {batch_size}, {lr}")
     biases = [b for b in (getattr(qm.layer(info.name), "bias", None) for info in qm.layers)
               if isinstance(b, nn.Parameter)]
     if not biases:
@@ -123,7 +116,8 @@ def tune_biases(
     dev = model_device(qm)
     ref.to(dev)
     images = collect_images(data, n_images).to(dev)
-    target = F.log_softmax(propagate(ref, images) / temperature, 1)
+    logits = propagate(ref, images)
+    target = F.log_softmax(logits, 1)
     generator = torch.Generator(device=dev).manual_seed(seed)
     started = time.perf_counter()
     grad_state = [(p, p.requires_grad) for p in qm.parameters()]
@@ -131,15 +125,9 @@ def tune_biases(
     was_training = qm.training
     qm.eval()
 
-    def calibration_kl() -> float:
-        n = min(len(images), 512)
-        with torch.no_grad():
-            return sum(float(_kl(qm(images[i: i + 128]), target[i: i + 128], temperature)) * len(images[i: i + 128])
-                       for i in range(0, n, 128)) / n
-
     try:
         with bypass_uncalibrated(qm):
-            before = calibration_kl()
+            before = calibration_kl(qm, logits, images)
             for p, _ in grad_state:
                 p.requires_grad_(False)
             for b in biases:
@@ -153,13 +141,14 @@ def tune_biases(
                                         device=dev)
                     for group in opt.param_groups:  # cosine decay to 0 over the steps
                         group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * t / iters))
-                    loss = _kl(qm(images[idx]), target[idx], temperature)
+                    loss = F.kl_div(F.log_softmax(qm(images[idx]), 1), target[idx], log_target=True,
+                                    reduction="batchmean")
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
                     shown.update()
                     if t + 1 in checks:  # keep the biases whose KL on every calibration image is lowest
-                        kl = calibration_kl()
+                        kl = calibration_kl(qm, logits, images)
                         if kl < best_kl:
                             best_kl, best, best_step = kl, [b.detach().clone() for b in biases], t + 1
             with torch.no_grad():

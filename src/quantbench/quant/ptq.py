@@ -374,8 +374,8 @@ def quantize_ptq(model: nn.Module, cfg: PTQConfig, calib_data: Any = None, *,
     if algo.bias_tuning:
         from quantbench.quant.bias_tuning import tune_biases
 
-        # last: every other step has chosen its weights and steps; the biases absorb what they pass on
-        calibrate_once()
+        # last: every other step has chosen its weights and steps (and calibrated); the biases absorb
+        # what they pass on, learned against the model as it will be deployed
         qm.set_mode("quant")
         tuned = tune_biases(qm, float_model, calib_data, n_images=n, progress=progress)
         qm.notes["bias tuning"] = (f"calibration KL {tuned['kl_before']:.4g} -> {tuned['kl_after']:.4g}"
